@@ -1,0 +1,46 @@
+//! `sft`: chat fine-tuning for LLMs as one binary.
+//!
+//! Subcommands follow the pipeline: `render` and `inspect` show how data meets the chat
+//! template; later stages (prepare, train, eval, generate) build on them.
+
+mod common;
+mod inspect;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Chat fine-tuning for LLMs: exact templates and masks, one binary.
+#[derive(Debug, Parser)]
+#[command(name = "sft", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Render data rows with a chat template, exactly as transformers' apply_chat_template.
+    Render(render::RenderArgs),
+    /// Show rows as a person would check them: rendered text, trained tokens highlighted.
+    Inspect(inspect::InspectArgs),
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Render(args) => render::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Data files → [`Conversation`]s: readers with row numbers, then one normalizer per format.
+//!
+//! The pipeline for one file is [`read_rows`] (JSONL, JSON array or Parquet, detected from the
+//! bytes; `-` is stdin) → [`drop_null_keys`] on each row → a format chosen once per file (explicit,
+//! or detected from the first readable row: see [`detect`](mod@detect)) → [`alpaca::convert`],
+//! [`sharegpt::convert`] or [`openai::convert`].
+//!
+//! Every error names `file:row:` (1-based JSONL line, or 1-based row in a JSON array / Parquet
+//! file) and messages are numbered from 1 in every format.
+//!
+//! ```no_run
+//! use sft_data::data::{read_dataset, ReadOptions};
+//! let dataset = read_dataset("data/train.jsonl", &ReadOptions::default())?;
+//! println!("{} {} conversations", dataset.format, dataset.conversations.len());
+//! # Ok::<(), sft_data::data::DataError>(())
+//! ```
+
+pub mod alpaca;
+pub mod detect;
+pub mod error;
+pub mod openai;
+pub mod reader;
+pub mod sharegpt;
+
+use serde_json::{Map, Value};
+
+use crate::conversation::{drop_null_keys, Conversation, RowRef};
+use detect::Plan;
+
+pub use detect::{Format, ParseFormatError};
+pub use error::{DataError, RowError};
+pub use reader::{read_rows, FileKind, RawRow, RawRows};
+pub use sharegpt::ShareGptOptions;
+
+/// What to do with a row that cannot be read or converted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnBadRow {
+    /// Stop at the first bad row with its error (the default).
+    #[default]
+    Fail,
+    /// Record the row in [`Dataset::skipped`] and go on.
+    Skip,
+}
+
+impl std::str::FromStr for OnBadRow {
+    type Err = String;
+
+    /// Parses `fail` or `skip`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fail" => Ok(OnBadRow::Fail),
+            "skip" => Ok(OnBadRow::Skip),
+            _ => Err(format!("unknown bad-row policy \"{s}\"; expected fail or skip")),
+        }
+    }
+}
+
+/// How to read a data file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// The row format; `None` detects it from the file's first readable row.
+    pub format: Option<Format>,
+    /// Column and role names for ShareGPT rows (also used by detection).
+    pub sharegpt: ShareGptOptions,
+    /// Fail on the first bad row, or skip bad rows.
+    pub on_bad_row: OnBadRow,
+}
+
+/// The conversations of one file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// The row format used.
+    pub format: Format,
+    /// Whether `format` was detected (true) or given (false).
+    pub detected: bool,
+    /// How the file stores rows.
+    pub file_kind: FileKind,
+    /// The converted rows, in file order.
+    pub conversations: Vec<Conversation>,
+    /// Rows skipped under [`OnBadRow::Skip`], with the reason (the error text after `file:row: `).
+    pub skipped: Vec<(RowRef, String)>,
+}
+
+/// Reads and converts every row of `path` (`-` for stdin).
+///
+/// With [`OnBadRow::Fail`] the first bad row is the error; with [`OnBadRow::Skip`] bad rows go
+/// to [`Dataset::skipped`], and it is an error only when no row is left. A file with no rows, a
+/// first row matching no format, and file-level problems are always errors.
+pub fn read_dataset(path: &str, opts: &ReadOptions) -> Result<Dataset, DataError> {
+    opts.sharegpt.validate().map_err(|message| DataError::InvalidOptions { path: path.to_string(), message })?;
+    convert_rows(path, read_rows(path)?, opts)
+}
+
+/// Converts rows already read (e.g. with [`reader::parse_bytes`]) as [`read_dataset`] does;
+/// `path` names them in errors.
+pub fn convert_rows(path: &str, raw: RawRows, opts: &ReadOptions) -> Result<Dataset, DataError> {
+    opts.sharegpt.validate().map_err(|message| DataError::InvalidOptions { path: path.to_string(), message })?;
+    if raw.rows.is_empty() {
+        return Err(DataError::NoRows { path: path.to_string() });
+    }
+    let mut plan: Option<Plan> = None;
+    let mut conversations = Vec::with_capacity(raw.rows.len());
+    let mut skipped = Vec::new();
+    let mut first_error: Option<DataError> = None;
+    for row in raw.rows {
+        let result = row.and_then(|raw_row| {
+            let RawRow { source, value } = raw_row;
+            let value = drop_null_keys(&value);
+            let plan = match &plan {
+                Some(plan) => plan,
+                None => plan.insert(match opts.format {
+                    Some(format) => Plan::explicit(format, &value, &opts.sharegpt),
+                    None => Plan::detect(&value, &opts.sharegpt).ok_or_else(|| DataError::UnknownFormat {
+                        at: source.clone(),
+                        keys: value.keys().cloned().collect(),
+                        sharegpt_key: opts.sharegpt.messages_key.clone(),
+                    })?,
+                }),
+            };
+            convert(plan, &value, &source).map_err(|error| DataError::Row { at: source, error })
+        });
+        match result {
+            Ok(conversation) => conversations.push(conversation),
+            Err(DataError::Row { at, error }) if opts.on_bad_row == OnBadRow::Skip => {
+                if first_error.is_none() {
+                    first_error = Some(DataError::Row { at: at.clone(), error: error.clone() });
+                }
+                skipped.push((at, error.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(plan) = plan.filter(|_| !conversations.is_empty()) else {
+        return Err(DataError::AllRowsBad {
+            path: path.to_string(),
+            skipped: skipped.len(),
+            first: first_error.map(|e| e.to_string()).unwrap_or_default(),
+        });
+    };
+    Ok(Dataset { format: plan.format(), detected: opts.format.is_none(), file_kind: raw.kind, conversations, skipped })
+}
+
+/// Converts one raw row in a known format (nulls are dropped first). For a single row outside
+/// a file, e.g. one given on the command line.
+pub fn convert_row(
+    row: Value,
+    at: &RowRef,
+    format: Format,
+    sharegpt: &ShareGptOptions,
+) -> Result<Conversation, DataError> {
+    let bad = |error| DataError::Row { at: at.clone(), error };
+    let row = match row {
+        Value::Object(row) => drop_null_keys(&row),
+        other => return Err(bad(RowError::NotAnObject { found: error::kind(&other) })),
+    };
+    let plan = Plan::explicit(format, &row, sharegpt);
+    convert(&plan, &row, at).map_err(bad)
+}
+
+
+fn convert(plan: &Plan, row: &Map<String, Value>, at: &RowRef) -> Result<Conversation, RowError> {
+    match plan {
+        Plan::Alpaca => alpaca::convert(row, at),
+        Plan::OpenAi { column } => openai::convert(row, at, column),
+        Plan::ShareGpt { opts } => sharegpt::convert(row, at, opts),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str, opts: &ReadOptions) -> Result<Dataset, DataError> {
+        convert_rows("t.jsonl", reader::parse_bytes("t.jsonl", text.as_bytes().to_vec())?, opts)
+    }
+
+    const MIXED: &str = "{\"instruction\": \"a\", \"output\": \"b\"}\n\
+                         {\"instruction\": \"a\"}\n\
+                         not json\n\
+                         {\"instruction\": \"c\", \"output\": \"d\", \"input\": null}\n";
+
+    #[test]
+    fn fail_stops_at_first_bad_row() {
+        let e = read(MIXED, &ReadOptions::default()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.jsonl:2: missing key \"instruction\"")
+                || e.starts_with("t.jsonl:2: missing key \"output\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn skip_goes_on() {
+        let opts = ReadOptions { on_bad_row: OnBadRow::Skip, ..ReadOptions::default() };
+        let d = read(MIXED, &opts).unwrap();
+        assert_eq!((d.format, d.detected), (Format::Alpaca, true));
+        assert_eq!(d.conversations.iter().map(|c| c.source.row).collect::<Vec<_>>(), [1, 4]);
+        assert_eq!(d.skipped.iter().map(|(r, _)| r.row).collect::<Vec<_>>(), [2, 3]);
+        assert!(d.skipped[1].1.starts_with("invalid JSON"), "{}", d.skipped[1].1);
+    }
+
+    #[test]
+    fn detection_uses_first_readable_row() {
+        let opts = ReadOptions { on_bad_row: OnBadRow::Skip, ..ReadOptions::default() };
+        let d = read("oops\n{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n", &opts).unwrap();
+        assert_eq!(d.format, Format::OpenAi);
+        let e = read("{\"prompt\": \"x\"}\n", &opts).unwrap_err();
+        assert!(matches!(e, DataError::UnknownFormat { .. }), "{e}");
+    }
+
+    #[test]
+    fn explicit_format_is_not_detected() {
+        let opts = ReadOptions { format: Some(Format::ShareGpt), ..ReadOptions::default() };
+        let e = read("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n", &opts).unwrap_err();
+        assert!(e.to_string().starts_with("t.jsonl:1: missing key \"conversations\""), "{e}");
+    }
+
+    #[test]
+    fn invalid_role_map_is_an_options_error() {
+        let sharegpt = ShareGptOptions { roles: vec![("bot".into(), "robot".into())], ..ShareGptOptions::default() };
+        let e = read("{}\n", &ReadOptions { sharegpt, ..ReadOptions::default() }).unwrap_err();
+        assert!(matches!(e, DataError::InvalidOptions { .. }), "{e}");
+    }
+
+    #[test]
+    fn convert_one_row() {
+        let at = RowRef { file: "<arg>".into(), row: 1 };
+        let row = serde_json::json!({"conversations": [{"from": "human", "value": "hi"}]});
+        let c = convert_row(row, &at, Format::ShareGpt, &ShareGptOptions::default()).unwrap();
+        assert_eq!(c.messages[0].role, "user");
+        let e = convert_row(serde_json::json!([1]), &at, Format::OpenAi, &ShareGptOptions::default()).unwrap_err();
+        assert_eq!(e.to_string().split(';').next(), Some("<arg>:1: row is an array, not a JSON object"));
+    }
+
+    #[test]
+    fn on_bad_row_parses() {
+        assert_eq!("skip".parse::<OnBadRow>(), Ok(OnBadRow::Skip));
+        assert!("ignore".parse::<OnBadRow>().is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! Raw rows from JSONL, JSON-array and Parquet files (or stdin), each with its 1-based line or
+//! row number.
+//!
+//! The container is detected from the bytes, not the extension (many `.json` files are really
+//! JSONL): the `PAR1` magic means Parquet, a first non-whitespace `[` means one JSON array, and
+//! anything else is read as JSONL. A UTF-8 byte-order mark is ignored.
+
+use std::io::Read;
+
+use arrow::array::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Map, Value};
+
+use super::error::{kind, DataError, RowError};
+use crate::conversation::RowRef;
+
+/// How a file's rows are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// One JSON object per line; rows are numbered by line (blank lines count).
+    Jsonl,
+    /// One top-level JSON array; rows are numbered by 1-based element index.
+    JsonArray,
+    /// Apache Parquet; rows are numbered by 1-based row index.
+    Parquet,
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileKind::Jsonl => "jsonl",
+            FileKind::JsonArray => "json",
+            FileKind::Parquet => "parquet",
+        })
+    }
+}
+
+/// One row as read: a JSON object and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRow {
+    /// The file and 1-based line/row.
+    pub source: RowRef,
+    /// The row's keys and values, in source (column) order.
+    pub value: Map<String, Value>,
+}
+
+/// The rows of one file. Each entry is a row or that row's error (invalid JSON or UTF-8 on a
+/// JSONL line, a value that is not an object), so callers can skip bad rows and go on.
+#[derive(Debug)]
+pub struct RawRows {
+    /// How the file stores its rows.
+    pub kind: FileKind,
+    /// The rows in file order.
+    pub rows: Vec<Result<RawRow, DataError>>,
+}
+
+/// Reads every row of `path` (`-` means stdin). File-level problems (missing file, a JSON array
+/// that does not parse, a corrupt Parquet file) are the outer error.
+pub fn read_rows(path: &str) -> Result<RawRows, DataError> {
+    let bytes = if path == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().lock().read_to_end(&mut buf).map_err(|e| DataError::io(path, e))?;
+        buf
+    } else {
+        std::fs::read(path).map_err(|e| DataError::io(path, e))?
+    };
+    parse_bytes(path, bytes)
+}
+
+/// Reads rows from bytes already in memory; `path` names them in errors.
+pub fn parse_bytes(path: &str, bytes: Vec<u8>) -> Result<RawRows, DataError> {
+    let kind = sniff(&bytes);
+    let rows = match kind {
+        FileKind::Parquet => parse_parquet(path, bytes)?,
+        FileKind::JsonArray => parse_json_array(path, strip_bom(&bytes))?,
+        FileKind::Jsonl => parse_jsonl(path, strip_bom(&bytes)),
+    };
+    Ok(RawRows { kind, rows })
+}
+
+/// Decides how `bytes` store rows (see the module docs).
+pub fn sniff(bytes: &[u8]) -> FileKind {
+    if bytes.starts_with(b"PAR1") {
+        return FileKind::Parquet;
+    }
+    match strip_bom(bytes).iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => FileKind::JsonArray,
+        _ => FileKind::Jsonl,
+    }
+}
+
+fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
+fn row_ref(path: &str, row: usize) -> RowRef {
+    RowRef { file: path.to_string(), row }
+}
+
+fn object(path: &str, row: usize, value: Value) -> Result<RawRow, DataError> {
+    match value {
+        Value::Object(value) => Ok(RawRow { source: row_ref(path, row), value }),
+        other => Err(DataError::Row { at: row_ref(path, row), error: RowError::NotAnObject { found: kind(&other) } }),
+    }
+}
+
+fn parse_jsonl(path: &str, bytes: &[u8]) -> Vec<Result<RawRow, DataError>> {
+    let mut rows = Vec::new();
+    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line_no = index + 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let bad = |error| DataError::Row { at: row_ref(path, line_no), error };
+        let text = match std::str::from_utf8(line) {
+            Ok(text) => text,
+            Err(e) => {
+                rows.push(Err(bad(RowError::InvalidUtf8 { column: e.valid_up_to() + 1 })));
+                continue;
+            }
+        };
+        rows.push(match serde_json::from_str::<Value>(text) {
+            Ok(value) => object(path, line_no, value),
+            Err(e) => {
+                let mut message = format!("{} at column {}", json_message(&e), e.column());
+                if e.is_eof() {
+                    message.push_str(
+                        " (the line ends mid-value: a truncated row, or one object pretty-printed over several lines?)",
+                    );
+                }
+                Err(bad(RowError::InvalidJson { message }))
+            }
+        });
+    }
+    rows
+}
+
+fn parse_json_array(path: &str, bytes: &[u8]) -> Result<Vec<Result<RawRow, DataError>>, DataError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| DataError::InvalidJson {
+        path: path.to_string(),
+        line: e.line(),
+        column: e.column(),
+        message: json_message(&e),
+    })?;
+    let Value::Array(items) = value else {
+        // sniff() saw `[`, so serde_json either parsed an array or failed above.
+        return Err(DataError::InvalidJson {
+            path: path.to_string(),
+            line: 1,
+            column: 1,
+            message: format!("top level is {}, not an array", kind(&value)),
+        });
+    };
+    Ok(items.into_iter().enumerate().map(|(i, item)| object(path, i + 1, item)).collect())
+}
+
+/// serde_json's message without its trailing "at line L column C" (we print the position).
+fn json_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    text.strip_suffix(&suffix).map(str::to_string).unwrap_or(text)
+}
+
+fn parse_parquet(path: &str, bytes: Vec<u8>) -> Result<Vec<Result<RawRow, DataError>>, DataError> {
+    let fail = |message: String| DataError::Parquet {
+        path: path.to_string(),
+        message: message.strip_prefix("Parquet error: ").map(str::to_string).unwrap_or(message),
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .and_then(|builder| builder.build())
+        .map_err(|e| fail(e.to_string()))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| fail(e.to_string()))?;
+        for value in batch_to_json(&batch).map_err(fail)? {
+            let row = rows.len() + 1;
+            rows.push(object(path, row, value));
+        }
+    }
+    Ok(rows)
+}
+
+/// Converts a record batch to one JSON value per row with arrow-json's line-delimited writer
+/// (null fields are left out, like [`drop_null_keys`](crate::conversation::drop_null_keys) does).
+fn batch_to_json(batch: &RecordBatch) -> Result<Vec<Value>, String> {
+    let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
+    writer.write(batch).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    let buf = writer.into_inner();
+    let mut values = Vec::with_capacity(batch.num_rows());
+    for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        values.push(serde_json::from_slice(line).map_err(|e| e.to_string())?);
+    }
+    if values.len() != batch.num_rows() {
+        return Err(format!("decoded {} rows from a batch of {}", values.len(), batch.num_rows()));
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use std::sync::Arc;
+
+    fn write_parquet(batches: &[RecordBatch]) -> Result<Vec<u8>, String> {
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => Arc::new(arrow::datatypes::Schema::empty()),
+        };
+        let mut out = Vec::new();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).map_err(|e| e.to_string())?;
+        for batch in batches {
+            writer.write(batch).map_err(|e| e.to_string())?;
+        }
+        writer.close().map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    fn rows(text: &str) -> Vec<Result<RawRow, DataError>> {
+        parse_bytes("t.jsonl", text.as_bytes().to_vec()).unwrap().rows
+    }
+
+    #[test]
+    fn sniffs_by_content() {
+        assert_eq!(sniff(b"PAR1...."), FileKind::Parquet);
+        assert_eq!(sniff(b"\n  [ {} ]"), FileKind::JsonArray);
+        assert_eq!(sniff(b"\xEF\xBB\xBF[]"), FileKind::JsonArray);
+        assert_eq!(sniff(b"{\"a\":1}\n"), FileKind::Jsonl);
+        assert_eq!(sniff(b""), FileKind::Jsonl);
+    }
+
+    #[test]
+    fn jsonl_counts_blank_lines() {
+        let rows = rows("{\"a\":1}\n\n  \r\n{\"b\":2}\r\n");
+        assert_eq!(rows.len(), 2);
+        let second = rows[1].as_ref().unwrap();
+        assert_eq!(second.source.row, 4);
+        assert_eq!(second.value["b"], 2);
+    }
+
+    #[test]
+    fn jsonl_bad_lines_are_row_errors() {
+        let rows = rows("{\"a\":1}\n{\"a\":\n[1]\n");
+        assert!(rows[0].is_ok());
+        let e = rows[1].as_ref().unwrap_err().to_string();
+        assert!(e.starts_with("t.jsonl:2: invalid JSON"), "{e}");
+        let e = rows[2].as_ref().unwrap_err().to_string();
+        assert!(e.starts_with("t.jsonl:3: row is an array"), "{e}");
+    }
+
+    #[test]
+    fn jsonl_invalid_utf8() {
+        let got = parse_bytes("u.jsonl", b"{\"a\":1}\n{\"a\":\"\xff\"}\n".to_vec()).unwrap().rows;
+        let e = got[1].as_ref().unwrap_err();
+        assert!(matches!(e, DataError::Row { error: RowError::InvalidUtf8 { column: 7 }, .. }), "{e}");
+    }
+
+    #[test]
+    fn json_array_rows_and_errors() {
+        let got = parse_bytes("a.json", b"[{\"a\":1}, 2]".to_vec()).unwrap();
+        assert_eq!(got.kind, FileKind::JsonArray);
+        assert!(got.rows[0].is_ok());
+        assert!(got.rows[1].as_ref().unwrap_err().to_string().starts_with("a.json:2: row is a number"));
+        let err = parse_bytes("a.json", b"[\n{\"a\":1},\n{\"a\" 2}]".to_vec()).unwrap_err();
+        assert!(err.to_string().starts_with("a.json:3:6: invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn parquet_round_trip_drops_nulls() {
+        let text: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), None]));
+        let n: ArrayRef = Arc::new(Int64Array::from(vec![1, 2]));
+        let batch = RecordBatch::try_from_iter([("text", text), ("n", n)]).unwrap();
+        let bytes = write_parquet(&[batch]).unwrap();
+        let got = parse_bytes("p.parquet", bytes.clone()).unwrap();
+        assert_eq!(got.kind, FileKind::Parquet);
+        let rows: Vec<_> = got.rows.into_iter().map(Result::unwrap).collect();
+        assert_eq!(rows[0].value, serde_json::json!({"text": "x", "n": 1}).as_object().unwrap().clone());
+        assert_eq!(rows[1].value, serde_json::json!({"n": 2}).as_object().unwrap().clone());
+        assert_eq!(rows[1].source.row, 2);
+        let err = parse_bytes("p.parquet", bytes[..bytes.len() / 2].to_vec()).unwrap_err();
+        assert!(err.to_string().starts_with("p.parquet: cannot read Parquet"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = read_rows("/nonexistent/dir/train.jsonl").unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/dir/train.jsonl: no such file"), "{err}");
+    }
+}

@@ -1,0 +1,10 @@
+//! sft-data: everything before the model. Training data in the shapes people have (Alpaca,
+//! ShareGPT, OpenAI messages; JSONL, JSON, Parquet) becomes a [`conversation::Conversation`];
+//! a [`template::ChatTemplate`] renders it exactly as transformers' `apply_chat_template` does;
+//! [`tokens`] turns the text into token ids and the assistant-token mask.
+#![deny(missing_docs)]
+
+pub mod conversation;
+pub mod data;
+pub mod template;
+pub mod tokens;

@@ -1,0 +1,383 @@
+//! Chat templates rendered exactly as transformers' `apply_chat_template` renders them.
+//!
+//! A [`ChatTemplate`] is compiled once from Jinja source and renders a [`Conversation`] with
+//! the context transformers passes: `messages`, `tools`, `documents`, `add_generation_prompt`,
+//! the tokenizer's special tokens as strings, and extra keyword arguments (`enable_thinking`, …).
+//! `{% generation %}` blocks (TRL's training templates) are supported: their character spans are
+//! returned with the text, which is how assistant-token masks are built.
+
+mod env;
+pub mod pyjson;
+mod renderer;
+mod source;
+
+use serde_json::{Map, Value as Json};
+
+pub use env::Clock;
+pub use renderer::{Renderer, Spans};
+use env::{GEN_END, GEN_FILTER, GEN_START};
+pub use source::{builtin_names, load_template, special_tokens, TemplateChoice, TemplateSet, BUILTINS};
+
+use crate::conversation::Conversation;
+
+/// Why a template could not be compiled or rendered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// The Jinja source does not parse.
+    #[error("chat template {name}: syntax error: {message}")]
+    Syntax {
+        /// Where the template came from.
+        name: String,
+        /// minijinja's description, with line.
+        message: String,
+    },
+    /// Rendering failed: `raise_exception`, an undefined attribute, the fuel limit, …
+    #[error("{message}")]
+    Render {
+        /// What went wrong, as the template reported it.
+        message: String,
+    },
+    /// `continue_final_message` could not find the final message in the rendered text.
+    #[error("{0}")]
+    ContinueFinalMessage(String),
+    /// The template could not be found or read.
+    #[error("{0}")]
+    Source(String),
+}
+
+/// Per-render settings, mirroring `apply_chat_template`'s arguments.
+#[derive(Debug, Clone, Default)]
+pub struct RenderArgs {
+    /// Append the header that starts an assistant turn (inference).
+    pub add_generation_prompt: bool,
+    /// Leave the final message open so the model continues it (prefill).
+    pub continue_final_message: bool,
+    /// The special tokens passed into the template context (`bos_token`, `eos_token`, …).
+    pub template_vars: Map<String, Json>,
+    /// Extra keyword arguments (`enable_thinking`, `date_string`, …); they override
+    /// `template_vars` on clashes, as in transformers.
+    pub kwargs: Map<String, Json>,
+}
+
+/// A rendered conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The text, byte-identical to transformers.
+    pub text: String,
+    /// `{% generation %}` spans as `[start, end)` offsets in characters (Unicode scalar values,
+    /// as Python counts them), in the order the blocks were rendered.
+    pub generation_spans: Vec<(usize, usize)>,
+}
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+    name: String,
+    source: String,
+    has_generation: bool,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").field("name", &self.name).finish()
+    }
+}
+
+const ROOT: &str = "chat_template";
+
+impl ChatTemplate {
+    /// Compiles Jinja `source`; `name` says where it came from (for errors).
+    pub fn new(name: &str, source: &str, clock: Clock) -> Result<Self, TemplateError> {
+        // jinja2's lexer turns every \r\n and \r of the source into \n before parsing.
+        let source = source.replace("\r\n", "\n").replace('\r', "\n");
+        let (rewritten, has_generation) = rewrite_generation_tags(&source);
+        let mut env = env::environment(clock);
+        env.add_template_owned(ROOT, rewritten)
+            .map_err(|e| TemplateError::Syntax { name: name.into(), message: describe(&e) })?;
+        Ok(ChatTemplate { env, name: name.into(), source, has_generation })
+    }
+
+    /// Where this template came from.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the template marks assistant output with `{% generation %}`.
+    pub fn has_generation_tags(&self) -> bool {
+        self.has_generation
+    }
+
+    /// Renders `conv` like `tokenizer.apply_chat_template(messages, tools=..., documents=...,
+    /// tokenize=False, ...)`.
+    pub fn render(&self, conv: &Conversation, args: &RenderArgs) -> Result<Rendered, TemplateError> {
+        let messages: Vec<Json> = conv.messages.iter().map(|m| Json::Object(m.fields.clone())).collect();
+        self.render_messages(&messages, conv.tools.as_ref(), conv.documents.as_ref(), args)
+    }
+
+    /// Renders raw message objects (what [`render`](Self::render) does after conversion).
+    pub fn render_messages(
+        &self,
+        messages: &[Json],
+        tools: Option<&Json>,
+        documents: Option<&Json>,
+        args: &RenderArgs,
+    ) -> Result<Rendered, TemplateError> {
+        if args.add_generation_prompt && args.continue_final_message {
+            return Err(TemplateError::ContinueFinalMessage(
+                "continue_final_message and add_generation_prompt are not compatible. Use continue_final_message \
+                 when you want the model to continue the final message, and add_generation_prompt when you want \
+                 to add a header that will prompt it to start a new assistant message instead."
+                    .into(),
+            ));
+        }
+        let mut messages: Vec<Json> = messages.iter().map(prepare_message).collect();
+        let final_text = if args.continue_final_message { Some(self.tag_final_message(&mut messages)?) } else { None };
+        let mut ctx = Map::new();
+        ctx.insert("messages".into(), Json::Array(messages.clone()));
+        ctx.insert("tools".into(), tools.cloned().unwrap_or(Json::Null));
+        ctx.insert("documents".into(), documents.cloned().unwrap_or(Json::Null));
+        ctx.insert("add_generation_prompt".into(), Json::Bool(args.add_generation_prompt));
+        for (k, v) in args.template_vars.iter().chain(args.kwargs.iter()) {
+            ctx.insert(k.clone(), v.clone());
+        }
+        let template = self.env.get_template(ROOT).map_err(|e| TemplateError::Render { message: describe(&e) })?;
+        let raw = template
+            .render(minijinja::Value::from(minijinja::value::Serde(&ctx)))
+            .map_err(|e| TemplateError::Render { message: describe(&e) })?;
+        let (mut text, mut spans) =
+            if self.has_generation { extract_spans(&raw, &messages)? } else { (raw, Vec::new()) };
+        if let Some(final_text) = final_text {
+            let chars = cut_at_continue_tag(&text, &final_text)?;
+            text = text.chars().take(chars).collect();
+            for span in &mut spans {
+                span.0 = span.0.min(chars);
+                span.1 = span.1.min(chars);
+            }
+        }
+        Ok(Rendered { text, generation_spans: spans })
+    }
+}
+
+/// minijinja's error with its cause chain and line, on one line.
+fn describe(err: &minijinja::Error) -> String {
+    let mut msg = match err.detail() {
+        Some(detail) if err.kind() == minijinja::ErrorKind::InvalidOperation => detail.to_string(),
+        _ => err.to_string(),
+    };
+    if let Some(line) = err.line() {
+        if !msg.contains("line ") {
+            msg.push_str(&format!(" (template line {line})"));
+        }
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        msg.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    msg
+}
+
+/// minijinja has no custom tags: rename `{% generation %}` / `{% endgeneration %}` (keeping
+/// whitespace-control markers, so trimming is unchanged) to a filter block whose filter wraps
+/// the body in sentinel characters.
+fn rewrite_generation_tags(source: &str) -> (String, bool) {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    let mut found = false;
+    while let Some(pos) = rest.find("{%") {
+        out.push_str(&rest[..pos]);
+        let tag = &rest[pos..];
+        let inner_start = 2 + tag[2..].starts_with(['-', '+']) as usize;
+        let after_ws = tag[inner_start..].trim_start();
+        let word_len = after_ws.find(|c: char| !c.is_ascii_alphanumeric() && c != '_').unwrap_or(after_ws.len());
+        let word = &after_ws[..word_len];
+        let replacement = match word {
+            "generation" => Some(format!("filter {GEN_FILTER}")),
+            "endgeneration" => Some("endfilter".to_string()),
+            _ => None,
+        };
+        let close = after_ws[word_len..].trim_start();
+        let closes = close.starts_with("%}") || close.starts_with("-%}") || close.starts_with("+%}");
+        match replacement {
+            Some(rep) if closes => {
+                found = true;
+                let word_at = tag.len() - after_ws.len();
+                out.push_str(&tag[..word_at]);
+                out.push_str(&rep);
+                rest = &tag[word_at + word_len..];
+            }
+            _ => {
+                out.push_str("{%");
+                rest = &tag[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    (out, found)
+}
+
+/// Removes the generation sentinels from `raw`, returning the text and the spans in characters.
+fn extract_spans(raw: &str, messages: &[Json]) -> Result<(String, Vec<(usize, usize)>), TemplateError> {
+    if serde_json::to_string(messages).is_ok_and(|s| s.contains([GEN_START, GEN_END])) {
+        return Err(TemplateError::Render {
+            message: "a message contains U+FDD0 or U+FDD1, which sft reserves for {% generation %} spans".into(),
+        });
+    }
+    let mut text = String::with_capacity(raw.len());
+    let mut spans = Vec::new();
+    let mut open: Vec<usize> = Vec::new();
+    let mut chars = 0usize;
+    for c in raw.chars() {
+        match c {
+            GEN_START => open.push(chars),
+            GEN_END => {
+                if let Some(start) = open.pop() {
+                    // Nested blocks: transformers records the inner span first, then the outer.
+                    spans.push((start, chars));
+                }
+            }
+            c => {
+                text.push(c);
+                chars += 1;
+            }
+        }
+    }
+    Ok((text, spans))
+}
+
+/// What transformers appends to the final message before rendering with
+/// `continue_final_message`, to find where that message ends in the output.
+const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
+
+/// What transformers does to each message before templating: keys whose value is `null` are
+/// dropped, and reasoning given as `reasoning_content`, `thinking` or `reasoning` is aliased:
+/// the first one set fills `thinking` (when absent, placed first) and `reasoning_content`.
+fn prepare_message(message: &Json) -> Json {
+    let Json::Object(fields) = message else { return message.clone() };
+    let fields: Map<String, Json> = fields.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let reasoning = ["reasoning_content", "thinking", "reasoning"].iter().find_map(|k| fields.get(*k)).cloned();
+    let Some(reasoning) = reasoning else { return Json::Object(fields) };
+    let mut out = Map::new();
+    if !fields.contains_key("thinking") {
+        out.insert("thinking".into(), reasoning.clone());
+    }
+    out.extend(fields);
+    // Python's `{**message, "reasoning_content": r}` keeps an existing key's position.
+    out.insert("reasoning_content".into(), reasoning);
+    Json::Object(out)
+}
+
+impl ChatTemplate {
+    /// transformers' `continue_final_message`, first half: append [`CONTINUE_TAG`] to the final
+    /// message's text (its last text block, for block lists). Returns the original text.
+    fn tag_final_message(&self, messages: &mut [Json]) -> Result<String, TemplateError> {
+        let err = |m: &str| TemplateError::ContinueFinalMessage(m.to_string());
+        let Some(last) = messages.last_mut() else {
+            return Err(err("continue_final_message is set but the conversation is empty!"));
+        };
+        let Some(content) = last.get_mut("content") else {
+            return Err(err("continue_final_message is set but the final message has no \"content\" to continue!"));
+        };
+        if !self.source.contains("content") {
+            return Err(err("continue_final_message is set to \"content\" but this is not an accepted field in the chat_template"));
+        }
+        let text = match content {
+            Json::String(s) => s,
+            Json::Array(blocks) => blocks
+                .iter_mut()
+                .rev()
+                .find_map(|b| b.get_mut("text"))
+                .and_then(|t| match t {
+                    Json::String(s) => Some(s),
+                    _ => None,
+                })
+                .ok_or_else(|| err("continue_final_message is set but we could not find any text to continue in the final message!"))?,
+            _ => return Err(err("continue_final_message is set but the final message's content is not text")),
+        };
+        let original = text.clone();
+        text.push_str(CONTINUE_TAG);
+        Ok(original)
+    }
+}
+
+/// transformers' `continue_final_message`, second half: cut the rendered text where the tag
+/// starts (then strip trailing whitespace if the template trimmed the tag's space). Returns the
+/// cut position in characters.
+fn cut_at_continue_tag(text: &str, final_text: &str) -> Result<usize, TemplateError> {
+    let tag = CONTINUE_TAG.trim();
+    if !text.contains(py_strip(final_text)) || !text.contains(tag) {
+        return Err(TemplateError::ContinueFinalMessage(
+            "continue_final_message is set but the final message does not appear in the chat after applying the \
+             chat template! This can happen if the chat template deletes portions of the final message. Please \
+             verify the chat template and final message in your chat to ensure they are compatible."
+                .into(),
+        ));
+    }
+    let loc = text.rfind(tag).unwrap_or(0);
+    let head = if text[loc..].starts_with(CONTINUE_TAG) { &text[..loc] } else { text[..loc].trim_end_matches(is_py_space) };
+    Ok(head.chars().count())
+}
+
+/// Python's `str.strip()` (Unicode whitespace).
+fn py_strip(s: &str) -> &str {
+    s.trim_matches(is_py_space)
+}
+
+/// `str.isspace()` for one character: Unicode White_Space plus the ASCII separators 0x1c-0x1f.
+fn is_py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_generation_tags_keeping_whitespace_control() {
+        let (s, found) = rewrite_generation_tags("a{%- generation -%}b{% endgeneration %}{% if x %}{% endif %}");
+        assert!(found);
+        assert_eq!(s, format!("a{{%- filter {GEN_FILTER} -%}}b{{% endfilter %}}{{% if x %}}{{% endif %}}"));
+        let (s, found) = rewrite_generation_tags("{% generations %}{{ '{%' }}");
+        assert!(!found);
+        assert_eq!(s, "{% generations %}{{ '{%' }}");
+    }
+
+    #[test]
+    fn generation_spans_are_in_characters() {
+        let t = ChatTemplate::new(
+            "t",
+            "{% for m in messages %}{{ m.role }}: {% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n{% endfor %}",
+            Clock::System,
+        )
+        .unwrap();
+        let msgs = vec![serde_json::json!({"role": "user", "content": "héllo"}), serde_json::json!({"role": "assistant", "content": "wörld"})];
+        let r = t.render_messages(&msgs, None, None, &RenderArgs::default()).unwrap();
+        // trim_blocks eats the newline after `{% endif %}`, as in jinja2.
+        assert_eq!(r.text, "user: hélloassistant: wörld");
+        assert_eq!(r.generation_spans, vec![(22, 27)]);
+    }
+
+    #[test]
+    fn looping_template_ends_with_an_error() {
+        let t = ChatTemplate::new("loop", "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}", Clock::System).unwrap();
+        let err = t.render_messages(&[], None, None, &RenderArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("fuel"), "{err}");
+    }
+
+    #[test]
+    fn raise_exception_message_is_kept() {
+        let t = ChatTemplate::new("r", "{{ raise_exception('Only user and assistant roles are supported!') }}", Clock::System).unwrap();
+        let err = t.render_messages(&[], None, None, &RenderArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("Only user and assistant roles are supported!"), "{err}");
+    }
+
+    #[test]
+    fn continue_final_message_cuts_after_the_content() {
+        let t = ChatTemplate::new("c", "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}", Clock::System).unwrap();
+        let msgs = vec![serde_json::json!({"role": "user", "content": "hi"}), serde_json::json!({"role": "assistant", "content": "The answer is "})];
+        let args = RenderArgs { continue_final_message: true, ..Default::default() };
+        let r = t.render_messages(&msgs, None, None, &args).unwrap();
+        assert_eq!(r.text, "<user>hi</s><assistant>The answer is ");
+    }
+}
