@@ -63,9 +63,9 @@ fn render_tokenize_marks_assistant_tokens_with_a_real_tokenizer() {
         assert_eq!(ids.len(), mask.len());
         let trained = mask.iter().filter(|m| m.as_u64() == Some(1)).count();
         assert!(trained > 0 && trained < ids.len(), "{row}");
-        // The last trained token is <|im_end|> (151645): the model learns to stop.
+        // <|im_end|> (151645) trains: the model learns to stop.
         let last = mask.iter().rposition(|m| m.as_u64() == Some(1)).unwrap();
-        assert_eq!(ids[last].as_u64(), Some(151645));
+        assert_eq!(ids[last - 1].as_u64(), Some(151645));
     }
 }
 
@@ -153,7 +153,7 @@ fn inspect_marks_trained_text_when_piped() {
     let out = sft(&["inspect", "--tokenizer", "assets/tokenizers/qwen2_5", "--rows", "2", "examples/chat.jsonl"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("[[Bonjour.<|im_end|>]]"), "{text}");
+    assert!(text.contains("[[Bonjour.<|im_end|>\n]]"), "{text}");
     assert!(text.contains("message 4: assistant trains"), "{text}");
     assert!(!text.contains('\x1b'), "no colors when piped");
 }

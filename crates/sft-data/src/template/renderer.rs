@@ -62,8 +62,9 @@ impl Renderer {
     /// The assistant spans of `rendered` (the render of `conv` without a generation prompt):
     /// the `{% generation %}` spans when the template has them; otherwise found by rendering
     /// message prefixes: an assistant turn starts where the render of the messages before it
-    /// with `add_generation_prompt=true` ends, and ends (trailing whitespace excluded) where the
-    /// render of the messages up to it ends. A template that renders earlier turns differently
+    /// with `add_generation_prompt=true` ends, and ends where the render of the messages up to it
+    /// ends (so the end-of-turn token and the newline after it train, as in TRL's training
+    /// templates and Unsloth's `train_on_responses_only`). A template that renders earlier turns differently
     /// once later turns follow (one that drops past reasoning, say) cannot be split this way,
     /// and gets an error that says so.
     pub fn assistant_spans(&self, conv: &Conversation, rendered: &Rendered) -> Result<Spans, TemplateError> {
@@ -83,7 +84,7 @@ impl Renderer {
             };
             let before = prefix_of(i, true)?;
             let through = prefix_of(i + 1, false)?;
-            if !full.starts_with(&before) || !full.starts_with(through.trim_end()) || through.len() < before.len() {
+            if !full.starts_with(&before) || !full.starts_with(&through) || through.len() < before.len() {
                 return Err(TemplateError::Render {
                     message: format!(
                         "cannot locate assistant message {} by prefix rendering: template {} renders it differently \
@@ -95,9 +96,57 @@ impl Renderer {
                 });
             }
             let start = before.chars().count();
-            let end = through.trim_end().chars().count().max(start);
+            let end = through.chars().count();
             spans.push((start, end));
         }
         Ok(spans)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::{Message, RowRef};
+
+    fn conv(turns: &[(&str, &str)]) -> Conversation {
+        Conversation {
+            source: RowRef { file: "t.jsonl".into(), row: 1 },
+            messages: turns.iter().map(|(r, c)| Message::text(r, c)).collect(),
+            tools: None,
+            documents: None,
+        }
+    }
+
+    fn spans_text(r: &Renderer, c: &Conversation) -> Result<Vec<String>, TemplateError> {
+        let rendered = r.render(c, false, false)?;
+        let chars: Vec<char> = rendered.text.chars().collect();
+        Ok(r.assistant_spans(c, &rendered)?.iter().map(|&(s, e)| chars[s..e].iter().collect()).collect())
+    }
+
+    #[test]
+    fn prefix_spans_cover_every_assistant_turn_with_its_end_of_turn() {
+        let choice = TemplateChoice { template: Some("chatml".into()), ..Default::default() };
+        let r = Renderer::new(None, &choice, Map::new()).unwrap();
+        let c = conv(&[("system", "S"), ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")]);
+        assert_eq!(spans_text(&r, &c).unwrap(), vec!["b<|im_end|>\n", "d<|im_end|>\n"]);
+    }
+
+    #[test]
+    fn a_template_that_rewrites_earlier_turns_is_reported() {
+        let dir = std::env::temp_dir().join(format!("sft-renderer-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("drops.jinja");
+        // Like Qwen3: earlier assistant turns lose their reasoning once a later turn follows.
+        std::fs::write(
+            &path,
+            "{% for m in messages %}{% if m.role == 'assistant' and not loop.last %}{{ m.content.split('</think>')[-1] }}{% else %}{{ m.content }}{% endif %}|{% endfor %}",
+        )
+        .unwrap();
+        let choice = TemplateChoice { template: Some(path.display().to_string()), ..Default::default() };
+        let r = Renderer::new(None, &choice, Map::new()).unwrap();
+        let c = conv(&[("user", "q"), ("assistant", "<think>r</think>a"), ("user", "q2"), ("assistant", "b")]);
+        let err = spans_text(&r, &c).unwrap_err().to_string();
+        assert!(err.contains("assistant message 2") && err.contains("generation"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

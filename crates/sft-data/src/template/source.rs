@@ -207,3 +207,75 @@ pub fn special_tokens(tokenizer_dir: &Path) -> Result<Map<String, Json>, Templat
     }
     Ok(vars)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(std::path::PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("sft-source-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self.0).ok();
+        }
+    }
+
+    fn render(t: &ChatTemplate) -> String {
+        t.render_messages(&[serde_json::json!({"role": "user", "content": "x"})], None, None, &Default::default()).unwrap().text
+    }
+
+    #[test]
+    fn named_template_list_picks_default_and_tool_use() {
+        let dir = TempDir::new("named");
+        std::fs::write(
+            dir.0.join("tokenizer_config.json"),
+            r#"{"chat_template": [{"name": "default", "template": "D"}, {"name": "tool_use", "template": "T"}, {"name": "rag", "template": "R"}],
+                "bos_token": {"__type": "AddedToken", "content": "<s>"}, "eos_token": "</s>", "add_bos_token": true, "image_token": "<img>"}"#,
+        )
+        .unwrap();
+        let set = load_template(Some(&dir.0), &TemplateChoice::default()).unwrap();
+        assert_eq!(render(set.select(false)), "D");
+        assert_eq!(render(set.select(true)), "T");
+        let rag = load_template(Some(&dir.0), &TemplateChoice { template: Some("rag".into()), ..Default::default() }).unwrap();
+        assert_eq!(render(&rag.default), "R");
+        let vars = special_tokens(&dir.0).unwrap();
+        assert_eq!(serde_json::Value::Object(vars), serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "image_token": "<img>"}));
+    }
+
+    #[test]
+    fn chat_template_jinja_wins_over_the_config() {
+        let dir = TempDir::new("jinja");
+        std::fs::write(dir.0.join("tokenizer_config.json"), r#"{"chat_template": "config"}"#).unwrap();
+        std::fs::write(dir.0.join("chat_template.jinja"), "file").unwrap();
+        assert_eq!(render(&load_template(Some(&dir.0), &TemplateChoice::default()).unwrap().default), "file");
+    }
+
+    #[test]
+    fn missing_template_error_says_what_to_do() {
+        let dir = TempDir::new("none");
+        std::fs::write(dir.0.join("tokenizer_config.json"), r#"{"eos_token": "</s>"}"#).unwrap();
+        let err = load_template(Some(&dir.0), &TemplateChoice::default()).unwrap_err().to_string();
+        assert!(err.contains("no chat template") && err.contains("--chat-template") && err.contains("chatml"), "{err}");
+    }
+
+    #[test]
+    fn map_eos_token_makes_the_end_of_turn_the_eos() {
+        let choice = TemplateChoice { template: Some("chatml".into()), map_eos_token: true, ..Default::default() };
+        assert_eq!(load_template(None, &choice).unwrap().eos_override.as_deref(), Some("<|im_end|>"));
+    }
+
+    #[test]
+    fn templates_cannot_read_files_or_recurse_forever() {
+        let include = ChatTemplate::new("inc", "{% include '/etc/passwd' %}", Clock::System).unwrap();
+        assert!(include.render_messages(&[], None, None, &Default::default()).is_err());
+        let deep = ChatTemplate::new("deep", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", Clock::System).unwrap();
+        let err = deep.render_messages(&[], None, None, &Default::default()).unwrap_err().to_string();
+        assert!(err.contains("recursion"), "{err}");
+    }
+}
