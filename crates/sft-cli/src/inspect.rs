@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
+use sft_data::template::char_ranges;
+
 use crate::common::DataArgs;
 
 /// `sft inspect` flags.
@@ -87,25 +89,19 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        // Highlight per character; with a tokenizer, per trained token (what the loss sees).
+        // Highlight the assistant spans; the tokens overlapping them are the trained ones.
         let chars: Vec<char> = rendered.text.chars().collect();
         let mut trained = vec![false; chars.len()];
         match &loaded.tokenizer {
             Some(tok) => {
-                let t = tok.encode(&rendered.text, &spans)?;
+                let t = tok.encode(&rendered.text, &char_ranges(&spans))?;
                 let n_trained = t.assistant_mask.iter().filter(|&&m| m == 1).count();
                 println!("  tokens: {} total, {n_trained} trained", t.input_ids.len());
-                // Map trained tokens back to characters through the spans they came from.
-                for &(s, e) in &spans {
-                    trained[s.min(chars.len())..e.min(chars.len())].iter_mut().for_each(|c| *c = true);
-                }
             }
-            None => {
-                for &(s, e) in &spans {
-                    trained[s.min(chars.len())..e.min(chars.len())].iter_mut().for_each(|c| *c = true);
-                }
-                println!("  (pass --tokenizer for token counts)");
-            }
+            None => println!("  (pass --tokenizer for token counts)"),
+        }
+        for s in &spans {
+            trained[s.start.min(chars.len())..s.end.min(chars.len())].iter_mut().for_each(|c| *c = true);
         }
         let mut out = String::new();
         let mut inside = false;

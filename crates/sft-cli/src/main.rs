@@ -1,10 +1,12 @@
 //! `sft`: chat fine-tuning for LLMs as one binary.
 //!
 //! Subcommands follow the pipeline: `render` and `inspect` show how data meets the chat
-//! template; later stages (prepare, train, eval, generate) build on them.
+//! template; `prepare` encodes it once for training; later stages (train, eval, generate) build
+//! on them.
 
 mod common;
 mod inspect;
+mod prepare;
 mod render;
 
 use std::process::ExitCode;
@@ -25,6 +27,8 @@ enum Command {
     Render(render::RenderArgs),
     /// Show rows as a person would check them: rendered text, trained tokens highlighted.
     Inspect(inspect::InspectArgs),
+    /// Encode (and optionally pack) data once into a prepared dataset directory for training.
+    Prepare(prepare::PrepareArgs),
 }
 
 fn run() -> anyhow::Result<ExitCode> {
@@ -32,6 +36,7 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Render(args) => render::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Prepare(args) => prepare::run(&args),
     }
 }
 

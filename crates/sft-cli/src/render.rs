@@ -9,6 +9,7 @@ use clap::Args;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use sft_data::conversation::Conversation;
+use sft_data::template::char_ranges;
 
 use crate::common::{DataArgs, Loaded};
 
@@ -39,7 +40,7 @@ fn render_row(loaded: &Loaded, args: &RenderArgs, conv: &Conversation) -> Value 
         Ok(s) => s,
         Err(e) => return json!({ "error": format!("{}: {e}", conv.source) }),
     };
-    match tokenizer.encode(&rendered.text, &spans) {
+    match tokenizer.encode(&rendered.text, &char_ranges(&spans)) {
         Ok(t) => json!({ "text": rendered.text, "input_ids": t.input_ids, "assistant_mask": t.assistant_mask }),
         Err(e) => json!({ "error": format!("{}: {e}", conv.source) }),
     }

@@ -157,3 +157,143 @@ fn inspect_marks_trained_text_when_piped() {
     assert!(text.contains("message 4: assistant trains"), "{text}");
     assert!(!text.contains('\x1b'), "no colors when piped");
 }
+
+/// A fresh directory under target/cli-tests for one test's prepared output.
+fn out_dir(name: &str) -> PathBuf {
+    let dir = root().join("target/cli-tests/prepare").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    dir
+}
+
+fn words(path: &Path) -> Vec<u32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn jsonl_file(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn ints(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+}
+
+fn prepare(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["prepare", "--tokenizer", "assets/tokenizers/qwen2_5", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push("examples/chat.jsonl");
+    sft(&args)
+}
+
+#[test]
+fn prepare_writes_a_manifest_and_bins_that_match_emit_jsonl() {
+    let out = out_dir("plain");
+    let jsonl = out.with_extension("jsonl");
+    let run = prepare(&out, &["--emit-jsonl", jsonl.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let err = stderr(&run);
+    assert!(err.contains("2 rows read, 2 examples, 0 rows excluded"), "{err}");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let records = jsonl_file(&jsonl);
+    let tokens: Vec<i64> = records.iter().flat_map(|r| ints(&r["input_ids"])).collect();
+    let labels: Vec<i64> = records.iter().flat_map(|r| ints(&r["labels"])).collect();
+    let trained = labels.iter().filter(|&&l| l != -100).count();
+    assert_eq!(manifest["format_version"], 1);
+    assert_eq!(manifest["counts"]["rows"], 2);
+    assert_eq!(manifest["counts"]["examples"], 2);
+    assert_eq!(manifest["counts"]["sequences"], records.len());
+    assert_eq!(manifest["counts"]["tokens"], tokens.len());
+    assert_eq!(manifest["counts"]["trained_tokens"], trained);
+    assert_eq!(manifest["key"]["settings"]["masking"], "assistant");
+    assert_eq!(manifest["key"]["tokenizer_sha256"].as_str().unwrap().len(), 64);
+    assert!(manifest["key"]["data"]["size"].as_u64().unwrap() > 0);
+    let bin_tokens: Vec<i64> = words(&out.join("tokens.bin")).into_iter().map(i64::from).collect();
+    let bin_labels: Vec<i64> = words(&out.join("labels.bin")).into_iter().map(|w| i64::from(w as i32)).collect();
+    assert_eq!(bin_tokens, tokens);
+    assert_eq!(bin_labels, labels);
+    assert_eq!(std::fs::metadata(out.join("index.bin")).unwrap().len(), 16 * records.len() as u64);
+    assert!(!out.join("positions.bin").exists());
+}
+
+#[test]
+fn prepare_packing_restarts_position_ids_at_every_row() {
+    let out = out_dir("packed");
+    let jsonl = out.with_extension("jsonl");
+    let run = prepare(&out, &["--packing", "--max-seq-length", "128", "--emit-jsonl", jsonl.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).contains("packed 2 examples into 1 sequences"), "{}", stderr(&run));
+    let records = jsonl_file(&jsonl);
+    assert_eq!(records.len(), 1);
+    let pos = ints(&records[0]["position_ids"]);
+    assert_eq!(pos.iter().filter(|&&p| p == 0).count(), 2, "{pos:?}");
+    assert!(pos.windows(2).all(|w| w[1] == 0 || w[1] == w[0] + 1), "{pos:?}");
+    let bin: Vec<i64> = words(&out.join("positions.bin")).into_iter().map(i64::from).collect();
+    assert_eq!(bin, pos);
+}
+
+#[test]
+fn prepare_replaces_a_prepared_dataset_and_refuses_an_unrelated_directory() {
+    let out = out_dir("replace");
+    assert!(prepare(&out, &[]).status.success());
+    let run = prepare(&out, &["--masking", "all"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"masking\": \"all\""), "{manifest}");
+    let siblings: Vec<String> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".replace"))
+        .collect();
+    assert!(siblings.is_empty(), "temporary directories left: {siblings:?}");
+
+    let other = out_dir("unrelated");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "keep").unwrap();
+    let run = prepare(&other, &[]);
+    assert!(!run.status.success());
+    assert!(stderr(&run).contains("refusing to overwrite"), "{}", stderr(&run));
+    assert_eq!(std::fs::read_to_string(other.join("notes.txt")).unwrap(), "keep");
+    assert!(!other.join("manifest.json").exists());
+}
+
+#[test]
+fn prepare_fails_clearly_when_no_example_is_left() {
+    let data = scratch("prepare-no-assistant.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
+    let out = out_dir("empty");
+    let run = sft(&["prepare", "--tokenizer", "assets/tokenizers/qwen2_5", "--out", out.to_str().unwrap(), data.to_str().unwrap()]);
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    assert!(err.contains("no training example left"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn prepare_packing_without_a_length_and_markers_without_parts_are_refused() {
+    let out = out_dir("flags");
+    let run = prepare(&out, &["--packing"]);
+    assert!(stderr(&run).contains("--packing needs --max-seq-length"), "{}", stderr(&run));
+    let run = prepare(&out, &["--masking", "markers"]);
+    assert!(stderr(&run).contains("--instruction-part and --response-part"), "{}", stderr(&run));
+    assert!(!out.exists());
+}
+
+#[test]
+fn prepare_lists_twenty_excluded_rows_then_counts_the_rest() {
+    let mut data = String::from("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n");
+    for _ in 0..23 {
+        data.push_str("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
+    }
+    let path = scratch("prepare-excluded.jsonl", &data);
+    let out = out_dir("excluded");
+    let run = sft(&["prepare", "--tokenizer", "assets/tokenizers/qwen2_5", "--out", out.to_str().unwrap(), path.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let err = stderr(&run);
+    assert!(err.contains("24 rows read, 1 examples, 23 rows excluded"), "{err}");
+    assert!(err.contains("excluded, no trained token: 23"), "{err}");
+    assert!(err.contains("prepare-excluded.jsonl:21:"), "{err}");
+    assert!(!err.contains("prepare-excluded.jsonl:22:"), "{err}");
+    assert!(err.contains("... and 3 more"), "{err}");
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"no trained token\": 23"), "{manifest}");
+}

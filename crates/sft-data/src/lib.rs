@@ -6,5 +6,8 @@
 
 pub mod conversation;
 pub mod data;
+pub mod encode;
+pub mod pack;
+pub mod prepared;
 pub mod template;
 pub mod tokens;

@@ -73,6 +73,20 @@ impl TextTokenizer {
         Ok(TokenizedText { input_ids, assistant_mask })
     }
 
+    /// The ids the tokenizer's post-processor puts before a text when special tokens are added
+    /// (`<|begin_of_text|>` for Llama 3.1, `<bos>` for Gemma), found by encoding `"a"` with and
+    /// without special tokens; empty when it adds none in front (Llama 3, Qwen).
+    pub fn leading_special_ids(&self) -> Result<Vec<u32>, TokenError> {
+        let ids = |special: bool| -> Result<Vec<u32>, TokenError> {
+            Ok(self.inner.encode("a", special).map_err(|e| TokenError::Encode(e.to_string()))?.get_ids().to_vec())
+        };
+        let (plain, with) = (ids(false)?, ids(true)?);
+        if plain.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(with.windows(plain.len()).position(|w| w == plain.as_slice()).map(|p| with[..p].to_vec()).unwrap_or_default())
+    }
+
     /// The id of a token string, if the vocabulary has it.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

@@ -14,7 +14,7 @@ mod source;
 use serde_json::{Map, Value as Json};
 
 pub use env::Clock;
-pub use renderer::{Renderer, Spans};
+pub use renderer::{char_ranges, AssistantSpan, Renderer, Spans};
 use env::{GEN_END, GEN_FILTER, GEN_START};
 pub use source::{builtin_names, load_template, special_tokens, TemplateChoice, TemplateSet, BUILTINS};
 
@@ -103,6 +103,12 @@ impl ChatTemplate {
         &self.name
     }
 
+    /// The Jinja source as compiled (line ends normalized to `\n`, before `{% generation %}`
+    /// rewriting): what a prepared dataset hashes to notice a changed template.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Whether the template marks assistant output with `{% generation %}`.
     pub fn has_generation_tags(&self) -> bool {
         self.has_generation
@@ -111,14 +117,25 @@ impl ChatTemplate {
     /// Renders `conv` like `tokenizer.apply_chat_template(messages, tools=..., documents=...,
     /// tokenize=False, ...)`.
     pub fn render(&self, conv: &Conversation, args: &RenderArgs) -> Result<Rendered, TemplateError> {
-        let messages: Vec<Json> = conv.messages.iter().map(|m| Json::Object(m.fields.clone())).collect();
-        self.render_messages(&messages, conv.tools.as_ref(), conv.documents.as_ref(), args)
+        let messages = conv.messages.iter().map(|m| prepare_fields(&m.fields)).collect();
+        self.render_prepared(messages, conv.tools.as_ref(), conv.documents.as_ref(), args)
     }
 
     /// Renders raw message objects (what [`render`](Self::render) does after conversion).
     pub fn render_messages(
         &self,
         messages: &[Json],
+        tools: Option<&Json>,
+        documents: Option<&Json>,
+        args: &RenderArgs,
+    ) -> Result<Rendered, TemplateError> {
+        self.render_prepared(messages.iter().map(prepare_message).collect(), tools, documents, args)
+    }
+
+    /// Renders messages already through [`prepare_message`].
+    fn render_prepared(
+        &self,
+        mut messages: Vec<Json>,
         tools: Option<&Json>,
         documents: Option<&Json>,
         args: &RenderArgs,
@@ -131,10 +148,14 @@ impl ChatTemplate {
                     .into(),
             ));
         }
-        let mut messages: Vec<Json> = messages.iter().map(prepare_message).collect();
         let final_text = if args.continue_final_message { Some(self.tag_final_message(&mut messages)?) } else { None };
+        if self.has_generation && messages.iter().any(has_sentinel) {
+            return Err(TemplateError::Render {
+                message: "a message contains U+FDD0 or U+FDD1, which sft reserves for {% generation %} spans".into(),
+            });
+        }
         let mut ctx = Map::new();
-        ctx.insert("messages".into(), Json::Array(messages.clone()));
+        ctx.insert("messages".into(), Json::Array(messages));
         ctx.insert("tools".into(), tools.cloned().unwrap_or(Json::Null));
         ctx.insert("documents".into(), documents.cloned().unwrap_or(Json::Null));
         ctx.insert("add_generation_prompt".into(), Json::Bool(args.add_generation_prompt));
@@ -146,7 +167,7 @@ impl ChatTemplate {
             .render(minijinja::Value::from(minijinja::value::Serde(&ctx)))
             .map_err(|e| TemplateError::Render { message: describe(&e) })?;
         let (mut text, mut spans) =
-            if self.has_generation { extract_spans(&raw, &messages)? } else { (raw, Vec::new()) };
+            if self.has_generation { extract_spans(&raw) } else { (raw, Vec::new()) };
         if let Some(final_text) = final_text {
             let chars = cut_at_continue_tag(&text, &final_text)?;
             text = text.chars().take(chars).collect();
@@ -217,13 +238,18 @@ fn rewrite_generation_tags(source: &str) -> (String, bool) {
     (out, found)
 }
 
-/// Removes the generation sentinels from `raw`, returning the text and the spans in characters.
-fn extract_spans(raw: &str, messages: &[Json]) -> Result<(String, Vec<(usize, usize)>), TemplateError> {
-    if serde_json::to_string(messages).is_ok_and(|s| s.contains([GEN_START, GEN_END])) {
-        return Err(TemplateError::Render {
-            message: "a message contains U+FDD0 or U+FDD1, which sft reserves for {% generation %} spans".into(),
-        });
+/// Whether a string anywhere in `value` holds a generation sentinel.
+fn has_sentinel(value: &Json) -> bool {
+    match value {
+        Json::String(s) => s.contains([GEN_START, GEN_END]),
+        Json::Array(items) => items.iter().any(has_sentinel),
+        Json::Object(map) => map.values().any(has_sentinel),
+        _ => false,
     }
+}
+
+/// Removes the generation sentinels from `raw`, returning the text and the spans in characters.
+fn extract_spans(raw: &str) -> (String, Vec<(usize, usize)>) {
     let mut text = String::with_capacity(raw.len());
     let mut spans = Vec::new();
     let mut open: Vec<usize> = Vec::new();
@@ -243,7 +269,7 @@ fn extract_spans(raw: &str, messages: &[Json]) -> Result<(String, Vec<(usize, us
             }
         }
     }
-    Ok((text, spans))
+    (text, spans)
 }
 
 /// What transformers appends to the final message before rendering with
@@ -254,7 +280,14 @@ const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
 /// dropped, and reasoning given as `reasoning_content`, `thinking` or `reasoning` is aliased:
 /// the first one set fills `thinking` (when absent, placed first) and `reasoning_content`.
 fn prepare_message(message: &Json) -> Json {
-    let Json::Object(fields) = message else { return message.clone() };
+    match message {
+        Json::Object(fields) => prepare_fields(fields),
+        other => other.clone(),
+    }
+}
+
+/// [`prepare_message`] for a message's fields.
+fn prepare_fields(fields: &Map<String, Json>) -> Json {
     let fields: Map<String, Json> = fields.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
     let reasoning = ["reasoning_content", "thinking", "reasoning"].iter().find_map(|k| fields.get(*k)).cloned();
     let Some(reasoning) = reasoning else { return Json::Object(fields) };

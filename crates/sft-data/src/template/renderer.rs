@@ -16,8 +16,26 @@ pub struct Renderer {
     kwargs: Map<String, Json>,
 }
 
-/// Character spans (`[start, end)`) of the assistant turns in a rendered text.
-pub type Spans = Vec<(usize, usize)>;
+/// One assistant turn in a rendered text: its character span `[start, end)` and, when known,
+/// the index of the message it renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssistantSpan {
+    /// Index into the conversation's messages; `None` when a template's `{% generation %}`
+    /// blocks do not pair one-to-one with its assistant messages.
+    pub message: Option<usize>,
+    /// First character.
+    pub start: usize,
+    /// One past the last character.
+    pub end: usize,
+}
+
+/// The assistant turns of a rendered text, in order.
+pub type Spans = Vec<AssistantSpan>;
+
+/// The `(start, end)` pairs of `spans` (what token masking needs).
+pub fn char_ranges(spans: &[AssistantSpan]) -> Vec<(usize, usize)> {
+    spans.iter().map(|s| (s.start, s.end)).collect()
+}
 
 impl Renderer {
     /// Loads the template for `tokenizer_dir` (or the one `choice` names) and the tokenizer's
@@ -70,7 +88,16 @@ impl Renderer {
     pub fn assistant_spans(&self, conv: &Conversation, rendered: &Rendered) -> Result<Spans, TemplateError> {
         let template = self.templates.select(conv.tools.is_some());
         if template.has_generation_tags() {
-            return Ok(rendered.generation_spans.clone());
+            // Blocks pair with assistant messages in order when there is one per message.
+            let assistants: Vec<usize> =
+                conv.messages.iter().enumerate().filter(|(_, m)| m.is_assistant()).map(|(i, _)| i).collect();
+            let paired = assistants.len() == rendered.generation_spans.len();
+            return Ok(rendered
+                .generation_spans
+                .iter()
+                .enumerate()
+                .map(|(k, &(start, end))| AssistantSpan { message: paired.then(|| assistants[k]), start, end })
+                .collect());
         }
         let full = &rendered.text;
         let mut spans = Vec::new();
@@ -97,7 +124,7 @@ impl Renderer {
             }
             let start = before.chars().count();
             let end = through.chars().count();
-            spans.push((start, end));
+            spans.push(AssistantSpan { message: Some(i), start, end });
         }
         Ok(spans)
     }
@@ -120,7 +147,7 @@ mod tests {
     fn spans_text(r: &Renderer, c: &Conversation) -> Result<Vec<String>, TemplateError> {
         let rendered = r.render(c, false, false)?;
         let chars: Vec<char> = rendered.text.chars().collect();
-        Ok(r.assistant_spans(c, &rendered)?.iter().map(|&(s, e)| chars[s..e].iter().collect()).collect())
+        Ok(r.assistant_spans(c, &rendered)?.iter().map(|s| chars[s.start..s.end].iter().collect()).collect())
     }
 
     #[test]

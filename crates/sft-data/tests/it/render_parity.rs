@@ -5,25 +5,15 @@
 //! transformers raised. Needs `scripts/fetch-assets.sh` to have fetched the real tokenizers.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::common::{assets, root};
 
 use serde_json::{Map, Value};
 use sft_data::template::{special_tokens, ChatTemplate, Clock, RenderArgs};
 use sft_data::tokens::TextTokenizer;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
-fn assets() -> PathBuf {
-    let dir = std::env::var_os("SFT_ASSETS").map(PathBuf::from).unwrap_or_else(|| root().join("assets"));
-    assert!(
-        dir.join("tokenizers").is_dir() && dir.join("trl_chat_templates").is_dir(),
-        "{} lacks the real tokenizers/templates: run scripts/fetch-assets.sh first",
-        dir.display()
-    );
-    dir
-}
 
 fn fixture() -> Value {
     let path = root().join("tests/fixtures/render/render_parity.json");

@@ -2,20 +2,12 @@
 //! parity fixture's conversations (those within each built-in's scope), so `--chat-template
 //! qwen-2.5` is interchangeable with Qwen2.5's own tokenizer template.
 
-use std::path::{Path, PathBuf};
+use crate::common::{assets, root};
 
 use serde_json::Value;
 use sft_data::template::{special_tokens, ChatTemplate, Clock, RenderArgs, BUILTINS};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
-fn assets() -> PathBuf {
-    let dir = std::env::var_os("SFT_ASSETS").map(PathBuf::from).unwrap_or_else(|| root().join("assets"));
-    assert!(dir.join("tokenizers").is_dir(), "{}: run scripts/fetch-assets.sh first", dir.display());
-    dir
-}
 
 fn conversations() -> Vec<Value> {
     let path = root().join("tests/fixtures/render/render_parity.json");

@@ -1,0 +1,143 @@
+//! Prepared datasets: encoded (and optionally packed) examples stored once, so training can
+//! start without tokenizing again. A directory holds
+//!
+//! - `tokens.bin`: every record's input ids, little-endian `u32`, one after another;
+//! - `labels.bin`: their labels, little-endian `i32` (`-100` where the loss ignores);
+//! - `index.bin`: per record, its start and length in tokens, two little-endian `u64`;
+//! - `positions.bin` (packed datasets only): position ids, little-endian `u32`, restarting at
+//!   0 for every row of a sequence (row boundaries are where they restart);
+//! - `manifest.json`: the [`Manifest`]: format and sft versions, what the data was made from
+//!   (tokenizer and template hashes, settings, data file size and mtime) and the counts.
+//!
+//! [`write`] builds the directory beside its target and renames it into place, so a reader
+//! never sees half a dataset; [`PreparedDataset::open`] checks every file against the manifest
+//! and [`PreparedDataset::is_stale`] says why it no longer fits the current inputs.
+
+mod manifest;
+mod store;
+
+pub use manifest::{
+    file_sha256, template_sha256, Counts, DataFingerprint, Manifest, ManifestKey, Settings, FORMAT_VERSION,
+};
+pub use store::{write, PreparedDataset, Record};
+
+use thiserror::Error;
+
+use crate::encode::Example;
+use crate::pack::PackedSequence;
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "manifest.json";
+
+/// What goes into a prepared dataset.
+#[derive(Debug, Clone, Copy)]
+pub enum Records<'a> {
+    /// One record per example.
+    Examples(&'a [Example]),
+    /// One record per packed sequence, with position ids.
+    Packed(&'a [PackedSequence]),
+}
+
+impl Records<'_> {
+    /// How many records.
+    pub fn len(&self) -> usize {
+        match self {
+            Records::Examples(e) => e.len(),
+            Records::Packed(p) => p.len(),
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Record `i`, when there is one.
+    pub fn get(&self, i: usize) -> Option<Record<'_>> {
+        match self {
+            Records::Examples(e) => {
+                e.get(i).map(|e| Record { input_ids: &e.input_ids, labels: &e.labels, position_ids: None })
+            }
+            Records::Packed(p) => p
+                .get(i)
+                .map(|s| Record { input_ids: &s.input_ids, labels: &s.labels, position_ids: Some(&s.position_ids) }),
+        }
+    }
+
+    /// Tokens over all records.
+    pub fn tokens(&self) -> usize {
+        (0..self.len()).filter_map(|i| self.get(i)).map(|r| r.input_ids.len()).sum()
+    }
+}
+
+/// Why a prepared dataset cannot be written or read.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PreparedError {
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `manifest.json` is not a manifest.
+    #[error("{path}: not a valid prepared-dataset manifest: {source}")]
+    Manifest {
+        /// The manifest file.
+        path: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// Written by a different layout version.
+    #[error("{path}: format version {found}, this sft reads {expected}; prepare the data again")]
+    Version {
+        /// The manifest file.
+        path: String,
+        /// The version found.
+        found: u32,
+        /// The version this code reads.
+        expected: u32,
+    },
+    /// A data file's size disagrees with the manifest.
+    #[error("{path}: {found} bytes, but manifest.json promises {expected} (truncated or from another run); prepare the data again")]
+    Size {
+        /// The file.
+        path: String,
+        /// Bytes expected.
+        expected: u64,
+        /// Bytes found.
+        found: u64,
+    },
+    /// The index points outside the token files or records overlap.
+    #[error("{path}: record {record}: {message}; prepare the data again")]
+    Index {
+        /// The index file.
+        path: String,
+        /// The record, 0-based.
+        record: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The output exists and is not a prepared dataset.
+    #[error("{path}: exists and is not an empty directory or a prepared dataset (no manifest.json); refusing to overwrite it, choose another --out")]
+    NotPrepared {
+        /// The directory.
+        path: String,
+    },
+    /// A record's ids, labels and positions differ in length.
+    #[error("record {record}: {message}")]
+    Record {
+        /// The record, 0-based.
+        record: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl PreparedError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        PreparedError::Io { path: path.display().to_string(), source }
+    }
+}

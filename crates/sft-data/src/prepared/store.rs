@@ -1,0 +1,387 @@
+//! Writing a prepared dataset beside its target and renaming it into place; reading one back
+//! with every file checked against the manifest.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::manifest::{Manifest, ManifestKey, FORMAT_VERSION};
+use super::{PreparedError, Records, MANIFEST};
+
+const TOKENS: &str = "tokens.bin";
+const LABELS: &str = "labels.bin";
+const INDEX: &str = "index.bin";
+const POSITIONS: &str = "positions.bin";
+
+/// One stored record: an example, or a packed sequence with its position ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Token ids.
+    pub input_ids: &'a [u32],
+    /// Labels (`-100` where the loss ignores), not shifted.
+    pub labels: &'a [i32],
+    /// Position ids, restarting at 0 for every row (packed datasets only).
+    pub position_ids: Option<&'a [u32]>,
+}
+
+/// Writes `records` as a prepared dataset at `out`, with `manifest` (whose `sequences` and
+/// `tokens` counts are set from the records). The files are written into a hidden sibling
+/// directory which then replaces `out`; `out` may be missing, empty, or a prepared dataset
+/// (one with `manifest.json`), anything else is refused.
+pub fn write(out: &Path, manifest: &Manifest, records: Records<'_>) -> Result<(), PreparedError> {
+    let out = target(out)?;
+    let parent = out.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    fs::create_dir_all(&parent).map_err(|e| PreparedError::io(&parent, e))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "prepared".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| PreparedError::io(&tmp, e))?;
+    }
+    fs::create_dir(&tmp).map_err(|e| PreparedError::io(&tmp, e))?;
+    let mut manifest = manifest.clone();
+    manifest.counts.sequences = records.len();
+    manifest.counts.tokens = records.tokens();
+    if let Err(e) = write_files(&tmp, &manifest, records) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    swap_in(&tmp, &out)
+}
+
+/// `out` made absolute when it exists (so `.` has a name); refuses what may not be replaced.
+fn target(out: &Path) -> Result<PathBuf, PreparedError> {
+    if !out.exists() {
+        return Ok(out.to_path_buf());
+    }
+    let refuse = || PreparedError::NotPrepared { path: out.display().to_string() };
+    if !out.is_dir() {
+        return Err(refuse());
+    }
+    let mut entries = fs::read_dir(out).map_err(|e| PreparedError::io(out, e))?;
+    if entries.next().is_some() && !out.join(MANIFEST).is_file() {
+        return Err(refuse());
+    }
+    fs::canonicalize(out).map_err(|e| PreparedError::io(out, e))
+}
+
+/// Replaces `out` by `tmp`: the old dataset moves aside, the new one takes its name, the old
+/// one is removed. On failure the old one is put back.
+fn swap_in(tmp: &Path, out: &Path) -> Result<(), PreparedError> {
+    if !out.exists() {
+        return fs::rename(tmp, out).map_err(|e| {
+            let _ = fs::remove_dir_all(tmp);
+            PreparedError::io(out, e)
+        });
+    }
+    let mut old = tmp.as_os_str().to_owned();
+    old.push(".old");
+    let old = PathBuf::from(old);
+    fs::rename(out, &old).map_err(|e| {
+        let _ = fs::remove_dir_all(tmp);
+        PreparedError::io(out, e)
+    })?;
+    if let Err(e) = fs::rename(tmp, out) {
+        let _ = fs::rename(&old, out);
+        let _ = fs::remove_dir_all(tmp);
+        return Err(PreparedError::io(out, e));
+    }
+    fs::remove_dir_all(&old).map_err(|e| PreparedError::io(&old, e))
+}
+
+fn write_files(dir: &Path, manifest: &Manifest, records: Records<'_>) -> Result<(), PreparedError> {
+    let packed = matches!(records, Records::Packed(_));
+    let mut tokens = Sink::create(&dir.join(TOKENS))?;
+    let mut labels = Sink::create(&dir.join(LABELS))?;
+    let mut index = Sink::create(&dir.join(INDEX))?;
+    let mut positions = if packed { Some(Sink::create(&dir.join(POSITIONS))?) } else { None };
+    let mut start = 0u64;
+    for i in 0..records.len() {
+        let Some(r) = records.get(i) else { break };
+        let n = r.input_ids.len();
+        if r.labels.len() != n || r.position_ids.is_some_and(|p| p.len() != n) {
+            return Err(PreparedError::Record { record: i, message: "input ids, labels and position ids differ in length".into() });
+        }
+        for &t in r.input_ids {
+            tokens.put(&t.to_le_bytes())?;
+        }
+        for &l in r.labels {
+            labels.put(&l.to_le_bytes())?;
+        }
+        if let (Some(sink), Some(pos)) = (positions.as_mut(), r.position_ids) {
+            for &p in pos {
+                sink.put(&p.to_le_bytes())?;
+            }
+        }
+        index.put(&start.to_le_bytes())?;
+        index.put(&(n as u64).to_le_bytes())?;
+        start += n as u64;
+    }
+    tokens.finish()?;
+    labels.finish()?;
+    index.finish()?;
+    if let Some(p) = positions {
+        p.finish()?;
+    }
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_string_pretty(manifest)
+        .map_err(|source| PreparedError::Manifest { path: path.display().to_string(), source })?;
+    fs::write(&path, text + "\n").map_err(|e| PreparedError::io(&path, e))
+}
+
+/// A buffered file that names itself in errors.
+struct Sink {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl Sink {
+    fn create(path: &Path) -> Result<Self, PreparedError> {
+        let file = File::create(path).map_err(|e| PreparedError::io(path, e))?;
+        Ok(Sink { path: path.to_path_buf(), out: BufWriter::with_capacity(1 << 20, file) })
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), PreparedError> {
+        self.out.write_all(bytes).map_err(|e| PreparedError::io(&self.path, e))
+    }
+
+    fn finish(self) -> Result<(), PreparedError> {
+        let Sink { path, out } = self;
+        let file = out.into_inner().map_err(|e| PreparedError::io(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| PreparedError::io(&path, e))
+    }
+}
+
+/// A prepared dataset read into memory, every file checked against the manifest.
+#[derive(Debug, Clone)]
+pub struct PreparedDataset {
+    dir: PathBuf,
+    manifest: Manifest,
+    tokens: Vec<u32>,
+    labels: Vec<i32>,
+    positions: Option<Vec<u32>>,
+    index: Vec<(usize, usize)>,
+}
+
+impl PreparedDataset {
+    /// Reads `dir`: the manifest (its format version must be [`FORMAT_VERSION`]), then each
+    /// file, whose size must match the manifest's counts, then the index, whose records must
+    /// tile the token files.
+    pub fn open(dir: &Path) -> Result<Self, PreparedError> {
+        let manifest = read_manifest(dir)?;
+        let n_tokens = manifest.counts.tokens as u64;
+        let n_records = manifest.counts.sequences as u64;
+        let tokens = read_words(&dir.join(TOKENS), n_tokens * 4)?;
+        let labels = read_words(&dir.join(LABELS), n_tokens * 4)?.into_iter().map(|w| w as i32).collect();
+        let positions = match manifest.key.settings.packing {
+            true => Some(read_words(&dir.join(POSITIONS), n_tokens * 4)?),
+            false => None,
+        };
+        let index_path = dir.join(INDEX);
+        let raw = read_bytes(&index_path, n_records * 16)?;
+        let mut index = Vec::with_capacity(manifest.counts.sequences);
+        let mut next = 0u64;
+        for (i, chunk) in raw.chunks_exact(16).enumerate() {
+            let word = |at: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&chunk[at..at + 8]);
+                u64::from_le_bytes(b)
+            };
+            let (start, len) = (word(0), word(8));
+            if start != next || start + len > n_tokens {
+                let message = format!("starts at token {start} with {len} tokens; expected start {next} within {n_tokens} tokens");
+                return Err(PreparedError::Index { path: index_path.display().to_string(), record: i, message });
+            }
+            next = start + len;
+            index.push((start as usize, len as usize));
+        }
+        if next != n_tokens {
+            let message = format!("records end at token {next}, but there are {n_tokens}");
+            return Err(PreparedError::Index { path: index_path.display().to_string(), record: index.len(), message });
+        }
+        Ok(PreparedDataset { dir: dir.to_path_buf(), manifest, tokens, labels, positions, index })
+    }
+
+    /// The directory it was read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// How many records (examples, or packed sequences).
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Record `i`, when there is one.
+    pub fn get(&self, i: usize) -> Option<Record<'_>> {
+        let &(start, len) = self.index.get(i)?;
+        let range = start..start + len;
+        Some(Record {
+            input_ids: &self.tokens[range.clone()],
+            labels: &self.labels[range.clone()],
+            position_ids: self.positions.as_ref().map(|p| &p[range]),
+        })
+    }
+
+    /// Why this dataset does not fit `expected` (changed tokenizer, template, settings or
+    /// data file), or `None` when it can be reused.
+    pub fn is_stale(&self, expected: &ManifestKey) -> Option<String> {
+        self.manifest.key.stale_reason(expected)
+    }
+}
+
+/// Reads and checks `dir/manifest.json`.
+fn read_manifest(dir: &Path) -> Result<Manifest, PreparedError> {
+    let path = dir.join(MANIFEST);
+    let text = fs::read_to_string(&path).map_err(|e| PreparedError::io(&path, e))?;
+    let shown = path.display().to_string();
+    let version: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| PreparedError::Manifest { path: shown.clone(), source })?;
+    match version.get("format_version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(FORMAT_VERSION) => {}
+        found => {
+            let found = found.and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+            return Err(PreparedError::Version { path: shown, found, expected: FORMAT_VERSION });
+        }
+    }
+    serde_json::from_value(version).map_err(|source| PreparedError::Manifest { path: shown, source })
+}
+
+fn read_bytes(path: &Path, expected: u64) -> Result<Vec<u8>, PreparedError> {
+    let found = fs::metadata(path).map_err(|e| PreparedError::io(path, e))?.len();
+    if found != expected {
+        return Err(PreparedError::Size { path: path.display().to_string(), expected, found });
+    }
+    let bytes = fs::read(path).map_err(|e| PreparedError::io(path, e))?;
+    if bytes.len() as u64 != expected {
+        let found = bytes.len() as u64;
+        return Err(PreparedError::Size { path: path.display().to_string(), expected, found });
+    }
+    Ok(bytes)
+}
+
+fn read_words(path: &Path, expected: u64) -> Result<Vec<u32>, PreparedError> {
+    let bytes = read_bytes(path, expected)?;
+    Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::RowRef;
+    use crate::encode::{EncodeOptions, Example};
+    use crate::pack::pack;
+    use crate::prepared::{Counts, DataFingerprint, Settings};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sft-prepared-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn manifest(packing: bool) -> Manifest {
+        let key = ManifestKey {
+            tokenizer_sha256: "t".into(),
+            template_sha256: "c".into(),
+            settings: Settings::new(&EncodeOptions::default(), packing),
+            data: DataFingerprint { path: "d".into(), size: Some(1), mtime_ns: Some(1) },
+        };
+        Manifest::new(key, Counts::default())
+    }
+
+    fn examples() -> Vec<Example> {
+        (1..=3)
+            .map(|r| Example {
+                source: RowRef { file: "d".into(), row: r },
+                input_ids: (0..r as u32 + 1).collect(),
+                labels: (0..=r).map(|i| if i == 0 { -100 } else { i as i32 }).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn examples_round_trip() {
+        let dir = scratch("examples");
+        let ex = examples();
+        write(&dir, &manifest(false), Records::Examples(&ex)).unwrap();
+        let ds = PreparedDataset::open(&dir).unwrap();
+        assert_eq!(ds.len(), 3);
+        assert_eq!(ds.manifest().counts.tokens, 9);
+        for (i, e) in ex.iter().enumerate() {
+            let r = ds.get(i).unwrap();
+            assert_eq!((r.input_ids, r.labels, r.position_ids), (&e.input_ids[..], &e.labels[..], None));
+        }
+        assert_eq!(ds.is_stale(&ds.manifest().key.clone()), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn packed_round_trip_keeps_positions() {
+        let dir = scratch("packed");
+        let seqs = pack(&examples(), 5).unwrap();
+        write(&dir, &manifest(true), Records::Packed(&seqs)).unwrap();
+        let ds = PreparedDataset::open(&dir).unwrap();
+        assert_eq!(ds.len(), seqs.len());
+        for (i, s) in seqs.iter().enumerate() {
+            assert_eq!(ds.get(i).unwrap().position_ids, Some(&s.position_ids[..]));
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_file_is_named() {
+        let dir = scratch("truncated");
+        write(&dir, &manifest(false), Records::Examples(&examples())).unwrap();
+        let labels = dir.join(LABELS);
+        let bytes = fs::read(&labels).unwrap();
+        fs::write(&labels, &bytes[..bytes.len() - 4]).unwrap();
+        let err = PreparedDataset::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("labels.bin: 32 bytes, but manifest.json promises 36"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rewriting_replaces_and_unrelated_dirs_are_refused() {
+        let dir = scratch("replace");
+        write(&dir, &manifest(false), Records::Examples(&examples())).unwrap();
+        write(&dir, &manifest(false), Records::Examples(&examples()[..1])).unwrap();
+        assert_eq!(PreparedDataset::open(&dir).unwrap().len(), 1);
+        let parent = dir.parent().unwrap();
+        let leftovers = fs::read_dir(parent)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains(&format!(".sft-prepared-{}-replace", std::process::id())))
+            .count();
+        assert_eq!(leftovers, 0);
+        fs::remove_dir_all(&dir).unwrap();
+
+        let other = scratch("unrelated");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join("notes.txt"), "keep me").unwrap();
+        let err = write(&other, &manifest(false), Records::Examples(&examples())).unwrap_err();
+        assert!(matches!(err, PreparedError::NotPrepared { .. }), "{err}");
+        assert_eq!(fs::read_to_string(other.join("notes.txt")).unwrap(), "keep me");
+        fs::remove_dir_all(&other).unwrap();
+    }
+
+    #[test]
+    fn another_format_version_is_refused() {
+        let dir = scratch("version");
+        write(&dir, &manifest(false), Records::Examples(&examples())).unwrap();
+        let path = dir.join(MANIFEST);
+        let text = fs::read_to_string(&path).unwrap().replace("\"format_version\": 1", "\"format_version\": 99");
+        fs::write(&path, text).unwrap();
+        let err = PreparedDataset::open(&dir).unwrap_err();
+        assert!(matches!(err, PreparedError::Version { found: 99, .. }), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

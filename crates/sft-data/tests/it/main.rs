@@ -1,0 +1,10 @@
+//! sft-data's integration tests, one module per stage: data readers (good files and the
+//! bad-input corpus), template parity with transformers, built-in templates, the encode and pack stages.
+
+mod builtin_templates;
+mod common;
+mod data_bad;
+mod data_good;
+mod encode;
+mod pack;
+mod render_parity;
