@@ -2,6 +2,9 @@
 # Benchmark (not a test): `sft render --tokenize` vs transformers' apply_chat_template on the
 # same 2,000 synthetic chats, in the same run. Checks that input_ids (and, for the {% generation %}
 # template, the assistant mask) agree row by row, then prints conversations/s and the ratio.
+# Then `sft prepare --tokenizer assets/tokenizers/qwen3 --out target/bench/prepared` (masking assistant)
+# vs a Python reference pipeline (prefix renders + one tokenization with offsets), checking the
+# examples ({"input_ids","labels"} via --emit-jsonl) row by row, in a second table.
 # Needs: assets/ (scripts/fetch-assets.sh) and .venv (scripts/setup-reference-venv.sh).
 # Keep the machine quiet while it runs (no cargo test / builds in parallel).
 # Before each case it waits (up to --wait-quiet seconds, default 600) for >= 90% idle CPUs, and
@@ -37,4 +40,5 @@ mkdir -p "$BENCH"
 "$PY" scripts/bench_render.py bench --sft target/release/sft --data "$BENCH/chats.jsonl" \
   --out-dir "$BENCH" --runs "$RUNS" --wait-quiet "$WAIT" \
   --case qwen2_5:assets/tokenizers/qwen2_5 \
-  --case qwen3:assets/tokenizers/qwen3:assets/trl_chat_templates/qwen3_training.jinja
+  --case qwen3:assets/tokenizers/qwen3:assets/trl_chat_templates/qwen3_training.jinja \
+  --prepare qwen3:assets/tokenizers/qwen3

@@ -7,6 +7,10 @@ Subcommands (run with the reference venv's python, HF_HUB_OFFLINE=1):
         times sft (best of --runs, wall clock incl. process start; all cores and RAYON_NUM_THREADS=1),
         then transformers (tokenizer loaded once, untimed; best of --runs), checks that input_ids
         (and the assistant mask, for templates with {% generation %}) agree row by row, prints a table.
+        With --prepare NAME:TOKDIR (repeatable) it also times `sft prepare --tokenizer TOKDIR --out D/prepared_NAME
+        DATA` (default masking: assistant) against a Python reference pipeline (full render, prefix renders
+        per assistant turn for char spans, one tokenization with offsets, labels = ids of tokens overlapping a
+        span, -100 elsewhere) and checks the examples (from `sft prepare --emit-jsonl`) row by row.
 A benchmark, not a test: it exits 0 even with mismatches (they are counted and printed).
 """
 import argparse
@@ -267,6 +271,91 @@ def compare(tok, sft_out, hf_outs, mask, show=5):
     return ids_bad, mask_bad, len(ours)
 
 
+# ---------------------------------------------------------------- sft prepare vs a Python reference pipeline
+
+def ref_prepare_row(tok, row):
+    """Python reference for `sft prepare` (masking assistant, tokenizer's own template, no EOS appended):
+    returns {"input_ids", "labels"}, or a string saying why the row is excluded."""
+    msgs, tools = row["messages"], row.get("tools")
+    try:
+        full = tok.apply_chat_template(msgs, tools=tools, tokenize=False)
+        spans = []
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            before = tok.apply_chat_template(msgs[:i], tools=tools, tokenize=False, add_generation_prompt=True)
+            through = tok.apply_chat_template(msgs[:i + 1], tools=tools, tokenize=False)
+            if not (full.startswith(before) and full.startswith(through)):
+                return "assistant turn not locatable by prefix rendering"
+            spans.append((len(before), len(through)))
+    except Exception as e:  # noqa: BLE001 - the template raised: the row is excluded (sft does the same)
+        return f"chat template failed ({type(e).__name__})"
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [-100] * len(ids)
+    for k, (ts, te) in enumerate(enc["offset_mapping"]):
+        for ss, se in spans:
+            if te > ss and ts < se:
+                labels[k] = ids[k]
+                break
+    return {"input_ids": ids, "labels": labels}
+
+
+def time_ref_prepare(tok, rows, runs):
+    best, outs = float("inf"), None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        res = [ref_prepare_row(tok, r) for r in rows]
+        dt = time.perf_counter() - t0
+        best, outs = min(best, dt), res
+    return best, outs
+
+
+def run_sft_prepare(binary, tokdir, data, out_dir, runs, threads, emit=None):
+    cmd = [binary, "prepare", "--tokenizer", tokdir, "--out", out_dir]
+    if emit:
+        cmd += ["--emit-jsonl", emit]
+    cmd.append(data)
+    env = dict(os.environ)
+    if threads:
+        env["RAYON_NUM_THREADS"] = str(threads)
+    best, err = float("inf"), ""
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        dt = time.perf_counter() - t0
+        err = p.stderr.decode(errors="replace")
+        if p.returncode != 0:
+            sys.exit(f"sft failed ({p.returncode}): {' '.join(cmd)}\n{err}")
+        best = min(best, dt)
+    return best, cmd, err
+
+
+def _prepared_bytes(d):
+    return [open(os.path.join(d, f), "rb").read() for f in ("tokens.bin", "labels.bin", "index.bin")]
+
+
+def compare_prepare(tok, emitted, ref_outs, show=5):
+    """Matches sft's examples (input order, excluded rows dropped) to the reference's kept rows, in order."""
+    with open(emitted, encoding="utf-8") as f:
+        ours = [json.loads(line) for line in f]
+    kept = [(i, o) for i, o in enumerate(ref_outs) if isinstance(o, dict)]
+    bad, shown = 0, 0
+    if len(ours) != len(kept):
+        print(f"  EXAMPLE COUNT MISMATCH: sft {len(ours)} vs python {len(kept)}")
+    for o, (i, h) in zip(ours, kept):
+        for key in ("input_ids", "labels"):
+            if o[key] != h[key]:
+                bad += 1
+                if shown < show:
+                    k = next((j for j, (x, y) in enumerate(zip(o[key], h[key])) if x != y), min(len(o[key]), len(h[key])))
+                    print(f"  data row {i + 1}: {key} differ at token {k} (len sft {len(o[key])}, py {len(h[key])}): "
+                          f"{tok.decode(h['input_ids'][max(0, k - 4):k + 4])!r}")
+                    shown += 1
+                break
+    return bad + abs(len(ours) - len(kept)), len(ours), len(kept)
+
+
 def cmd_bench(a):
     import tokenizers
     import transformers
@@ -298,6 +387,42 @@ def cmd_bench(a):
         table.append((name, tn, t1, th, ids_bad, mask_bad if mask else None, same_1t, foreign))
         print(f"  command: {' '.join(cmd)} > {out}", file=sys.stderr)
 
+    ptable = []
+    for case in a.prepare:
+        name, tokdir = case.split(":", 1)
+        print(f"== prepare {name}: tokenizer {tokdir} (own template), masking assistant", file=sys.stderr)
+        out_dir = os.path.join(a.out_dir, "prepared" if len(a.prepare) == 1 else f"prepared_{name}")
+        emit = os.path.join(a.out_dir, f"sft_prepare_{name}.jsonl")
+        tok = AutoTokenizer.from_pretrained(tokdir)  # untimed
+        wait_quiet(a.wait_quiet)
+        snap = _cpu_snapshot()
+        t1, _, _ = run_sft_prepare(a.sft, tokdir, a.data, out_dir + "_1t", a.runs, threads=1)
+        tn, cmd, err = run_sft_prepare(a.sft, tokdir, a.data, out_dir, a.runs, threads=None)
+        th, ref_outs = time_ref_prepare(tok, rows, a.runs)
+        foreign = _foreign_load(snap, _cpu_snapshot())
+        # the examples to check: one more (untimed) run with --emit-jsonl; its stored records must equal the timed runs'
+        run_sft_prepare(a.sft, tokdir, a.data, out_dir + "_emit", 1, threads=None, emit=emit)
+        same = _prepared_bytes(out_dir) == _prepared_bytes(out_dir + "_1t") == _prepared_bytes(out_dir + "_emit")
+        for d in (out_dir + "_1t", out_dir + "_emit"):
+            for f in os.listdir(d):
+                os.remove(os.path.join(d, f))
+            os.rmdir(d)
+        bad, n_sft, n_py = compare_prepare(tok, emit, ref_outs)
+        summary = next((ln.strip() for ln in err.splitlines() if " rows read, " in ln), "?")
+        reasons = {}
+        for o in ref_outs:
+            if isinstance(o, str):
+                reasons[o] = reasons.get(o, 0) + 1
+        print(f"  sft: {summary}", file=sys.stderr)
+        for ln in err.splitlines():
+            if ln.startswith("  excluded, "):
+                print(f"    {ln.strip()}", file=sys.stderr)
+        print(f"  python: {n_py} examples, {n - n_py} rows excluded", file=sys.stderr)
+        for r, c in sorted(reasons.items(), key=lambda x: -x[1]):
+            print(f"    excluded, {r}: {c}", file=sys.stderr)
+        print(f"  command: {' '.join(cmd)}  (examples checked via --emit-jsonl {emit})", file=sys.stderr)
+        ptable.append((name, tn, t1, th, n_sft, n_py, bad, same, foreign))
+
     cores = os.cpu_count()
     try:
         sft_ver = subprocess.run([a.sft, "--version"], capture_output=True, text=True).stdout.strip()
@@ -322,6 +447,24 @@ def cmd_bench(a):
     print("hf: apply_chat_template(tokenize=True, return_dict=True) loop over pre-parsed rows, tokenizer "
           "loaded beforehand (untimed).\n"
           "ratio = sft conv/s / hf conv/s; other-load = avg cores used by other processes while timing the case.")
+    if ptable:
+        print()
+        hdr = (f"{'prepare':<8} {'sft conv/s':>11} {'sft 1-thr':>10} {'py conv/s':>10} {'ratio':>7} {'ratio 1-thr':>11}"
+               f"  examples sft/py  excluded sft/py  mismatch  other-load")
+        print(hdr)
+        print("-" * len(hdr))
+        for name, tn, t1, th, ns, npy, bad, same, fl in ptable:
+            print(f"{name:<8} {n / tn:>11.0f} {n / t1:>10.0f} {n / th:>10.0f} {th / tn:>6.1f}x {th / t1:>10.1f}x  "
+                  f"{f'{ns}/{npy}':>15}  {f'{n - ns}/{n - npy}':>15}  {bad:>8}  {fl:>10.2f}"
+                  f"{'' if same else '  (1-thr / emit-jsonl output differs!)'}")
+        print("sft: wall clock of `sft prepare --tokenizer DIR --out DIR DATA` (masking assistant; start, load, read, "
+              "render + prefix renders, tokenize, write the prepared dataset); 'sft 1-thr' = RAYON_NUM_THREADS=1.")
+        print("py: per row apply_chat_template(tokenize=False) for the full text and, per assistant message i, "
+              "messages[:i] (+generation prompt) and messages[:i+1] for its char span\n"
+              "(excluded if either is not a prefix of the full text, or the template raises), then "
+              "tokenizer(text, add_special_tokens=False, return_offsets_mapping=True), labels = ids of tokens\n"
+              "overlapping a span, -100 elsewhere; tokenizer loaded beforehand (untimed). conv/s counts all input rows, "
+              "excluded ones included. mismatch = examples whose input_ids or labels differ.")
 
 
 def main():
@@ -335,7 +478,9 @@ def main():
     b.add_argument("--sft", required=True)
     b.add_argument("--data", required=True)
     b.add_argument("--out-dir", required=True)
-    b.add_argument("--case", action="append", required=True, help="NAME:TOKENIZER_DIR[:TEMPLATE.jinja]")
+    b.add_argument("--case", action="append", default=[], help="NAME:TOKENIZER_DIR[:TEMPLATE.jinja]")
+    b.add_argument("--prepare", action="append", default=[], help="NAME:TOKENIZER_DIR: also time `sft prepare` "
+                   "(tokenizer's own template, masking assistant) against the Python reference pipeline")
     b.add_argument("--runs", type=int, default=3)
     b.add_argument("--wait-quiet", type=float, default=600, help="max seconds to wait for idle CPUs per case")
     a = p.parse_args()

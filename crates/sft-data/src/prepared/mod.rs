@@ -121,7 +121,7 @@ pub enum PreparedError {
         message: String,
     },
     /// The output exists and is not a prepared dataset.
-    #[error("{path}: exists and is not an empty directory or a prepared dataset (no manifest.json); refusing to overwrite it, choose another --out")]
+    #[error("{path}: exists and is not an empty directory or a prepared dataset (only manifest.json and its .bin files); refusing to overwrite it, choose another --out")]
     NotPrepared {
         /// The directory.
         path: String,

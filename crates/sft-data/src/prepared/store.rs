@@ -57,8 +57,14 @@ fn target(out: &Path) -> Result<PathBuf, PreparedError> {
     if !out.is_dir() {
         return Err(refuse());
     }
-    let mut entries = fs::read_dir(out).map_err(|e| PreparedError::io(out, e))?;
-    if entries.next().is_some() && !out.join(MANIFEST).is_file() {
+    // Replace only a directory that holds a prepared dataset and nothing else, so no file of
+    // the user's is ever deleted.
+    let mut names = Vec::new();
+    for entry in fs::read_dir(out).map_err(|e| PreparedError::io(out, e))? {
+        names.push(entry.map_err(|e| PreparedError::io(out, e))?.file_name());
+    }
+    let ours = |n: &std::ffi::OsString| [MANIFEST, TOKENS, LABELS, INDEX, POSITIONS].iter().any(|k| n == k);
+    if !names.is_empty() && (!out.join(MANIFEST).is_file() || !names.iter().all(ours)) {
         return Err(refuse());
     }
     fs::canonicalize(out).map_err(|e| PreparedError::io(out, e))
@@ -371,6 +377,15 @@ mod tests {
         assert!(matches!(err, PreparedError::NotPrepared { .. }), "{err}");
         assert_eq!(fs::read_to_string(other.join("notes.txt")).unwrap(), "keep me");
         fs::remove_dir_all(&other).unwrap();
+
+        // A prepared dataset the user added a file to is not replaced either.
+        let mixed = scratch("mixed");
+        write(&mixed, &manifest(false), Records::Examples(&examples())).unwrap();
+        fs::write(mixed.join("notes.txt"), "keep me").unwrap();
+        let err = write(&mixed, &manifest(false), Records::Examples(&examples())).unwrap_err();
+        assert!(matches!(err, PreparedError::NotPrepared { .. }), "{err}");
+        assert_eq!(fs::read_to_string(mixed.join("notes.txt")).unwrap(), "keep me");
+        fs::remove_dir_all(&mixed).unwrap();
     }
 
     #[test]
