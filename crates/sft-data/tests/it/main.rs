@@ -6,5 +6,6 @@ mod common;
 mod data_bad;
 mod data_good;
 mod encode;
+mod encode_parity;
 mod pack;
 mod render_parity;
