@@ -73,80 +73,91 @@ pub fn tojson_filter(value: &Value, args: &[Value], kwargs: Kwargs) -> Result<Va
 
 /// Serializes `value` like `json.dumps` with `opts`, appending to `out`.
 pub fn dump(value: &Value, opts: &DumpOptions, level: usize, out: &mut String) -> Result<(), Error> {
-    match value.kind() {
-        ValueKind::Undefined => {
-            return Err(Error::new(ErrorKind::InvalidOperation, "Object of type Undefined is not JSON serializable"))
-        }
-        ValueKind::None => out.push_str("null"),
-        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
-        ValueKind::Number => dump_number(value, out),
-        ValueKind::String | ValueKind::Bytes => {
-            let s = value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
-            dump_str(&s, opts.ensure_ascii, out)
-        }
-        ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = value.try_iter()?.collect();
-            dump_container(('[', ']'), items.len(), opts, level, out, |i, level, out| {
-                dump(&items[i], opts, level, out)
-            })?;
-        }
-        ValueKind::Map => {
-            let mut entries = Vec::new();
-            for key in value.try_iter()? {
-                let item = value.get_item(&key)?;
-                entries.push((key_string(&key)?, item));
-            }
-            if opts.sort_keys {
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-            }
-            dump_container(('{', '}'), entries.len(), opts, level, out, |i, level, out| {
-                dump_str(&entries[i].0, opts.ensure_ascii, out);
-                out.push_str(&opts.separators.1);
-                dump(&entries[i].1, opts, level, out)
-            })?;
-        }
-        _ => {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!("Object of type {} is not JSON serializable", value.kind()),
-            ))
-        }
-    }
-    Ok(())
+    JsonWriter { opts, out }.value(value, level)
 }
 
-/// Writes `open`, the `n` items (each by `item`) with separators and indentation, then `close`.
-fn dump_container(
-    (open, close): (char, char),
-    n: usize,
-    opts: &DumpOptions,
-    level: usize,
-    out: &mut String,
-    mut item: impl FnMut(usize, usize, &mut String) -> Result<(), Error>,
-) -> Result<(), Error> {
-    out.push(open);
-    if n == 0 {
-        out.push(close);
-        return Ok(());
-    }
-    let newline = |out: &mut String, level: usize| {
-        if let Some(indent) = &opts.indent {
-            out.push('\n');
-            for _ in 0..level {
-                out.push_str(indent);
+/// `json.dumps`'s encoder state: the options and the text written so far.
+struct JsonWriter<'a> {
+    opts: &'a DumpOptions,
+    out: &'a mut String,
+}
+
+impl JsonWriter<'_> {
+    fn value(&mut self, value: &Value, level: usize) -> Result<(), Error> {
+        match value.kind() {
+            ValueKind::Undefined => {
+                return Err(Error::new(ErrorKind::InvalidOperation, "Object of type Undefined is not JSON serializable"))
+            }
+            ValueKind::None => self.out.push_str("null"),
+            ValueKind::Bool => self.out.push_str(if value.is_true() { "true" } else { "false" }),
+            ValueKind::Number => dump_number(value, self.out),
+            ValueKind::String | ValueKind::Bytes => {
+                let s = value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+                dump_str(&s, self.opts.ensure_ascii, self.out)
+            }
+            ValueKind::Seq | ValueKind::Iterable => {
+                let items: Vec<Value> = value.try_iter()?.collect();
+                self.container(('[', ']'), items.len(), level, |w, i, level| w.value(&items[i], level))?;
+            }
+            ValueKind::Map => {
+                let mut entries = Vec::new();
+                for key in value.try_iter()? {
+                    let item = value.get_item(&key)?;
+                    entries.push((key_string(&key)?, item));
+                }
+                if self.opts.sort_keys {
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                self.container(('{', '}'), entries.len(), level, |w, i, level| {
+                    dump_str(&entries[i].0, w.opts.ensure_ascii, w.out);
+                    w.out.push_str(&w.opts.separators.1);
+                    w.value(&entries[i].1, level)
+                })?;
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("Object of type {} is not JSON serializable", value.kind()),
+                ))
             }
         }
-    };
-    for i in 0..n {
-        if i > 0 {
-            out.push_str(&opts.separators.0);
-        }
-        newline(out, level + 1);
-        item(i, level + 1, out)?;
+        Ok(())
     }
-    newline(out, level);
-    out.push(close);
-    Ok(())
+
+    /// Writes `open`, the `n` items (each by `item`) with separators and indentation, then `close`.
+    fn container(
+        &mut self,
+        (open, close): (char, char),
+        n: usize,
+        level: usize,
+        mut item: impl FnMut(&mut Self, usize, usize) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.out.push(open);
+        if n == 0 {
+            self.out.push(close);
+            return Ok(());
+        }
+        for i in 0..n {
+            if i > 0 {
+                self.out.push_str(&self.opts.separators.0);
+            }
+            self.newline(level + 1);
+            item(self, i, level + 1)?;
+        }
+        self.newline(level);
+        self.out.push(close);
+        Ok(())
+    }
+
+    /// With an indent: a newline and `level` indents.
+    fn newline(&mut self, level: usize) {
+        if let Some(indent) = &self.opts.indent {
+            self.out.push('\n');
+            for _ in 0..level {
+                self.out.push_str(indent);
+            }
+        }
+    }
 }
 
 /// Python's json module turns non-string keys into strings (`True` → `"true"`, `1.5` → `"1.5"`).
