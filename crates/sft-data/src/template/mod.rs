@@ -25,7 +25,7 @@ use crate::conversation::Conversation;
 #[non_exhaustive]
 pub enum TemplateError {
     /// The Jinja source does not parse.
-    #[error("chat template {name}: syntax error: {message}")]
+    #[error("chat template {name}: {message}")]
     Syntax {
         /// Where the template came from.
         name: String,
@@ -180,16 +180,17 @@ impl ChatTemplate {
     }
 }
 
-/// minijinja's error with its cause chain and line, on one line.
+/// minijinja's error on one line: what went wrong (a `raise_exception` message as is), the
+/// template line, and the cause chain.
 fn describe(err: &minijinja::Error) -> String {
+    let kind = err.kind();
     let mut msg = match err.detail() {
-        Some(detail) if err.kind() == minijinja::ErrorKind::InvalidOperation => detail.to_string(),
-        _ => err.to_string(),
+        Some(detail) if kind == minijinja::ErrorKind::InvalidOperation => detail.to_string(),
+        Some(detail) => format!("{kind}: {detail}"),
+        None => kind.to_string(),
     };
     if let Some(line) = err.line() {
-        if !msg.contains("line ") {
-            msg.push_str(&format!(" (template line {line})"));
-        }
+        msg.push_str(&format!(" (template line {line})"));
     }
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
