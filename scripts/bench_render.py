@@ -204,23 +204,31 @@ def wait_quiet(max_wait, idle_needed=0.9):
         time.sleep(7)
 
 
+def best_of(cmd, runs, threads, stdout_path=None):
+    """Runs `cmd` `runs` times (RAYON_NUM_THREADS=threads when set); returns the best wall time
+    and the last stderr. Exits when a run fails."""
+    env = dict(os.environ)
+    if threads:
+        env["RAYON_NUM_THREADS"] = str(threads)
+    best, err = float("inf"), ""
+    for _ in range(runs):
+        with open(stdout_path or os.devnull, "wb") as f:
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, env=env)
+            dt = time.perf_counter() - t0
+        err = p.stderr.decode(errors="replace")
+        if p.returncode != 0:
+            sys.exit(f"sft failed ({p.returncode}): {' '.join(cmd)}\n{err}")
+        best = min(best, dt)
+    return best, err
+
+
 def time_sft(binary, tokdir, template, data, out, runs, threads):
     cmd = [binary, "render", "--tokenizer", tokdir, "--tokenize"]
     if template:
         cmd += ["--chat-template", template]
     cmd.append(data)
-    env = dict(os.environ)
-    if threads:
-        env["RAYON_NUM_THREADS"] = str(threads)
-    best = float("inf")
-    for _ in range(runs):
-        with open(out, "wb") as f:
-            t0 = time.perf_counter()
-            p = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, env=env)
-            dt = time.perf_counter() - t0
-        if p.returncode != 0:
-            sys.exit(f"sft failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr.decode(errors='replace')}")
-        best = min(best, dt)
+    best, _ = best_of(cmd, runs, threads, out)
     return best, cmd
 
 
@@ -316,18 +324,7 @@ def run_sft_prepare(binary, tokdir, data, out_dir, runs, threads, emit=None):
     if emit:
         cmd += ["--emit-jsonl", emit]
     cmd.append(data)
-    env = dict(os.environ)
-    if threads:
-        env["RAYON_NUM_THREADS"] = str(threads)
-    best, err = float("inf"), ""
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        dt = time.perf_counter() - t0
-        err = p.stderr.decode(errors="replace")
-        if p.returncode != 0:
-            sys.exit(f"sft failed ({p.returncode}): {' '.join(cmd)}\n{err}")
-        best = min(best, dt)
+    best, err = best_of(cmd, runs, threads)
     return best, cmd, err
 
 

@@ -2,7 +2,7 @@
 //! parity fixture's conversations (those within each built-in's scope), so `--chat-template
 //! qwen-2.5` is interchangeable with Qwen2.5's own tokenizer template.
 
-use crate::common::{assets, root};
+use crate::common::{assets, fixture};
 
 use serde_json::Value;
 use sft_data::template::{special_tokens, ChatTemplate, Clock, RenderArgs, BUILTINS};
@@ -10,9 +10,7 @@ use sft_data::template::{special_tokens, ChatTemplate, Clock, RenderArgs, BUILTI
 
 
 fn conversations() -> Vec<Value> {
-    let path = root().join("tests/fixtures/render/render_parity.json");
-    let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    fx["conversations"].as_array().unwrap().clone()
+    fixture("render/render_parity.json")["conversations"].as_array().unwrap().clone()
 }
 
 fn builtin(name: &str) -> ChatTemplate {

@@ -14,12 +14,8 @@ use sft_data::encode::{EncodeOptions, Encoder, Outcome};
 use sft_data::template::{Clock, Renderer, TemplateChoice};
 use sft_data::tokens::TextTokenizer;
 
-use crate::common::{assets, root};
+use crate::common::{assets, conversations_by_id, fixture, frozen_time};
 
-fn fixture() -> Value {
-    let path = root().join("tests/fixtures/encode/encode_parity.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON")
-}
 
 fn ids<T: serde::de::DeserializeOwned>(v: &Value) -> Vec<T> {
     serde_json::from_value(v.clone()).expect("a list of integers")
@@ -40,11 +36,10 @@ fn first_difference<T: PartialEq + std::fmt::Debug>(ours: &[T], theirs: &[T]) ->
 
 #[test]
 fn encode_parity_with_python_reference() {
-    let fx = fixture();
+    let fx = fixture("encode/encode_parity.json");
     let assets = assets();
-    let frozen = chrono::NaiveDateTime::parse_from_str(fx["frozen_time"].as_str().unwrap(), "%Y-%m-%dT%H:%M:%S").unwrap();
-    let convs: BTreeMap<&str, &Value> =
-        fx["conversations"].as_array().unwrap().iter().map(|c| (c["id"].as_str().unwrap(), c)).collect();
+    let frozen = frozen_time(&fx);
+    let convs = conversations_by_id(&fx);
     let mut setups: BTreeMap<(String, String), (Renderer, TextTokenizer)> = BTreeMap::new();
     let options = EncodeOptions::default();
     let cases = fx["cases"].as_array().unwrap();

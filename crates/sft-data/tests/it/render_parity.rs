@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::common::{assets, root};
+use crate::common::{assets, conversations_by_id, fixture, frozen_time, root};
 
 use serde_json::{Map, Value};
 use sft_data::template::{special_tokens, ChatTemplate, Clock, RenderArgs};
@@ -15,10 +15,6 @@ use sft_data::tokens::TextTokenizer;
 
 
 
-fn fixture() -> Value {
-    let path = root().join("tests/fixtures/render/render_parity.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON")
-}
 
 fn template_source(assets: &Path, name: &str) -> String {
     if let Some(file) = name.strip_prefix("trl/") {
@@ -35,7 +31,7 @@ fn template_source(assets: &Path, name: &str) -> String {
 
 #[test]
 fn special_tokens_match_transformers_special_tokens_map() {
-    let fx = fixture();
+    let fx = fixture("render/render_parity.json");
     let assets = assets();
     for (name, info) in fx["tokenizers"].as_object().unwrap() {
         let ours = special_tokens(&assets.join("tokenizers").join(name)).unwrap();
@@ -46,11 +42,10 @@ fn special_tokens_match_transformers_special_tokens_map() {
 
 #[test]
 fn every_case_matches_transformers() {
-    let fx = fixture();
+    let fx = fixture("render/render_parity.json");
     let assets = assets();
-    let frozen = chrono::NaiveDateTime::parse_from_str(fx["frozen_time"].as_str().unwrap(), "%Y-%m-%dT%H:%M:%S").unwrap();
-    let convs: BTreeMap<&str, &Value> =
-        fx["conversations"].as_array().unwrap().iter().map(|c| (c["id"].as_str().unwrap(), c)).collect();
+    let frozen = frozen_time(&fx);
+    let convs = conversations_by_id(&fx);
     let mut templates: BTreeMap<String, Result<ChatTemplate, String>> = BTreeMap::new();
     let mut tokenizers: BTreeMap<String, (TextTokenizer, Map<String, Value>)> = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
