@@ -93,11 +93,7 @@ pub(crate) fn manifest_key(
     let dir = data.tokenizer.as_deref().context("prepare needs --tokenizer DIR")?;
     let tokenizer_sha256 = file_sha256(&dir.join("tokenizer.json"))?;
     let mut vars = loaded.renderer.template_vars().clone();
-    let kwargs = match &data.template_kwargs {
-        Some(text) => serde_json::from_str(text).context("--template-kwargs: invalid JSON")?,
-        None => Value::Null,
-    };
-    vars.insert("--template-kwargs".into(), kwargs);
+    vars.insert("--template-kwargs".into(), Value::Object(loaded.renderer.kwargs().clone()));
     vars.insert("--now".into(), data.now.clone().map_or(Value::Null, Value::String));
     Ok(ManifestKey {
         tokenizer_sha256,

@@ -57,6 +57,11 @@ impl Renderer {
         &self.templates
     }
 
+    /// The extra keyword arguments passed to the template.
+    pub fn kwargs(&self) -> &Map<String, Json> {
+        &self.kwargs
+    }
+
     /// The special-token variables passed to the template.
     pub fn template_vars(&self) -> &Map<String, Json> {
         &self.template_vars
