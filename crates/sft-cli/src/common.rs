@@ -2,15 +2,18 @@
 
 use std::path::PathBuf;
 
+
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{Map, Value};
 use sft_data::data::{read_dataset, Dataset, Format, OnBadRow, ReadOptions, ShareGptOptions};
+use sft_data::encode::{AppendEos, EncodeOptions, Markers, Masking, Truncation};
 use sft_data::template::{Clock, Renderer, TemplateChoice};
 use sft_data::tokens::TextTokenizer;
+use sft_model::model::{Model, Trainable};
 
 /// Data and template flags.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct DataArgs {
     /// Tokenizer directory (tokenizer.json, tokenizer_config.json, optional chat_template.jinja).
     #[arg(long)]
@@ -35,7 +38,11 @@ pub struct DataArgs {
     #[arg(long, default_value = "fail")]
     pub on_bad_row: String,
     /// Data file (JSONL, JSON array or Parquet), or - for stdin.
-    pub data: String,
+    #[arg(value_name = "DATA", required_unless_present = "data_flag")]
+    pub data_arg: Option<String>,
+    /// The data file, as a flag (the same as the positional DATA).
+    #[arg(long = "data", value_name = "DATA", conflicts_with = "data_arg")]
+    pub data_flag: Option<String>,
 }
 
 /// What these flags resolve to.
@@ -46,6 +53,11 @@ pub struct Loaded {
 }
 
 impl DataArgs {
+    /// The data file, given positionally or with --data.
+    pub fn data(&self) -> &str {
+        self.data_arg.as_deref().or(self.data_flag.as_deref()).unwrap_or("-")
+    }
+
     /// Reads the data, loads the template and (when `need_tokenizer`) the tokenizer.
     pub fn load(&self, need_tokenizer: bool) -> anyhow::Result<Loaded> {
         let format = match self.format.as_str() {
@@ -75,20 +87,103 @@ impl DataArgs {
             _ => None,
         };
         let opts = ReadOptions { format, sharegpt: ShareGptOptions::default(), on_bad_row };
-        let dataset = read_dataset(&self.data, &opts)?;
+        let dataset = read_dataset(self.data(), &opts)?;
         eprintln!(
             "{}: {} format ({}), {} rows",
-            self.data,
+            self.data(),
             dataset.format,
             if dataset.detected { "detected" } else { "given" },
             dataset.conversations.len()
         );
         if !dataset.skipped.is_empty() {
-            eprintln!("{}: skipped {} bad rows:", self.data, dataset.skipped.len());
+            eprintln!("{}: skipped {} bad rows:", self.data(), dataset.skipped.len());
             for (at, reason) in &dataset.skipped {
                 eprintln!("  {at}: {reason}");
             }
         }
         Ok(Loaded { dataset, renderer, tokenizer })
+    }
+}
+
+/// How conversations become training examples (shared by prepare, eval and train).
+#[derive(Debug, Args)]
+pub struct EncodeArgs {
+    /// Which tokens train: assistant (every assistant turn), last (the last one), all, or
+    /// markers (text after --response-part until --instruction-part).
+    #[arg(long, default_value = "assistant")]
+    pub masking: String,
+    /// With --masking markers: the text that starts a user turn, e.g. "<|im_start|>user\n".
+    #[arg(long)]
+    pub instruction_part: Option<String>,
+    /// With --masking markers: the text that starts an assistant turn, e.g. "<|im_start|>assistant\n".
+    #[arg(long)]
+    pub response_part: Option<String>,
+    /// When to append the EOS: auto (unless the template ends turns with it), always, never.
+    #[arg(long, default_value = "auto")]
+    pub append_eos: String,
+    /// The longest example in tokens (and, with --packing, the length of a sequence).
+    #[arg(long)]
+    pub max_seq_length: Option<usize>,
+    /// What to do with a longer example: drop it, or cut it on the right.
+    #[arg(long, default_value = "drop")]
+    pub truncation: String,
+}
+
+impl EncodeArgs {
+    /// Resolves the encode flags.
+    pub fn options(&self) -> anyhow::Result<EncodeOptions> {
+        let mut masking: Masking = self.masking.parse().map_err(|e| anyhow::anyhow!("--masking: {e}"))?;
+        match (&mut masking, &self.instruction_part, &self.response_part) {
+            (Masking::Markers(m), Some(i), Some(r)) => {
+                *m = Markers { instruction_part: i.clone(), response_part: r.clone() };
+            }
+            (Masking::Markers(_), _, _) => {
+                bail!("--masking markers needs --instruction-part and --response-part (e.g. \"<|im_start|>user\\n\" and \"<|im_start|>assistant\\n\")")
+            }
+            (_, None, None) => {}
+            _ => bail!("--instruction-part and --response-part apply only with --masking markers"),
+        }
+        let append_eos: AppendEos = self.append_eos.parse().map_err(|e| anyhow::anyhow!("--append-eos: {e}"))?;
+        let truncation: Truncation = self.truncation.parse().map_err(|e| anyhow::anyhow!("--truncation: {e}"))?;
+        Ok(EncodeOptions { masking, append_eos, max_seq_length: self.max_seq_length, truncation })
+    }
+}
+
+/// Which model to load: a model directory, optionally an adapter; or a checkpoint directory.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model directory, or a training checkpoint (outputs/checkpoint-N).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A PEFT LoRA adapter directory to apply.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// (base model, adapter, tokenizer directory): a checkpoint holding an adapter names its
+    /// base model and carries its own tokenizer and chat template.
+    pub fn resolve(&self) -> anyhow::Result<(PathBuf, Option<PathBuf>, PathBuf)> {
+        let config = self.model.join("adapter_config.json");
+        if self.adapter.is_none() && config.is_file() {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config.display()))?;
+            let base = v.get("base_model_name_or_path").and_then(Value::as_str).with_context(|| {
+                format!("{}: base_model_name_or_path is missing; pass --model BASE --adapter {}", config.display(), self.model.display())
+            })?;
+            return Ok((PathBuf::from(base), Some(self.model.clone()), self.model.clone()));
+        }
+        Ok((self.model.clone(), self.adapter.clone(), self.model.clone()))
+    }
+
+    /// Loads the model for inference (nothing trains); returns it with its tokenizer directory.
+    pub fn load_model(&self) -> anyhow::Result<(Model, PathBuf)> {
+        let (base, adapter, tokenizer_dir) = self.resolve()?;
+        let trainable = match adapter {
+            Some(dir) => Trainable::Adapter { dir, train: false },
+            None => Trainable::Frozen,
+        };
+        let model = Model::load(&base, &trainable).with_context(|| format!("loading {}", base.display()))?;
+        Ok((model, tokenizer_dir))
     }
 }

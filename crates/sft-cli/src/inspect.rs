@@ -68,7 +68,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     }
     for n in picked {
         let Some(conv) = convs.get(n - 1) else {
-            bail!("{}: row {n} does not exist (the file has {} rows)", args.data.data, convs.len());
+            bail!("{}: row {n} does not exist (the file has {} rows)", args.data.data(), convs.len());
         };
         println!("=== {} ({} messages) ===", conv.source, conv.messages.len());
         for (i, m) in conv.messages.iter().enumerate() {

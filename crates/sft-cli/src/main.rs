@@ -2,12 +2,17 @@
 //!
 //! Subcommands follow the pipeline: `render` and `inspect` show how data meets the chat
 //! template; `prepare` encodes it once for training; later stages (train, eval, generate) build
-//! on them.
+//! on them; `eval` scores a model on a data file.
 
 mod common;
+mod eval;
+mod generate;
+mod init_model;
 mod inspect;
 mod prepare;
+mod quickstart;
 mod render;
+mod train;
 
 use std::process::ExitCode;
 
@@ -29,6 +34,16 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Encode (and optionally pack) data once into a prepared dataset directory for training.
     Prepare(prepare::PrepareArgs),
+    /// Mean loss and perplexity of a model (and adapter) over the trained tokens of a data file.
+    Eval(eval::EvalArgs),
+    /// Fine-tune a tiny model on the bundled chats and score it before and after (no download).
+    Quickstart(quickstart::QuickstartArgs),
+    /// Fine-tune a model as a YAML config says (LoRA or full), with checkpoints and resume.
+    Train(train::TrainArgs),
+    /// Generate answers (greedy or sampled) from a model, a model + adapter, or a checkpoint.
+    Generate(generate::GenerateArgs),
+    /// Create a model directory with random weights from a config.json (no download needed).
+    InitModel(init_model::InitModelArgs),
 }
 
 fn run() -> anyhow::Result<ExitCode> {
@@ -37,6 +52,11 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Render(args) => render::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Prepare(args) => prepare::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::InitModel(args) => init_model::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Quickstart(args) => quickstart::run(&args),
+        Command::Generate(args) => generate::run(&args),
     }
 }
 

@@ -10,13 +10,13 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
-use sft_data::encode::{encode_all, AppendEos, EncodeOptions, Encoded, Markers, Masking, Truncation};
+use sft_data::encode::{encode_all, EncodeOptions, Encoded};
 use sft_data::pack::{fill_ratio, pack, PackedSequence};
 use sft_data::prepared::{
     file_sha256, template_sha256, write, Counts, DataFingerprint, Manifest, ManifestKey, Records, Settings,
 };
 
-use crate::common::{DataArgs, Loaded};
+use crate::common::{DataArgs, EncodeArgs, Loaded};
 
 /// How many excluded rows the summary lists before counting the rest.
 const LISTED_EXCLUDED: usize = 20;
@@ -29,25 +29,8 @@ pub struct PrepareArgs {
     /// Output directory: created, or replaced when it already holds a prepared dataset.
     #[arg(long)]
     pub out: PathBuf,
-    /// Which tokens train: assistant (every assistant turn), last (the last one), all, or
-    /// markers (text after --response-part until --instruction-part).
-    #[arg(long, default_value = "assistant")]
-    pub masking: String,
-    /// With --masking markers: the text that starts a user turn, e.g. "<|im_start|>user\n".
-    #[arg(long)]
-    pub instruction_part: Option<String>,
-    /// With --masking markers: the text that starts an assistant turn, e.g. "<|im_start|>assistant\n".
-    #[arg(long)]
-    pub response_part: Option<String>,
-    /// When to append the EOS: auto (unless the template ends turns with it), always, never.
-    #[arg(long, default_value = "auto")]
-    pub append_eos: String,
-    /// The longest example in tokens (and, with --packing, the length of a sequence).
-    #[arg(long)]
-    pub max_seq_length: Option<usize>,
-    /// What to do with a longer example: drop it, or cut it on the right.
-    #[arg(long, default_value = "drop")]
-    pub truncation: String,
+    #[command(flatten)]
+    pub encode: EncodeArgs,
     /// Pack examples into sequences of --max-seq-length tokens (best-fit decreasing).
     #[arg(long)]
     pub packing: bool,
@@ -60,23 +43,11 @@ pub struct PrepareArgs {
 impl PrepareArgs {
     /// Resolves the encode flags.
     fn options(&self) -> anyhow::Result<EncodeOptions> {
-        let mut masking: Masking = self.masking.parse().map_err(|e| anyhow::anyhow!("--masking: {e}"))?;
-        match (&mut masking, &self.instruction_part, &self.response_part) {
-            (Masking::Markers(m), Some(i), Some(r)) => {
-                *m = Markers { instruction_part: i.clone(), response_part: r.clone() };
-            }
-            (Masking::Markers(_), _, _) => {
-                bail!("--masking markers needs --instruction-part and --response-part (e.g. \"<|im_start|>user\\n\" and \"<|im_start|>assistant\\n\")")
-            }
-            (_, None, None) => {}
-            _ => bail!("--instruction-part and --response-part apply only with --masking markers"),
-        }
-        let append_eos: AppendEos = self.append_eos.parse().map_err(|e| anyhow::anyhow!("--append-eos: {e}"))?;
-        let truncation: Truncation = self.truncation.parse().map_err(|e| anyhow::anyhow!("--truncation: {e}"))?;
-        if self.packing && self.max_seq_length.is_none() {
+        let options = self.encode.options()?;
+        if self.packing && options.max_seq_length.is_none() {
             bail!("--packing needs --max-seq-length N (the length of a packed sequence)");
         }
-        Ok(EncodeOptions { masking, append_eos, max_seq_length: self.max_seq_length, truncation })
+        Ok(options)
     }
 }
 
@@ -109,11 +80,11 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
     if args.data.tokenizer.is_none() {
         bail!("prepare needs --tokenizer DIR (a directory with tokenizer.json)");
     }
-    let fingerprint = DataFingerprint::of(&args.data.data)?;
+    let fingerprint = DataFingerprint::of(args.data.data())?;
     let loaded = args.data.load(true)?;
     let tokenizer = loaded.tokenizer.as_ref().context("prepare needs --tokenizer DIR")?;
     let encoded = encode_all(&loaded.dataset.conversations, &options, &loaded.renderer, tokenizer)
-        .with_context(|| format!("{}: nothing to prepare", args.data.data))?;
+        .with_context(|| format!("{}: nothing to prepare", args.data.data()))?;
     let packed = match (args.packing, options.max_seq_length) {
         (true, Some(max)) => Some(pack(&encoded.examples, max)?),
         _ => None,
@@ -168,7 +139,7 @@ fn emit_jsonl(path: &Path, records: Records<'_>) -> anyhow::Result<()> {
 }
 
 fn summarize(args: &PrepareArgs, encoded: &Encoded, packed: Option<&[PackedSequence]>, counts: &Counts) {
-    let name = &args.data.data;
+    let name = args.data.data();
     let s = &encoded.stats;
     eprintln!("{name}: {} rows read, {} examples, {} rows excluded", s.rows, s.examples, encoded.excluded.len());
     for (kind, n) in &counts.excluded {
@@ -184,7 +155,7 @@ fn summarize(args: &PrepareArgs, encoded: &Encoded, packed: Option<&[PackedSeque
     if s.truncated_rows > 0 {
         eprintln!("{name}: {} rows truncated, losing {} trained tokens", s.truncated_rows, s.trained_tokens_lost);
     }
-    if let (Some(seqs), Some(max)) = (packed, args.max_seq_length) {
+    if let (Some(seqs), Some(max)) = (packed, args.encode.max_seq_length) {
         eprintln!(
             "{name}: packed {} examples into {} sequences of up to {max} tokens ({:.1}% full)",
             s.examples,

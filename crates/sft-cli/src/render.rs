@@ -64,7 +64,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush().or_else(|e| if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) })?;
     if errors > 0 {
-        eprintln!("{}: {errors} of {} rows could not be rendered (see their \"error\" lines)", args.data.data, lines.len());
+        eprintln!("{}: {errors} of {} rows could not be rendered (see their \"error\" lines)", args.data.data(), lines.len());
     }
     Ok(ExitCode::SUCCESS)
 }

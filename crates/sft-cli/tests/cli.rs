@@ -297,3 +297,177 @@ fn prepare_lists_twenty_excluded_rows_then_counts_the_rest() {
     let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     assert!(manifest.contains("\"no trained token\": 23"), "{manifest}");
 }
+
+fn eval_expected(which: &str) -> serde_json::Value {
+    let path = root().join("tests/fixtures/model/eval/expected.json");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    json[which].clone()
+}
+
+fn assert_eval_matches(out: &Output, which: &str) {
+    assert!(out.status.success(), "{}", stderr(out));
+    let got = &lines(out)[0];
+    let want = eval_expected(which);
+    assert_eq!(got["tokens"], want["tokens"], "{which}: trained token count");
+    for key in ["loss", "perplexity"] {
+        let (g, w) = (got[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+        assert!(((g - w) / w).abs() <= 1e-4, "{which} {key}: sft {g} vs transformers {w}");
+    }
+}
+
+#[test]
+fn eval_equals_the_transformers_masked_loss_with_and_without_an_adapter() {
+    let model = "tests/fixtures/model/eval/model";
+    let data = "tests/fixtures/model/eval/data.jsonl";
+    assert_eval_matches(&sft(&["eval", "--model", model, "--data", data, "--json"]), "base");
+    let adapter = "tests/fixtures/model/eval/adapter";
+    assert_eval_matches(&sft(&["eval", "--model", model, "--adapter", adapter, "--data", data, "--json"]), "adapter");
+}
+
+#[test]
+fn eval_names_what_is_missing_or_mismatched() {
+    let data = "tests/fixtures/model/eval/data.jsonl";
+    let out = sft(&["eval", "--model", "tests/fixtures/model/nowhere", "--data", data]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("tests/fixtures/model/nowhere"), "{}", stderr(&out));
+    // The eval tokenizer's ids exceed the 128-entry vocabulary of the llama fixture.
+    let out = sft(&["eval", "--model", "tests/fixtures/model/llama", "--tokenizer", "tests/fixtures/model/eval/model", "--data", data]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("outside the vocabulary of 128"), "{}", stderr(&out));
+    // An adapter made for another model.
+    let out = sft(&["eval", "--model", "tests/fixtures/model/eval/model", "--adapter", "tests/fixtures/model/phi3/adapter", "--data", data]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("phi3/adapter"), "{}", stderr(&out));
+}
+
+/// A tiny model (quickstart tokenizer) and a training config for it, in a fresh directory.
+fn tiny_run(name: &str, extra: &str) -> PathBuf {
+    let dir = root().join("target/cli-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"model_type": "llama", "vocab_size": 829, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "tie_word_embeddings": true, "eos_token_id": 2, "initializer_range": 0.1}"#,
+    )
+    .unwrap();
+    let model = dir.join("model");
+    let out = sft(&["init-model", "--config", config.to_str().unwrap(), "--tokenizer", "examples/quickstart/tokenizer", "--seed", "3", "--out", model.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = format!(
+        "model: {model}\ndatasets:\n  - path: examples/quickstart/train_sharegpt.jsonl\noutput_dir: {out}\nfinetuning: full\n\
+         learning_rate: 0.01\nlr_scheduler_type: cosine\nwarmup_steps: 2\nmax_steps: 8\nper_device_train_batch_size: 2\n\
+         gradient_accumulation_steps: 2\nlogging_steps: 1\nsave_steps: 2\nseed: 5\n{extra}",
+        model = model.display(),
+        out = dir.join("out").display()
+    );
+    std::fs::write(dir.join("train.yaml"), yaml).unwrap();
+    dir
+}
+
+fn logged_losses(checkpoint: &Path) -> Vec<f64> {
+    let state = json_file(&checkpoint.join("trainer_state.json"));
+    state["log_history"].as_array().unwrap().iter().filter_map(|e| e["loss"].as_f64()).collect()
+}
+
+fn json_file(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+#[test]
+fn training_killed_and_resumed_ends_with_the_same_weights_and_losses() {
+    // Uninterrupted.
+    let a = tiny_run("resume-a", "");
+    let out = sft(&["train", a.join("train.yaml").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a_final = a.join("out/checkpoint-8");
+    let losses = logged_losses(&a_final);
+    assert_eq!(losses.len(), 8);
+    assert!(losses[7] < losses[0], "loss falls: {losses:?}");
+
+    // Killed with SIGKILL once checkpoint-4 exists, then resumed.
+    let b = tiny_run("resume-b", "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sft"))
+        .args(["train", b.join("train.yaml").to_str().unwrap()])
+        .current_dir(root())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = b.join("out/checkpoint-4/trainer_state.json");
+    let start = std::time::Instant::now();
+    while !marker.exists() && start.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = sft(&["train", b.join("train.yaml").to_str().unwrap(), "--resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming from"), "{}", stderr(&out));
+    let b_final = b.join("out/checkpoint-8");
+    let same = std::fs::read(a_final.join("model.safetensors")).unwrap() == std::fs::read(b_final.join("model.safetensors")).unwrap();
+    assert!(same, "resumed weights differ from the uninterrupted run");
+    assert_eq!(logged_losses(&b_final), losses);
+    // The checkpoint carries what inference needs.
+    for f in ["config.json", "optimizer.safetensors", "tokenizer.json", "chat_template.jinja", "training_config.yaml"] {
+        assert!(b_final.join(f).is_file(), "{f} missing");
+    }
+    assert!(b.join("out/metrics.jsonl").is_file() && b.join("out/loss_curve.png").is_file());
+}
+
+#[test]
+fn lora_training_saves_a_peft_adapter_that_eval_loads() {
+    let dir = tiny_run("lora", "lora_r: 4\nlora_alpha: 8\nsave_total_limit: 2\n");
+    let out = sft(&["train", dir.join("train.yaml").to_str().unwrap(), "--set", "max_steps=6", "--set", "finetuning=lora"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ckpt = dir.join("out/checkpoint-6");
+    let config = json_file(&ckpt.join("adapter_config.json"));
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 4);
+    // save_total_limit 2: checkpoint-2 was rotated away.
+    assert!(!dir.join("out/checkpoint-2").exists() && dir.join("out/checkpoint-4").exists());
+    let out = sft(&["eval", "--model", ckpt.to_str().unwrap(), "--data", "examples/quickstart/eval.jsonl", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(lines(&out)[0]["loss"].as_f64().unwrap().is_finite());
+}
+
+#[test]
+fn bad_training_configs_fail_before_any_work() {
+    let dir = tiny_run("bad-config", "");
+    let yaml = dir.join("train.yaml");
+    for (set, expect) in [
+        ("learning_rte=0.1", "did you mean learning_rate"),
+        ("learning_rate=0", "learning_rate: must be greater than 0"),
+        ("per_device_train_batch_size=0", "per_device_train_batch_size: must be at least 1"),
+        ("max_steps=many", "invalid type"),
+        ("model=target/cli-tests/no-such-model", "no-such-model"),
+    ] {
+        let out = sft(&["train", yaml.to_str().unwrap(), "--set", set]);
+        assert!(!out.status.success(), "{set}");
+        assert!(stderr(&out).contains(expect), "{set}: {}", stderr(&out));
+        assert!(!dir.join("out").exists(), "{set}: nothing may be written");
+    }
+}
+
+#[test]
+fn a_trained_adapter_loads_in_peft_with_the_same_loss() {
+    // Adapter saved by `sft train`; expected loss computed by PEFT (gen_peft_roundtrip.py).
+    let dir = root().join("tests/fixtures/train/peft_roundtrip");
+    let out = sft(&[
+        "eval",
+        "--model",
+        "tests/fixtures/model/eval/model",
+        "--adapter",
+        dir.join("adapter").to_str().unwrap(),
+        "--data",
+        "tests/fixtures/model/eval/data.jsonl",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = &lines(&out)[0];
+    let want = json_file(&dir.join("expected.json"));
+    assert_eq!(got["tokens"], want["tokens"]);
+    let (g, w) = (got["loss"].as_f64().unwrap(), want["loss"].as_f64().unwrap());
+    assert!(((g - w) / w).abs() <= 1e-4, "sft {g} vs PEFT {w}");
+}

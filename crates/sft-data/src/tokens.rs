@@ -91,4 +91,9 @@ impl TextTokenizer {
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
+
+    /// Text of `ids` (special tokens left out when `skip_special`), as transformers' `decode`.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenError> {
+        self.inner.decode(ids, skip_special).map_err(|e| TokenError::Encode(e.to_string()))
+    }
 }

@@ -1,0 +1,126 @@
+//! `sft quickstart`: the whole job on a bundled setup, with nothing downloaded. It writes the
+//! bundled chats (Alpaca and ShareGPT files, with system prompts and multi-turn rows) and a
+//! small tokenizer into the output directory, creates a tiny Llama with random weights, scores
+//! it on held-out prompts, fine-tunes it (the config in examples/quickstart/quickstart.yaml),
+//! and scores the final checkpoint again.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use sft_model::config::HfConfig;
+use sft_model::model::Model;
+
+use crate::common::ModelArgs;
+use crate::generate::{load, score_file, Score};
+
+/// The bundled files, by their name under examples/quickstart.
+const FILES: &[(&str, &str)] = &[
+    ("quickstart.yaml", include_str!("../../../examples/quickstart/quickstart.yaml")),
+    ("config.json", include_str!("../../../examples/quickstart/config.json")),
+    ("train_alpaca.jsonl", include_str!("../../../examples/quickstart/train_alpaca.jsonl")),
+    ("train_sharegpt.jsonl", include_str!("../../../examples/quickstart/train_sharegpt.jsonl")),
+    ("eval.jsonl", include_str!("../../../examples/quickstart/eval.jsonl")),
+    ("heldout.jsonl", include_str!("../../../examples/quickstart/heldout.jsonl")),
+    ("tokenizer/tokenizer.json", include_str!("../../../examples/quickstart/tokenizer/tokenizer.json")),
+    ("tokenizer/tokenizer_config.json", include_str!("../../../examples/quickstart/tokenizer/tokenizer_config.json")),
+];
+
+/// Marks a directory as made by the quickstart (so a rerun may replace it).
+const MARKER: &str = "quickstart.marker";
+
+/// Longest answer scored.
+const MAX_ANSWER_TOKENS: usize = 16;
+
+/// `sft quickstart` flags.
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Where everything goes (data, base model, checkpoints).
+    #[arg(long, default_value = "outputs/quickstart")]
+    pub out: PathBuf,
+    /// Override a training config key, e.g. --set max_steps=100 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// Runs `sft quickstart`.
+pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
+    let out = &args.out;
+    prepare_dir(out)?;
+    let data = out.join("data");
+    for (name, text) in FILES {
+        let path = data.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let text = if *name == "quickstart.yaml" { rebase(text, out) } else { text.to_string() };
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    // The base model: an HF directory with config, random weights and the tokenizer.
+    let base = out.join("base");
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    for name in ["config.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"] {
+        let to = base.join(Path::new(name).file_name().unwrap_or_default());
+        std::fs::copy(data.join(name), &to).with_context(|| format!("writing {}", to.display()))?;
+    }
+    let raw: HfConfig = serde_json::from_str(FILES[1].1).context("bundled config.json")?;
+    let model = Model::init(raw.resolve(&base.join("config.json"))?, 0, &base)?;
+    model.save_weights(&base)?;
+    eprintln!("quickstart: a new {:?} model with random weights in {}", model.config().family, base.display());
+    drop(model);
+
+    let heldout = data.join("heldout.jsonl");
+    let before = score_file(&load(&ModelArgs { model: base.clone(), adapter: None }, None)?, &heldout, MAX_ANSWER_TOKENS)?;
+    eprintln!("quickstart: held-out exact match before training: {}", percent(before.exact, before.total));
+
+    let cfg = sft_train::config::load(&data.join("quickstart.yaml"), &args.overrides)?;
+    let started = Instant::now();
+    let summary = crate::train::run_config(&cfg, None)?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    let tuned = ModelArgs { model: summary.checkpoint.clone(), adapter: None };
+    let after = score_file(&load(&tuned, None)?, &heldout, MAX_ANSWER_TOKENS)?;
+    print_table(before, after, summary.steps, seconds, summary.eval_loss);
+    println!("checkpoint: {}", summary.checkpoint.display());
+    println!("try it:     sft generate --model {} --prompt \"The striker scored a goal. Which topic is this?\"", summary.checkpoint.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `out`, or clears one that an earlier quickstart made; refuses anything else.
+fn prepare_dir(out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !empty && !out.join(MARKER).is_file() {
+            bail!("{}: exists and was not made by the quickstart; choose another --out", out.display());
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join(MARKER), "made by sft quickstart; rerunning it replaces this directory\n")
+        .with_context(|| format!("writing {}", out.display()))
+}
+
+/// The bundled YAML with its paths pointing into the output directory.
+fn rebase(yaml: &str, out: &Path) -> String {
+    let path = |p: &str| out.join(p).display().to_string();
+    yaml.replace("model: examples/quickstart\n", &format!("model: {}\n", path("base")))
+        .replace("outputs/quickstart", &path("run"))
+        .replace("examples/quickstart", &path("data"))
+}
+
+fn percent(n: usize, total: usize) -> String {
+    format!("{n}/{total} ({:.0}%)", 100.0 * n as f64 / total.max(1) as f64)
+}
+
+fn print_table(before: Score, after: Score, steps: usize, seconds: f64, eval_loss: Option<f64>) {
+    println!();
+    println!("held-out prompts ({}), greedy answers   before training   after {steps} steps", after.total);
+    println!("  exact match                          {:<17} {}", percent(before.exact, before.total), percent(after.exact, after.total));
+    println!("  answer contains the expected text    {:<17} {}", percent(before.contains, before.total), percent(after.contains, after.total));
+    if let Some(l) = eval_loss {
+        println!("  eval loss after training             {l:.4}");
+    }
+    println!("  training time                        {seconds:.0} s");
+}

@@ -1,0 +1,56 @@
+//! `sft train CONFIG.yaml`: fine-tune as the YAML says (`--set key=value` overrides keys), with
+//! checkpoints in `output_dir/checkpoint-N`, `--resume` to continue one, and Ctrl-C saving a
+//! checkpoint before it exits.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Args;
+use sft_train::trainer::{train, Options, Resume, Summary};
+use sft_train::TrainError;
+
+/// `sft train` flags.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The training config (YAML).
+    pub config: PathBuf,
+    /// Override a config key, e.g. --set learning_rate=1e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Continue from a checkpoint directory, or the newest one in output_dir (`latest`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "PATH|latest")]
+    pub resume: Option<String>,
+}
+
+/// Runs `sft train`.
+pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    let cfg = sft_train::config::load(&args.config, &args.overrides)?;
+    let summary = run_config(&cfg, args.resume.as_deref())?;
+    eprintln!("done: {} steps; final checkpoint {}", summary.steps, summary.checkpoint.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trains a resolved config with Ctrl-C handling; shared with the quickstart.
+pub fn run_config(cfg: &sft_train::config::TrainConfig, resume: Option<&str>) -> anyhow::Result<Summary> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // First Ctrl-C: finish the step, save, exit. Second: exit at once.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)");
+    });
+    let resume = resume.map(|r| if r == "latest" { Resume::Latest } else { Resume::Path(r.into()) });
+    let opts = Options { resume, stop, progress_bar: std::io::stderr().is_terminal() };
+    match train(cfg, &opts) {
+        Err(TrainError::Interrupted { step, saved }) => {
+            eprintln!("stopped at step {step}; resume with --resume {}", saved.display());
+            std::process::exit(130);
+        }
+        other => Ok(other?),
+    }
+}

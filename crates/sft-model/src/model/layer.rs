@@ -1,0 +1,216 @@
+//! One decoder layer: pre-norm attention (grouped-query, RoPE, optional q/k norms, windows and
+//! soft-capping) and a gated MLP, each added back to the residual stream; Gemma 2/3 also norm
+//! each block's output.
+
+use std::sync::Arc;
+
+use candle_core::{Result, Tensor};
+
+use super::params::Builder;
+use crate::config::ModelConfig;
+use crate::lora::Lora;
+use crate::ops::{glu, rms_norm, rope, softmax_last_dim, RopeTable};
+use crate::ModelError;
+
+/// A linear layer `x·Wᵀ + b`, optionally with a LoRA adapter.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+}
+
+impl Linear {
+    pub fn load(b: &mut Builder, name: String, out: usize, inp: usize, bias: bool) -> std::result::Result<Self, ModelError> {
+        let weight = b.weight(&format!("{name}.weight"), &[out, inp])?;
+        let bias = if bias { Some(b.weight(&format!("{name}.bias"), &[out])?) } else { None };
+        let lora = b.lora(&name, out, inp)?;
+        Ok(Self { weight, bias, lora })
+    }
+
+    /// `x` is `[n, in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = x.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            y = (y + l.forward(x)?)?;
+        }
+        Ok(y)
+    }
+}
+
+/// Per-forward inputs shared by every layer.
+pub(crate) struct Context {
+    pub batch: usize,
+    pub seq: usize,
+    /// Attention masks, one per distinct window (`None` = causal only).
+    pub masks: Vec<(Option<usize>, Tensor)>,
+    /// RoPE tables per layer (layers of one kind share theirs).
+    pub ropes: Vec<Arc<RopeTable>>,
+}
+
+impl Context {
+    fn mask(&self, window: Option<usize>) -> Result<&Tensor> {
+        self.masks
+            .iter()
+            .find(|(w, _)| *w == window)
+            .map(|(_, m)| m)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no attention mask for window {window:?}")))
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Projections {
+    Separate { q: Linear, k: Linear, v: Linear },
+    /// Phi-3's `qkv_proj`: queries, then keys, then values.
+    Fused(Linear),
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    proj: Projections,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+enum Mlp {
+    Separate { gate: Linear, up: Linear, down: Linear },
+    /// Phi-3's `gate_up_proj`: gate, then up.
+    Fused { gate_up: Linear, down: Linear },
+}
+
+/// One decoder layer.
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    index: usize,
+    input_norm: Tensor,
+    /// Gemma 2/3: norm of the attention output.
+    post_attention_norm: Option<Tensor>,
+    /// Pre-MLP norm (Llama's `post_attention_layernorm`, Gemma 2's `pre_feedforward_layernorm`).
+    mlp_norm: Tensor,
+    /// Gemma 2/3: norm of the MLP output.
+    post_mlp_norm: Option<Tensor>,
+    attn: Attention,
+    mlp: Mlp,
+}
+
+impl Layer {
+    pub fn load(b: &mut Builder, cfg: &ModelConfig, index: usize) -> std::result::Result<Self, ModelError> {
+        let p = format!("model.layers.{index}");
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let norm = |b: &mut Builder, name: &str, size: usize| b.weight(&format!("{p}.{name}.weight"), &[size]);
+        let input_norm = norm(b, "input_layernorm", d)?;
+        let (post_attention_norm, mlp_norm, post_mlp_norm) = if cfg.sandwich_norms {
+            (
+                Some(norm(b, "post_attention_layernorm", d)?),
+                norm(b, "pre_feedforward_layernorm", d)?,
+                Some(norm(b, "post_feedforward_layernorm", d)?),
+            )
+        } else {
+            (None, norm(b, "post_attention_layernorm", d)?, None)
+        };
+        let proj = if cfg.fused {
+            Projections::Fused(Linear::load(b, format!("{p}.self_attn.qkv_proj"), q_out + 2 * kv_out, d, cfg.qkv_bias)?)
+        } else {
+            Projections::Separate {
+                q: Linear::load(b, format!("{p}.self_attn.q_proj"), q_out, d, cfg.qkv_bias)?,
+                k: Linear::load(b, format!("{p}.self_attn.k_proj"), kv_out, d, cfg.qkv_bias)?,
+                v: Linear::load(b, format!("{p}.self_attn.v_proj"), kv_out, d, cfg.qkv_bias)?,
+            }
+        };
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            (Some(norm(b, "self_attn.q_norm", hd)?), Some(norm(b, "self_attn.k_norm", hd)?))
+        } else {
+            (None, None)
+        };
+        let o = Linear::load(b, format!("{p}.self_attn.o_proj"), d, q_out, cfg.o_bias)?;
+        let i = cfg.intermediate_size;
+        let mlp = if cfg.fused {
+            Mlp::Fused {
+                gate_up: Linear::load(b, format!("{p}.mlp.gate_up_proj"), 2 * i, d, cfg.mlp_bias)?,
+                down: Linear::load(b, format!("{p}.mlp.down_proj"), d, i, cfg.mlp_bias)?,
+            }
+        } else {
+            Mlp::Separate {
+                gate: Linear::load(b, format!("{p}.mlp.gate_proj"), i, d, cfg.mlp_bias)?,
+                up: Linear::load(b, format!("{p}.mlp.up_proj"), i, d, cfg.mlp_bias)?,
+                down: Linear::load(b, format!("{p}.mlp.down_proj"), d, i, cfg.mlp_bias)?,
+            }
+        };
+        Ok(Self { index, input_norm, post_attention_norm, mlp_norm, post_mlp_norm, attn: Attention { proj, o, q_norm, k_norm }, mlp })
+    }
+
+    /// `h` is the residual stream `[batch·seq, hidden]`.
+    pub fn forward(&self, h: &Tensor, cfg: &ModelConfig, cx: &Context) -> Result<Tensor> {
+        let norm = |x: &Tensor, w: &Tensor| rms_norm(x, w, cfg.rms_norm_eps, cfg.norm_offset);
+        let mut a = self.attention(&norm(h, &self.input_norm)?, cfg, cx)?;
+        if let Some(w) = &self.post_attention_norm {
+            a = norm(&a, w)?;
+        }
+        let h = (h + a)?;
+        let mut m = self.mlp(&norm(&h, &self.mlp_norm)?, cfg)?;
+        if let Some(w) = &self.post_mlp_norm {
+            m = norm(&m, w)?;
+        }
+        h + m
+    }
+
+    fn attention(&self, x: &Tensor, cfg: &ModelConfig, cx: &Context) -> Result<Tensor> {
+        let (b, t, hd) = (cx.batch, cx.seq, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+        let (q, k, v) = match &self.attn.proj {
+            Projections::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Projections::Fused(qkv) => {
+                let y = qkv.forward(x)?;
+                (y.narrow(1, 0, nh * hd)?, y.narrow(1, nh * hd, nkv * hd)?, y.narrow(1, (nh + nkv) * hd, nkv * hd)?)
+            }
+        };
+        let table = &cx.ropes[self.index];
+        let heads = |x: Tensor, n: usize, norm_w: &Option<Tensor>, rotate: bool| -> Result<Tensor> {
+            let mut x = x.reshape((b, t, n, hd))?;
+            if let Some(w) = norm_w {
+                x = rms_norm(&x, w, cfg.rms_norm_eps, cfg.norm_offset)?;
+            }
+            if rotate {
+                x = rope(&x, table)?;
+            }
+            x.transpose(1, 2)?.contiguous()
+        };
+        let q = heads(q, nh, &self.attn.q_norm, true)?;
+        let k = repeat_kv(heads(k, nkv, &self.attn.k_norm, true)?, nh / nkv)?;
+        let v = repeat_kv(heads(v, nkv, &None, false)?, nh / nkv)?;
+        let mut scores = (q.matmul(&k.t()?)? * cfg.attention_scale)?;
+        if let Some(cap) = cfg.attn_softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let window = cfg.layers[self.index].sliding_window;
+        let probs = softmax_last_dim(&scores.broadcast_add(cx.mask(window)?)?)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+        self.attn.o.forward(&out)
+    }
+
+    fn mlp(&self, x: &Tensor, cfg: &ModelConfig) -> Result<Tensor> {
+        match &self.mlp {
+            Mlp::Separate { gate, up, down } => down.forward(&glu(&gate.forward(x)?, &up.forward(x)?, cfg.activation)?),
+            Mlp::Fused { gate_up, down } => {
+                let y = gate_up.forward(x)?;
+                let i = cfg.intermediate_size;
+                down.forward(&glu(&y.narrow(1, 0, i)?, &y.narrow(1, i, i)?, cfg.activation)?)
+            }
+        }
+    }
+}
+
+/// `[b, kv, t, d]` → `[b, kv·n, t, d]`, each key/value head repeated for its `n` query heads.
+fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((b, kv, n, t, d))?.reshape((b, kv * n, t, d))
+}

@@ -1,0 +1,219 @@
+//! The decoder: token embedding → layers → final norm → output layer, over whole sequences
+//! (training and evaluation). The loss is the cross-entropy of every target token (next-token
+//! labels other than -100 within the same packed row), summed; [`Loss::mean`] divides by their
+//! count, as transformers' causal-LM loss does.
+
+mod batch;
+mod layer;
+mod params;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{Tensor, Var};
+
+pub use batch::{Batch, Sequence, IGNORE};
+pub use params::Trainable;
+
+use crate::config::ModelConfig;
+use crate::error::TensorContext;
+use crate::lora::LoraSettings;
+use crate::ops::{linear_cross_entropy, rms_norm, CrossEntropy, RopeTable};
+use crate::weights::Weights;
+use crate::ModelError;
+use layer::{Context, Layer, Linear};
+use crate::rng::SplitMix;
+use params::{BaseSource, Builder};
+
+/// A loaded decoder model.
+pub struct Model {
+    config: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// `None` when tied to the embedding.
+    lm_head: Option<Linear>,
+    params: Vec<(String, Var)>,
+    lora: Option<LoraSettings>,
+}
+
+/// A summed loss and how many target tokens it covers.
+pub struct Loss {
+    /// Σ cross-entropy over the targets (a scalar tensor, differentiable).
+    pub sum: Tensor,
+    /// Number of targets.
+    pub tokens: usize,
+}
+
+impl Loss {
+    /// The mean over targets (0 when there are none).
+    pub fn mean(&self) -> candle_core::Result<Tensor> {
+        self.sum.affine(1.0 / self.tokens.max(1) as f64, 0.0)
+    }
+}
+
+/// A token-weighted loss over many sequences.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Evaluation {
+    /// Σ cross-entropy over every target.
+    pub loss_sum: f64,
+    /// Number of targets.
+    pub tokens: usize,
+}
+
+impl Evaluation {
+    /// Mean loss per target token.
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.tokens.max(1) as f64
+    }
+
+    /// `exp(loss)`.
+    pub fn perplexity(&self) -> f64 {
+        self.loss().exp()
+    }
+}
+
+impl Model {
+    /// Loads `dir` (config.json + model.safetensors or shards) with `trainable` deciding what
+    /// becomes a variable.
+    pub fn load(dir: &Path, trainable: &Trainable) -> Result<Self, ModelError> {
+        let config = ModelConfig::from_dir(dir)?;
+        let base = BaseSource::Files(Weights::open(dir, "model.safetensors")?);
+        Self::build(config, base, trainable)
+    }
+
+    /// A new model with random weights as transformers initialises one (N(0,
+    /// `initializer_range`) matrices, identity norms, zero biases), every weight trainable;
+    /// `dir` names it in messages.
+    pub fn init(config: ModelConfig, seed: u64, dir: &Path) -> Result<Self, ModelError> {
+        let norm_value = 1.0 - config.norm_offset;
+        let std = config.initializer_range;
+        let base = BaseSource::Random { rng: SplitMix(seed), std, norm_value, dir: dir.to_path_buf() };
+        Self::build(config, base, &Trainable::Full)
+    }
+
+    /// Writes every parameter as `dir/model.safetensors` (f32; requires full training, so that
+    /// all weights are parameters).
+    pub fn save_weights(&self, dir: &Path) -> Result<(), ModelError> {
+        let path = dir.join("model.safetensors");
+        let tensors: std::collections::HashMap<String, Tensor> =
+            self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        candle_core::safetensors::save(&tensors, &path).map_err(|e| ModelError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    fn build(config: ModelConfig, base: BaseSource, trainable: &Trainable) -> Result<Self, ModelError> {
+        let mut b = Builder::new(base, trainable)?;
+        let (v, d) = (config.vocab_size, config.hidden_size);
+        let embed = b.weight("model.embed_tokens.weight", &[v, d])?;
+        let layers = (0..config.layers.len()).map(|i| Layer::load(&mut b, &config, i)).collect::<Result<Vec<_>, _>>()?;
+        let norm = b.weight("model.norm.weight", &[d])?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            let weight = b.weight("lm_head.weight", &[v, d])?;
+            Some(Linear { weight, bias: None, lora: None })
+        };
+        b.finish()?;
+        let lora = b.lora_settings().cloned();
+        Ok(Self { config, embed, layers, norm, lm_head, params: b.params, lora })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Trainable parameters in load order, under HF names (full fine-tuning) or PEFT names (LoRA).
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// The LoRA settings when adapters are attached.
+    pub fn lora(&self) -> Option<&LoraSettings> {
+        self.lora.as_ref()
+    }
+
+    /// The output layer's weight `[vocab, hidden]` (the embedding when tied).
+    pub(crate) fn output_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().map_or(&self.embed, |l| &l.weight)
+    }
+
+    /// The final hidden states `[batch·seq, hidden]` (after the last norm).
+    pub fn hidden(&self, batch: &Batch) -> Result<Tensor, ModelError> {
+        let cfg = &self.config;
+        let ids = batch.input_ids.flatten_all().during(|| "reading input ids".into())?;
+        let max = ids.max(0).and_then(|m| m.to_scalar::<u32>()).during(|| "reading input ids".into())?;
+        if max as usize >= cfg.vocab_size {
+            return Err(ModelError::Batch(format!("token id {max} is outside the vocabulary of {}", cfg.vocab_size)));
+        }
+        let cx = self.context(batch).during(|| "building attention masks".into())?;
+        let mut h = self.embed.index_select(&ids, 0).during(|| "embedding".into())?;
+        if let Some(s) = cfg.embed_scale {
+            h = (h * s as f64).during(|| "scaling embeddings".into())?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h, cfg, &cx).during(|| format!("model.layers.{i}"))?;
+        }
+        rms_norm(&h, &self.norm, cfg.rms_norm_eps, cfg.norm_offset).during(|| "model.norm".into())
+    }
+
+    fn context(&self, batch: &Batch) -> candle_core::Result<Context> {
+        let mut masks = vec![];
+        let mut tables: BTreeMap<Vec<u32>, Arc<RopeTable>> = BTreeMap::new();
+        let mut ropes = vec![];
+        for layer in &self.config.layers {
+            if !masks.iter().any(|(w, _)| *w == layer.sliding_window) {
+                masks.push((layer.sliding_window, batch.attention_mask(layer.sliding_window)?));
+            }
+            let key: Vec<u32> = layer.rope.inv_freq.iter().map(|f| f.to_bits()).collect();
+            let table = tables.entry(key).or_insert_with(|| Arc::new(RopeTable::new(&batch.positions, &layer.rope.inv_freq)));
+            ropes.push(table.clone());
+        }
+        Ok(Context { batch: batch.batch, seq: batch.seq, masks, ropes })
+    }
+
+    /// Full logits `[batch, seq, vocab]` (tests and generation; training uses [`Model::loss`]).
+    pub fn logits(&self, batch: &Batch) -> Result<Tensor, ModelError> {
+        let h = self.hidden(batch)?;
+        let run = || -> candle_core::Result<Tensor> {
+            let mut z = h.matmul(&self.output_weight().t()?)?;
+            if let Some(cap) = self.config.final_softcap {
+                z = ((z / cap)?.tanh()? * cap)?;
+            }
+            z.reshape((batch.batch, batch.seq, self.config.vocab_size))
+        };
+        run().during(|| "lm_head".into())
+    }
+
+    /// The summed cross-entropy of the batch's targets, computed in chunks (the logits matrix is
+    /// never held whole).
+    pub fn loss(&self, batch: &Batch) -> Result<Loss, ModelError> {
+        let h = self.hidden(batch)?;
+        let run = || -> candle_core::Result<Tensor> {
+            if batch.targets.is_empty() {
+                return Tensor::new(0f32, h.device());
+            }
+            let rows = Tensor::from_slice(&batch.target_rows, batch.target_rows.len(), h.device())?;
+            let picked = h.index_select(&rows, 0)?;
+            linear_cross_entropy(&picked, self.output_weight(), &batch.targets, CrossEntropy { softcap: self.config.final_softcap })
+        };
+        Ok(Loss { sum: run().during(|| "loss".into())?, tokens: batch.targets.len() })
+    }
+
+    /// The summed loss of every sequence, one at a time (no gradient is kept).
+    pub fn evaluate(&self, sequences: &[Sequence<'_>]) -> Result<Evaluation, ModelError> {
+        let mut total = Evaluation::default();
+        for (i, s) in sequences.iter().enumerate() {
+            let batch = Batch::new(std::slice::from_ref(s), 0)?;
+            let loss = self.loss(&batch)?;
+            let sum = loss.sum.detach().to_scalar::<f32>().during(|| format!("sequence {i}: reading the loss"))?;
+            total.loss_sum += sum as f64;
+            total.tokens += loss.tokens;
+        }
+        Ok(total)
+    }
+}

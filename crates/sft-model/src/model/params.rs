@@ -1,0 +1,190 @@
+//! Building a model's tensors: base weights from the model directory (trainable variables for
+//! full fine-tuning, constants otherwise) and LoRA adapters (read from a PEFT directory, or
+//! initialised as PEFT does: A Kaiming-uniform, B zeros).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor, Var};
+
+use crate::lora::{peft_names, Lora, LoraSettings};
+use crate::rng::SplitMix;
+use crate::weights::Weights;
+use crate::ModelError;
+
+/// What trains.
+#[derive(Debug, Clone)]
+pub enum Trainable {
+    /// Nothing (evaluation, generation).
+    Frozen,
+    /// Every base weight (full fine-tuning).
+    Full,
+    /// New LoRA adapters on the targeted modules; the base stays frozen. `seed` fixes A's init.
+    NewLora {
+        /// Rank, alpha, targets.
+        settings: LoraSettings,
+        /// Seed of A's initialisation.
+        seed: u64,
+    },
+    /// A PEFT adapter directory; `train` makes its matrices trainable (resuming).
+    Adapter {
+        /// The directory (adapter_config.json, adapter_model.safetensors).
+        dir: PathBuf,
+        /// Whether A and B train.
+        train: bool,
+    },
+}
+
+enum AdapterSource {
+    None,
+    Init { settings: LoraSettings, rng: SplitMix },
+    File { settings: LoraSettings, weights: Box<Weights>, train: bool },
+}
+
+/// Where base weights come from.
+pub(crate) enum BaseSource {
+    /// A model directory's safetensors.
+    Files(Weights),
+    /// Random, as transformers initialises a new model: N(0, std) for matrices, norms at their
+    /// identity (1, or 0 with Gemma's `1 + w`), zero biases.
+    Random { rng: SplitMix, std: f64, norm_value: f32, dir: PathBuf },
+}
+
+impl BaseSource {
+    fn dir(&self) -> &Path {
+        match self {
+            BaseSource::Files(w) => w.dir(),
+            BaseSource::Random { dir, .. } => dir,
+        }
+    }
+
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let (rng, std, norm_value, dir) = match self {
+            BaseSource::Files(w) => return w.get(name, shape),
+            BaseSource::Random { rng, std, norm_value, dir } => (rng, *std, *norm_value, dir),
+        };
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.ends_with("norm.weight") {
+            vec![norm_value; n]
+        } else if name.ends_with(".bias") {
+            vec![0.0; n]
+        } else {
+            (0..n).map(|_| (rng.next_normal() * std) as f32).collect()
+        };
+        Tensor::from_vec(data, shape, &Device::Cpu)
+            .map_err(|e| ModelError::BadTensor { dir: dir.clone(), name: name.into(), message: e.to_string() })
+    }
+}
+
+/// Collects tensors and trainable variables while the layers load.
+pub(crate) struct Builder {
+    base: BaseSource,
+    full: bool,
+    adapter: AdapterSource,
+    /// Trainable parameters in load order, under their HF / PEFT names.
+    pub params: Vec<(String, Var)>,
+    used_adapter: BTreeSet<String>,
+}
+
+fn var(t: Tensor, dir: &Path, name: &str) -> Result<Var, ModelError> {
+    Var::from_tensor(&t).map_err(|e| ModelError::BadTensor { dir: dir.into(), name: name.into(), message: e.to_string() })
+}
+
+impl Builder {
+    pub fn new(base: BaseSource, trainable: &Trainable) -> Result<Self, ModelError> {
+        let adapter = match trainable {
+            Trainable::Frozen | Trainable::Full => AdapterSource::None,
+            Trainable::NewLora { settings, seed } => AdapterSource::Init { settings: settings.clone(), rng: SplitMix(*seed) },
+            Trainable::Adapter { dir, train } => AdapterSource::File {
+                settings: LoraSettings::from_adapter_dir(dir)?,
+                weights: Box::new(Weights::open(dir, "adapter_model.safetensors")?),
+                train: *train,
+            },
+        };
+        Ok(Self { base, full: matches!(trainable, Trainable::Full), adapter, params: vec![], used_adapter: BTreeSet::new() })
+    }
+
+    /// The LoRA settings in use, if any.
+    pub fn lora_settings(&self) -> Option<&LoraSettings> {
+        match &self.adapter {
+            AdapterSource::None => None,
+            AdapterSource::Init { settings, .. } | AdapterSource::File { settings, .. } => Some(settings),
+        }
+    }
+
+    /// A base weight; a variable under full fine-tuning.
+    pub fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let t = self.base.get(name, shape)?;
+        if !self.full {
+            return Ok(t);
+        }
+        let v = var(t, self.base.dir(), name)?;
+        let t = v.as_tensor().clone();
+        self.params.push((name.to_string(), v));
+        Ok(t)
+    }
+
+    /// The adapter of linear module `module` (`[out, inp]`), if it is a target.
+    pub fn lora(&mut self, module: &str, out: usize, inp: usize) -> Result<Option<Lora>, ModelError> {
+        let (a_name, b_name) = peft_names(module);
+        let (a, b, train, scaling) = match &mut self.adapter {
+            AdapterSource::None => return Ok(None),
+            AdapterSource::Init { settings, rng } => {
+                if !settings.targets.matches(module) {
+                    return Ok(None);
+                }
+                let r = settings.r;
+                // PEFT: kaiming_uniform_(A, a=√5), i.e. U(−1/√in, 1/√in); B = 0.
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a: Vec<f32> = (0..r * inp).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+                let a = Tensor::from_vec(a, (r, inp), &Device::Cpu);
+                let b = Tensor::zeros((out, r), candle_core::DType::F32, &Device::Cpu);
+                let wrap = |e: candle_core::Error| ModelError::Tensor { context: format!("initialising LoRA of {module}"), source: e };
+                (a.map_err(wrap)?, b.map_err(wrap)?, true, settings.scaling())
+            }
+            AdapterSource::File { settings, weights, train } => {
+                if !settings.targets.matches(module) && !weights.has(&a_name) {
+                    return Ok(None);
+                }
+                let r = settings.r;
+                let a = weights.get(&a_name, &[r, inp])?;
+                let b = weights.get(&b_name, &[out, r])?;
+                (a, b, *train, settings.scaling())
+            }
+        };
+        self.used_adapter.insert(a_name.clone());
+        self.used_adapter.insert(b_name.clone());
+        let (a, b) = if train {
+            let dir = self.base.dir().to_path_buf();
+            let (va, vb) = (var(a, &dir, &a_name)?, var(b, &dir, &b_name)?);
+            let pair = (va.as_tensor().clone(), vb.as_tensor().clone());
+            self.params.push((a_name, va));
+            self.params.push((b_name, vb));
+            pair
+        } else {
+            (a, b)
+        };
+        Ok(Some(Lora { a, b, scaling }))
+    }
+
+    /// Fails when the adapter file holds tensors no module used (it belongs to another model).
+    pub fn finish(&self) -> Result<(), ModelError> {
+        if let AdapterSource::File { weights, .. } = &self.adapter {
+            if let Some(extra) = weights.names().iter().find(|n| !self.used_adapter.contains(*n)) {
+                return Err(ModelError::BadTensor {
+                    dir: weights.dir().into(),
+                    name: extra.clone(),
+                    message: "no module of the model takes it (an adapter for another model, or lm_head/embedding adapters, which are not supported)".into(),
+                });
+            }
+            if self.used_adapter.is_empty() {
+                return Err(ModelError::Config {
+                    path: weights.dir().join("adapter_config.json"),
+                    key: "target_modules".into(),
+                    message: "no module of the model is a target".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! Cross-entropy through the output layer without the logits matrix: `Σ_rows lse(h·Wᵀ) −
+//! (h·Wᵀ)[target]` computed a few rows at a time, so a 150k-entry vocabulary never holds more than
+//! one chunk of logits. The backward pass recomputes each chunk's logits from the saved
+//! log-sum-exp and returns `dh` (and `dW` when the weight trains).
+//!
+//! Gemma 2's final soft-capping (`cap · tanh(z / cap)`) is applied to each chunk's logits.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+
+/// Logit elements per chunk (32 MiB of f32).
+const CHUNK_ELEMENTS: usize = 8 << 20;
+
+/// Options of [`linear_cross_entropy`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CrossEntropy {
+    /// Gemma 2's `final_logit_softcapping`.
+    pub softcap: Option<f64>,
+}
+
+/// The summed cross-entropy of `hidden` rows `[n, d]` through `weight` `[vocab, d]` against
+/// `targets` (one per row): a scalar. Differentiable in both inputs.
+pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &[u32], opts: CrossEntropy) -> Result<Tensor> {
+    let (n, _) = hidden.dims2()?;
+    if n != targets.len() {
+        candle_core::bail!("cross-entropy: {n} rows but {} targets", targets.len());
+    }
+    let vocab = weight.dim(0)?;
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("cross-entropy: target id {bad} is outside the vocabulary of {vocab}");
+    }
+    let op = LinearCrossEntropy { targets: Arc::new(targets.to_vec()), softcap: opts.softcap, lse: Vec::new(), sum: 0.0 };
+    let op = op.forward(&hidden.detach(), &weight.detach())?;
+    if !hidden.track_op() && !weight.track_op() {
+        return Tensor::new(op.sum, hidden.device());
+    }
+    hidden.apply_op2(weight, op)
+}
+
+struct LinearCrossEntropy {
+    targets: Arc<Vec<u32>>,
+    softcap: Option<f64>,
+    /// Each row's log-sum-exp, saved by the forward pass.
+    lse: Vec<f32>,
+    /// The forward result.
+    sum: f32,
+}
+
+impl LinearCrossEntropy {
+    fn chunk_rows(&self, vocab: usize) -> usize {
+        (CHUNK_ELEMENTS / vocab.max(1)).max(1)
+    }
+
+    /// The (capped) logits of rows `start..start+len`.
+    fn logits(&self, hidden: &Tensor, weight: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        let z = hidden.narrow(0, start, len)?.matmul(&weight.t()?)?;
+        match self.softcap {
+            Some(cap) => (z / cap)?.tanh()? * cap,
+            None => Ok(z),
+        }
+    }
+
+    fn targets(&self, start: usize, len: usize, device: &candle_core::Device) -> Result<Tensor> {
+        Tensor::from_slice(&self.targets[start..start + len], (len, 1), device)
+    }
+
+    fn forward(mut self, hidden: &Tensor, weight: &Tensor) -> Result<Self> {
+        let (n, _) = hidden.dims2()?;
+        let step = self.chunk_rows(weight.dim(0)?);
+        let mut sum = 0f64;
+        for start in (0..n).step_by(step) {
+            let len = step.min(n - start);
+            let z = self.logits(hidden, weight, start, len)?;
+            let max = z.max_keepdim(D::Minus1)?;
+            let lse = (z.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+            let picked = z.gather(&self.targets(start, len, hidden.device())?, D::Minus1)?;
+            let lse = lse.flatten_all()?.to_vec1::<f32>()?;
+            let picked = picked.flatten_all()?.to_vec1::<f32>()?;
+            sum += lse.iter().zip(&picked).map(|(l, p)| (l - p) as f64).sum::<f64>();
+            self.lse.extend(lse);
+        }
+        self.sum = sum as f32;
+        Ok(self)
+    }
+}
+
+impl CustomOp2 for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "sft-linear-cross-entropy"
+    }
+
+    /// The loss was computed when the op was built; this only hands it to the graph.
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![self.sum]), Shape::from(())))
+    }
+
+    fn bwd(&self, hidden: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // The weight of a LoRA run is frozen: then its gradient (a vocab × d matmul) is skipped.
+        let train_weight = weight.track_op();
+        let (hidden, weight) = (hidden.detach(), weight.detach());
+        let g = grad.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+        let (n, _) = hidden.dims2()?;
+        let step = self.chunk_rows(weight.dim(0)?);
+        let mut dh = Vec::new();
+        let mut dw: Option<Tensor> = None;
+        for start in (0..n).step_by(step) {
+            let len = step.min(n - start);
+            let z = self.logits(&hidden, &weight, start, len)?;
+            let lse = Tensor::from_slice(&self.lse[start..start + len], (len, 1), hidden.device())?;
+            let p = z.broadcast_sub(&lse)?.exp()?;
+            let minus_one = Tensor::full(-1f32, (len, 1), hidden.device())?;
+            let mut dz = (p.scatter_add(&self.targets(start, len, hidden.device())?, &minus_one, 1)? * g)?;
+            if let Some(cap) = self.softcap {
+                // z here is cap·tanh(raw/cap); d/draw = 1 − tanh² = 1 − (z/cap)²
+                dz = (dz * (1.0 - (z / cap)?.sqr()?)?)?;
+            }
+            dh.push(dz.matmul(&weight)?);
+            if train_weight {
+                let part = dz.t()?.matmul(&hidden.narrow(0, start, len)?)?;
+                dw = Some(match dw {
+                    Some(acc) => (acc + part)?,
+                    None => part,
+                });
+            }
+        }
+        let dh = Tensor::cat(&dh, 0)?;
+        Ok((Some(dh), dw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{check, random};
+
+    /// The same loss from the full logits matrix.
+    fn full(hidden: &Tensor, weight: &Tensor, targets: &[u32], softcap: Option<f64>) -> Result<Tensor> {
+        let mut z = hidden.matmul(&weight.t()?)?;
+        if let Some(cap) = softcap {
+            z = ((z / cap)?.tanh()? * cap)?;
+        }
+        let max = z.max_keepdim(1)?;
+        let lse = (z.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?;
+        let t = Tensor::from_slice(targets, (targets.len(), 1), hidden.device())?;
+        (lse - z.gather(&t, 1)?)?.sum_all()
+    }
+
+    #[test]
+    fn forward_matches_full_logits() -> Result<()> {
+        let h = (random(&[5, 4], 21)? * 2.0)?;
+        let w = (random(&[7, 4], 22)? * 2.0)?;
+        let targets = [0, 6, 3, 3, 1];
+        for softcap in [None, Some(3.0)] {
+            let ours = linear_cross_entropy(&h, &w, &targets, CrossEntropy { softcap })?.to_scalar::<f32>()?;
+            let theirs = full(&h, &w, &targets, softcap)?.to_scalar::<f32>()?;
+            assert!((ours - theirs).abs() < 1e-5, "{softcap:?}: {ours} vs {theirs}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let targets = [2, 0, 4];
+        for softcap in [None, Some(2.0)] {
+            let h = random(&[3, 4], 23)?;
+            let w = random(&[5, 4], 24)?;
+            check(&[h, w], |t| linear_cross_entropy(&t[0], &t[1], &targets, CrossEntropy { softcap }), 2e-3)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_frozen_weight_gets_no_gradient() -> Result<()> {
+        let h = candle_core::Var::from_tensor(&random(&[3, 4], 25)?)?;
+        let w = random(&[5, 4], 26)?;
+        let grads = linear_cross_entropy(&h, &w, &[1, 2, 3], CrossEntropy::default())?.backward()?;
+        assert!(grads.get(h.as_tensor()).is_some());
+        assert!(grads.get(&w).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_target_outside_the_vocabulary_is_an_error() -> Result<()> {
+        let err = linear_cross_entropy(&random(&[1, 4], 1)?, &random(&[5, 4], 2)?, &[5], CrossEntropy::default());
+        assert!(err.unwrap_err().to_string().contains("target id 5"));
+        Ok(())
+    }
+}

@@ -1,0 +1,110 @@
+//! The gated MLP's middle: `act(gate) · up` in one pass (SwiGLU with SiLU, GeGLU with the tanh
+//! GELU of Gemma), and its backward.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{cpu_f32, with_f32};
+
+/// The gate's activation (transformers' `hidden_act` / `hidden_activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x · sigmoid(x)` (`silu`, `swish`).
+    Silu,
+    /// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))` (`gelu_pytorch_tanh`, `gelu_new`).
+    GeluTanh,
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_C: f32 = 0.044_715;
+
+impl Activation {
+    /// The activation and its derivative at `x`.
+    fn eval(self, x: f32) -> (f32, f32) {
+        match self {
+            Activation::Silu => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                (x * s, s * (1.0 + x * (1.0 - s)))
+            }
+            Activation::GeluTanh => {
+                let u = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
+                let t = u.tanh();
+                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+                (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+            }
+        }
+    }
+}
+
+/// `act(gate) · up`, elementwise; both inputs have the same shape.
+pub fn glu(gate: &Tensor, up: &Tensor, act: Activation) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, Glu(act))
+}
+
+struct Glu(Activation);
+
+impl CustomOp2 for Glu {
+    fn name(&self) -> &'static str {
+        "sft-glu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let gate = cpu_f32(s1, l1, self.name())?;
+        let up = cpu_f32(s2, l2, self.name())?;
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("glu: gate {:?} and up {:?} differ in shape", l1.dims(), l2.dims());
+        }
+        let y: Vec<f32> = gate.par_iter().zip(up.par_iter()).map(|(&g, &u)| self.0.eval(g).0 * u).collect();
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dgate, dup): (Vec<f32>, Vec<f32>) = with_f32(gate, self.name(), |g| {
+            with_f32(up, self.name(), |u| {
+                with_f32(grad, self.name(), |d| {
+                    Ok(g.par_iter()
+                        .zip(u.par_iter().zip(d.par_iter()))
+                        .map(|(&g, (&u, &d))| {
+                            let (a, da) = self.0.eval(g);
+                            (d * u * da, d * a)
+                        })
+                        .unzip())
+                })
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dgate, gate.shape(), gate.device())?),
+            Some(Tensor::from_vec(dup, up.shape(), up.device())?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{check, random, weighted_sum};
+
+    #[test]
+    fn forward_matches_composed_ops() -> Result<()> {
+        let gate = (random(&[3, 6], 13)? * 3.0)?;
+        let up = random(&[3, 6], 14)?;
+        let silu = (gate.silu()? * &up)?;
+        let diff = (glu(&gate, &up, Activation::Silu)? - silu)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "silu {diff}");
+        let inner = ((&gate + (gate.powf(3.0)? * GELU_C as f64)?)? * SQRT_2_OVER_PI as f64)?;
+        let gelu = ((&gate * 0.5)? * (inner.tanh()? + 1.0)?)?;
+        let diff = (glu(&gate, &up, Activation::GeluTanh)? - (gelu * &up)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "gelu {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let gate = (random(&[2, 5], 15)? * 3.0)?;
+            let up = random(&[2, 5], 16)?;
+            check(&[gate, up], |t| weighted_sum(&glu(&t[0], &t[1], act)?, 17), 2e-3)?;
+        }
+        Ok(())
+    }
+}

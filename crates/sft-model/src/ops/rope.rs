@@ -1,0 +1,149 @@
+//! Rotary position embedding in transformers' `rotate_half` layout: within the first
+//! `rotary_dim` features of a head, feature `i` pairs with `i + rotary_dim/2`; the rest pass
+//! through (Phi's `partial_rotary_factor`). Angles come per token, so packed rows whose
+//! positions restart at 0 rotate exactly like separate rows.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{cpu_f32, with_f32};
+
+/// cos and sin of every token's angles: `tokens × rotary_dim/2` each.
+#[derive(Debug, Clone)]
+pub struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+}
+
+impl RopeTable {
+    /// Angles `position · inv_freq[i]` for every token's position, as transformers computes
+    /// them (f32 products).
+    pub fn new(positions: &[u32], inv_freq: &[f32]) -> Self {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Self { cos, sin, half }
+    }
+
+    /// How many tokens it covers.
+    pub fn tokens(&self) -> usize {
+        self.cos.len().checked_div(self.half).unwrap_or(0)
+    }
+}
+
+/// Rotates `x` of shape `[batch, seq, heads, head_dim]` (tokens in the table's order).
+pub fn rope(x: &Tensor, table: &Arc<RopeTable>) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Rope { table: table.clone(), inverse: false })
+}
+
+struct Rope {
+    table: Arc<RopeTable>,
+    /// Rotate by the negative angle (the backward pass: a rotation's transpose).
+    inverse: bool,
+}
+
+impl Rope {
+    fn apply(&self, x: &[f32], dims: &[usize]) -> Result<Vec<f32>> {
+        let [b, t, h, d] = dims else {
+            candle_core::bail!("rope: expects [batch, seq, heads, head_dim], got {dims:?}");
+        };
+        let half = self.table.half;
+        if 2 * half > *d || self.table.tokens() != b * t {
+            candle_core::bail!("rope: table for {} tokens × {half} angles does not fit {dims:?}", self.table.tokens());
+        }
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let mut y = x.to_vec();
+        y.par_chunks_mut(h * d).enumerate().for_each(|(token, yt)| {
+            let cos = &self.table.cos[token * half..(token + 1) * half];
+            let sin = &self.table.sin[token * half..(token + 1) * half];
+            for head in yt.chunks_mut(*d) {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    let s = sign * sin[i];
+                    head[i] = a * cos[i] - b * s;
+                    head[i + half] = b * cos[i] + a * s;
+                }
+            }
+        });
+        Ok(y)
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "sft-rope"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(storage, layout, self.name())?;
+        Ok((CpuStorage::F32(self.apply(x, layout.dims())?), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let inverse = Rope { table: self.table.clone(), inverse: !self.inverse };
+        let dx = with_f32(grad, self.name(), |g| inverse.apply(g, grad.dims()))?;
+        Ok(Some(Tensor::from_vec(dx, grad.shape(), grad.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{check, random, weighted_sum};
+
+    /// transformers' formula, composed: x·cos + rotate_half(x)·sin on the rotary part.
+    fn composed(x: &Tensor, positions: &[u32], inv_freq: &[f32]) -> Result<Tensor> {
+        let (b, t, h, d) = x.dims4()?;
+        let half = inv_freq.len();
+        let mut cos = vec![];
+        let mut sin = vec![];
+        for &p in positions {
+            for k in 0..2 * half {
+                let angle = p as f32 * inv_freq[k % half];
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (b, t, 1, 2 * half), x.device())?;
+        let sin = Tensor::from_vec(sin, (b, t, 1, 2 * half), x.device())?;
+        let rot = x.narrow(3, 0, 2 * half)?;
+        let pass = x.narrow(3, 2 * half, d - 2 * half)?;
+        let x1 = rot.narrow(3, 0, half)?;
+        let x2 = rot.narrow(3, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+        let out = (rot.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?;
+        let _ = h;
+        Tensor::cat(&[&out, &pass], 3)
+    }
+
+    #[test]
+    fn forward_matches_rotate_half() -> Result<()> {
+        let x = random(&[2, 3, 2, 8], 5)?;
+        let positions = [0, 1, 2, 0, 1, 7];
+        for inv_freq in [vec![1.0, 0.1, 0.01, 0.001], vec![0.5, 0.05]] {
+            let table = Arc::new(RopeTable::new(&positions, &inv_freq));
+            let ours = rope(&x, &table)?;
+            let theirs = composed(&x, &positions, &inv_freq)?;
+            let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "{inv_freq:?}: {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let table = Arc::new(RopeTable::new(&[3, 0, 1, 2], &[0.9, 0.3]));
+        let x = random(&[1, 4, 2, 6], 6)?;
+        check(&[x], |t| weighted_sum(&rope(&t[0], &table)?, 11), 2e-3)
+    }
+}

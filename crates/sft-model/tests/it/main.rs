@@ -1,0 +1,4 @@
+//! Integration tests of sft-model, one module per stage.
+
+mod common;
+mod parity;

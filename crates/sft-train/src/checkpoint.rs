@@ -1,0 +1,197 @@
+//! Checkpoints `output_dir/checkpoint-N`: weights (a PEFT adapter, or an HF model directory for
+//! full fine-tuning), optimizer state, `trainer_state.json` (step, epoch, log history), the
+//! resolved config, and the tokenizer files with the chat template used, so inference loads
+//! exactly what training saw. A checkpoint is written into a temporary directory and renamed
+//! into place, so a crash during a save leaves the previous checkpoints untouched.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sft_model::model::Model;
+
+use crate::TrainError;
+
+/// Files copied from the tokenizer directory.
+const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+
+/// The progress saved with a checkpoint (transformers' `trainer_state.json` keys).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub global_step: usize,
+    /// Epochs done, fractional.
+    pub epoch: f64,
+    /// The planned total of steps.
+    pub max_steps: usize,
+    /// Logged metrics, in order.
+    pub log_history: Vec<Value>,
+    /// Log interval.
+    pub logging_steps: usize,
+    /// Save interval.
+    pub save_steps: usize,
+    /// Records per micro-batch.
+    pub train_batch_size: usize,
+    /// Data-order seed.
+    pub seed: u64,
+    /// Losses summed since the last log line, and how many steps (so a resumed run logs the
+    /// same averages).
+    #[serde(default)]
+    pub window: (f64, usize),
+}
+
+/// What goes into a checkpoint besides the trainer state.
+pub struct Contents<'a> {
+    /// The model (its trainable parameters are saved).
+    pub model: &'a Model,
+    /// The base model directory (config.json for full fine-tuning; named in adapter_config.json).
+    pub base_model: &'a Path,
+    /// Optimizer state tensors.
+    pub optimizer: HashMap<String, Tensor>,
+    /// The resolved training config, as YAML.
+    pub config_yaml: String,
+    /// Tokenizer directory.
+    pub tokenizer: &'a Path,
+    /// The chat template text in use.
+    pub chat_template: &'a str,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let mut f = File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+    candle_core::safetensors::save(tensors, path).map_err(|e| TrainError::Io { path: path.into(), source: std::io::Error::other(e.to_string()) })?;
+    File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+}
+
+/// The directory of step `step`.
+pub fn dir_of(output_dir: &Path, step: usize) -> PathBuf {
+    output_dir.join(format!("checkpoint-{step}"))
+}
+
+/// Every `checkpoint-N` in `output_dir`, by step.
+pub fn list(output_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(output_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path().join("trainer_state.json").is_file().then(|| (n, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The newest complete checkpoint.
+pub fn latest(output_dir: &Path) -> Option<PathBuf> {
+    list(output_dir).pop().map(|(_, p)| p)
+}
+
+/// Writes checkpoint `state.global_step` atomically and removes the oldest beyond `limit`.
+pub fn save(output_dir: &Path, state: &TrainerState, contents: &Contents<'_>, limit: Option<usize>) -> Result<PathBuf, TrainError> {
+    std::fs::create_dir_all(output_dir).map_err(io(output_dir))?;
+    let final_dir = dir_of(output_dir, state.global_step);
+    let tmp = output_dir.join(format!(".checkpoint-{}.partial", state.global_step));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    write_weights(&tmp, contents)?;
+    save_tensors(&tmp.join("optimizer.safetensors"), &contents.optimizer)?;
+    let state_json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Io { path: tmp.clone(), source: e.into() })?;
+    write_synced(&tmp.join("training_config.yaml"), contents.config_yaml.as_bytes())?;
+    for name in TOKENIZER_FILES {
+        let src = contents.tokenizer.join(name);
+        if src.is_file() {
+            let bytes = std::fs::read(&src).map_err(io(&src))?;
+            write_synced(&tmp.join(name), &bytes)?;
+        }
+    }
+    write_synced(&tmp.join("chat_template.jinja"), contents.chat_template.as_bytes())?;
+    // trainer_state.json last: a directory without it is never taken for a checkpoint.
+    write_synced(&tmp.join("trainer_state.json"), &state_json)?;
+    if final_dir.exists() {
+        // The same step saved again (a resumed run): the new one replaces it.
+        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    File::open(output_dir).and_then(|d| d.sync_all()).map_err(io(output_dir))?;
+    if let Some(limit) = limit {
+        let all = list(output_dir);
+        let excess = all.len().saturating_sub(limit.max(1));
+        for (_, old) in all.into_iter().take(excess).filter(|(_, p)| *p != final_dir) {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+    }
+    Ok(final_dir)
+}
+
+fn write_weights(dir: &Path, c: &Contents<'_>) -> Result<(), TrainError> {
+    let tensors: HashMap<String, Tensor> = c.model.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    match c.model.lora() {
+        Some(lora) => {
+            save_tensors(&dir.join("adapter_model.safetensors"), &tensors)?;
+            let mut targets: Vec<String> = c
+                .model
+                .params()
+                .iter()
+                .filter_map(|(n, _)| n.strip_suffix(".lora_A.weight")?.rsplit('.').next().map(str::to_string))
+                .collect();
+            targets.sort();
+            targets.dedup();
+            let config = json!({
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": c.base_model.display().to_string(),
+                "r": lora.r,
+                "lora_alpha": lora.alpha,
+                "lora_dropout": lora.dropout,
+                "use_rslora": lora.use_rslora,
+                "target_modules": targets,
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "inference_mode": true,
+                "init_lora_weights": true,
+                "modules_to_save": null,
+                "rank_pattern": {},
+                "alpha_pattern": {},
+                "use_dora": false,
+            });
+            let text = serde_json::to_vec_pretty(&config).map_err(|e| TrainError::Io { path: dir.into(), source: e.into() })?;
+            write_synced(&dir.join("adapter_config.json"), &text)
+        }
+        None => {
+            save_tensors(&dir.join("model.safetensors"), &tensors)?;
+            let src = c.base_model.join("config.json");
+            let bytes = std::fs::read(&src).map_err(io(&src))?;
+            write_synced(&dir.join("config.json"), &bytes)
+        }
+    }
+}
+
+/// Reads a checkpoint's trainer state.
+pub fn read_state(dir: &Path) -> Result<TrainerState, TrainError> {
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
+}
+
+/// Reads a checkpoint's optimizer state.
+pub fn read_optimizer(dir: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
+    let path = dir.join("optimizer.safetensors");
+    candle_core::safetensors::load(&path, &candle_core::Device::Cpu).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
+}

@@ -1,0 +1,101 @@
+//! Training for sft, stage by stage: the YAML config ([`config`]), the data order
+//! ([`batches`]), learning-rate schedules as pure functions of the step ([`schedule`]), AdamW
+//! ([`optim`]), checkpoints ([`checkpoint`]), metrics ([`metrics`]) and the training loop, one
+//! straight-line function ([`trainer::train`]).
+#![deny(missing_docs)]
+
+pub mod batches;
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// What stopped training.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A config key is wrong.
+    #[error("{}: {}{message}", path.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A data file could not be read.
+    #[error(transparent)]
+    Read(#[from] sft_data::data::DataError),
+    /// The chat template could not be loaded.
+    #[error(transparent)]
+    Template(#[from] sft_data::template::TemplateError),
+    /// The tokenizer could not be loaded.
+    #[error(transparent)]
+    Tokenizer(#[from] sft_data::tokens::TokenError),
+    /// Encoding left nothing to train on, or failed.
+    #[error(transparent)]
+    Encode(#[from] sft_data::encode::EncodeError),
+    /// Packing failed.
+    #[error(transparent)]
+    Pack(#[from] sft_data::pack::PackError),
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] sft_model::ModelError),
+    /// The optimizer failed.
+    #[error(transparent)]
+    Optim(#[from] optim::OptimError),
+    /// A checkpoint is unusable.
+    #[error("{}: {message}", path.display())]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A tensor operation failed.
+    #[error("{context}: {source}")]
+    Tensor {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: candle_core::Error,
+    },
+    /// The loss or the gradients stopped being finite.
+    #[error("step {step}: {what} is not finite; a checkpoint was saved at {}", saved.display())]
+    NonFinite {
+        /// The optimizer step.
+        step: usize,
+        /// loss or gradient norm.
+        what: String,
+        /// The checkpoint written before stopping.
+        saved: PathBuf,
+    },
+    /// The run was interrupted (Ctrl-C) after saving a checkpoint.
+    #[error("interrupted at step {step}; saved {}", saved.display())]
+    Interrupted {
+        /// The step.
+        step: usize,
+        /// The checkpoint.
+        saved: PathBuf,
+    },
+}
+
+/// Adds what was being done to a candle error.
+pub(crate) fn during<T>(r: candle_core::Result<T>, context: impl FnOnce() -> String) -> Result<T, TrainError> {
+    r.map_err(|source| TrainError::Tensor { context: context(), source })
+}

@@ -1,0 +1,131 @@
+//! What a run shows and keeps: a progress bar (or plain log lines when stderr is not a
+//! terminal), `metrics.jsonl` (one object per log or eval event), and `loss_curve.png`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use plotters::prelude::*;
+use serde_json::Value;
+
+use crate::TrainError;
+
+/// `metrics.jsonl` and the loss curve of an output directory.
+pub struct Metrics {
+    path: PathBuf,
+    file: File,
+    history: Vec<Value>,
+}
+
+impl Metrics {
+    /// Starts `output_dir/metrics.jsonl` over from `history` (a resumed run drops lines logged
+    /// after its checkpoint).
+    pub fn open(output_dir: &Path, history: &[Value]) -> Result<Self, TrainError> {
+        std::fs::create_dir_all(output_dir).map_err(|source| TrainError::Io { path: output_dir.into(), source })?;
+        let path = output_dir.join("metrics.jsonl");
+        let io = |source| TrainError::Io { path: path.clone(), source };
+        let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(io)?;
+        for entry in history {
+            writeln!(file, "{entry}").map_err(io)?;
+        }
+        Ok(Self { path, file, history: history.to_vec() })
+    }
+
+    /// Appends an entry (with `extra` timing fields that are not part of the trainer state).
+    pub fn log(&mut self, entry: &Value, extra: Value) -> Result<(), TrainError> {
+        let mut line = entry.clone();
+        if let (Some(obj), Value::Object(more)) = (line.as_object_mut(), extra) {
+            obj.extend(more);
+        }
+        writeln!(self.file, "{line}").map_err(|source| TrainError::Io { path: self.path.clone(), source })?;
+        self.history.push(entry.clone());
+        Ok(())
+    }
+
+    /// Draws `loss_curve.png` beside metrics.jsonl: training loss (blue) and evaluation loss
+    /// (red) against the step, on a shared scale.
+    pub fn plot(&self) -> Result<PathBuf, TrainError> {
+        let out = self.path.with_file_name("loss_curve.png");
+        let series = |key: &str| -> Vec<(f64, f64)> {
+            self.history
+                .iter()
+                .filter_map(|e| Some((e.get("step")?.as_f64()?, e.get(key)?.as_f64()?)))
+                .filter(|(_, y)| y.is_finite())
+                .collect()
+        };
+        let (train, eval) = (series("loss"), series("eval_loss"));
+        let all: Vec<&(f64, f64)> = train.iter().chain(&eval).collect();
+        if all.is_empty() {
+            return Ok(out);
+        }
+        let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let (w, h, m) = (800i32, 500i32, 40i32);
+        let px = |p: &(f64, f64)| -> (i32, i32) {
+            let fx = if x1 > x0 { (p.0 - x0) / (x1 - x0) } else { 0.5 };
+            let fy = if y1 > y0 { (p.1 - y0) / (y1 - y0) } else { 0.5 };
+            (m + (fx * (w - 2 * m) as f64) as i32, h - m - (fy * (h - 2 * m) as f64) as i32)
+        };
+        let draw = || -> Result<(), Box<dyn std::error::Error>> {
+            let root = BitMapBackend::new(&out, (w as u32, h as u32)).into_drawing_area();
+            root.fill(&WHITE)?;
+            root.draw(&PathElement::new(vec![(m, m), (m, h - m), (w - m, h - m)], BLACK))?;
+            for (points, color) in [(&train, BLUE), (&eval, RED)] {
+                let pts: Vec<(i32, i32)> = points.iter().map(px).collect();
+                root.draw(&PathElement::new(pts.clone(), color.stroke_width(2)))?;
+                for p in pts {
+                    root.draw(&Circle::new(p, 3, color.filled()))?;
+                }
+            }
+            root.present()?;
+            Ok(())
+        };
+        draw().map_err(|e| TrainError::Io { path: out.clone(), source: std::io::Error::other(e.to_string()) })?;
+        Ok(out)
+    }
+}
+
+/// The live view: a bar on a terminal, log lines otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// For `total` steps, starting after `done`.
+    pub fn new(total: usize, done: usize, bar: bool) -> Self {
+        let bar = bar.then(|| {
+            let pb = ProgressBar::new(total as u64);
+            let style = ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            pb.set_style(style);
+            pb.set_position(done as u64);
+            pb
+        });
+        Self { bar }
+    }
+
+    /// After a step.
+    pub fn step(&mut self, loss: f64, lr: f64, tokens_per_second: f64) {
+        if let Some(pb) = &self.bar {
+            pb.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"));
+            pb.inc(1);
+        }
+    }
+
+    /// A logged entry, as a line.
+    pub fn line(&self, entry: &Value) {
+        let text = entry.to_string();
+        match &self.bar {
+            Some(pb) => pb.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// Ends the bar.
+    pub fn finish(&self) {
+        if let Some(pb) = &self.bar {
+            pb.finish();
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization") with f32 moment
+//! estimates, equal to `torch.optim.AdamW` (single-tensor path), and global gradient-norm
+//! clipping equal to `torch.nn.utils.clip_grad_norm_`.
+//!
+//! Weight decay applies only to tensors of rank >= 2 (matrices, embeddings); norms and biases
+//! (rank 1) are not decayed, as in nanoGPT and most HF recipes. [`AdamW::decay_counts`] gives the
+//! counts to print.
+//!
+//! Updates are computed with candle ops on the parameters' device, in f32 whatever the
+//! parameter dtype; every op is element-wise, so a run is bit-for-bit deterministic.
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use sft_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let w = Var::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu)?;
+//! let b = Var::new(&[0.5f32, -0.5], &Device::Cpu)?;
+//! let config = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
+//! let mut opt = AdamW::new(vec![("w".into(), w), ("b".into(), b)], config)?;
+//! assert_eq!(opt.decay_counts(), (1, 1));
+//! let mut grads = vec![
+//!     Tensor::new(&[[1f32, 1.], [1., 1.]], &Device::Cpu)?,
+//!     Tensor::new(&[1f32, 1.], &Device::Cpu)?,
+//! ];
+//! let norm = clip_grad_norm(&mut grads, 1.0)?;
+//! assert!((norm - 6f64.sqrt()).abs() < 1e-6);
+//! opt.step(&grads, 1e-3)?;
+//! assert_eq!(opt.steps_taken(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+
+/// Errors from the optimizer, gradient clipping and optimizer-state loading.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OptimError {
+    /// A tensor operation failed; `name` is the parameter (or `gradient {i}`) it was for.
+    #[error("optimizer: tensor op on {name:?} failed: {source}")]
+    Tensor {
+        /// The parameter or gradient the op worked on.
+        name: String,
+        /// The candle error.
+        #[source]
+        source: candle_core::Error,
+    },
+    /// `step` got a different number of gradients than there are parameters.
+    #[error("optimizer: got {got} gradients for {expected} parameters; pass one gradient per parameter, in params() order")]
+    GradCount {
+        /// Number of parameters.
+        expected: usize,
+        /// Number of gradients passed.
+        got: usize,
+    },
+    /// A gradient's shape differs from its parameter's.
+    #[error("optimizer: gradient for {name:?} has shape {got:?}, the parameter has shape {expected:?}; gradients must be in params() order")]
+    GradShape {
+        /// The parameter's name.
+        name: String,
+        /// The parameter's shape.
+        expected: Shape,
+        /// The gradient's shape.
+        got: Shape,
+    },
+    /// Two parameters have the same name.
+    #[error(
+        "optimizer: parameter name {name:?} appears twice; every parameter needs a unique name"
+    )]
+    DuplicateName {
+        /// The repeated name.
+        name: String,
+    },
+    /// A parameter is not a floating-point tensor.
+    #[error("optimizer: parameter {name:?} has dtype {dtype:?}; only floating-point tensors can be trained")]
+    NotFloat {
+        /// The parameter's name.
+        name: String,
+        /// Its dtype.
+        dtype: DType,
+    },
+    /// A configuration value or argument is out of range.
+    #[error("optimizer: invalid {what} = {value}; expected {expected}")]
+    Invalid {
+        /// Which value (`beta1`, `lr`, `max_norm`, ...).
+        what: &'static str,
+        /// The value given.
+        value: f64,
+        /// The accepted range, in words.
+        expected: &'static str,
+    },
+    /// The saved state lacks a tensor that a parameter needs.
+    #[error("optimizer state: missing tensor {name:?}; was the checkpoint saved for a different set of trainable parameters?")]
+    MissingState {
+        /// The missing key (`{param}.exp_avg`, `{param}.exp_avg_sq` or [`STEP_KEY`]).
+        name: String,
+    },
+    /// A saved state tensor's shape differs from its parameter's.
+    #[error("optimizer state: tensor {name:?} has shape {got:?}, expected {expected:?}; was the checkpoint saved for a different model?")]
+    StateShape {
+        /// The state key.
+        name: String,
+        /// The parameter's shape.
+        expected: Shape,
+        /// The saved tensor's shape.
+        got: Shape,
+    },
+    /// The saved state has a tensor that matches no parameter.
+    #[error("optimizer state: tensor {name:?} matches no parameter; was the checkpoint saved for a different set of trainable parameters?")]
+    UnexpectedState {
+        /// The unknown key.
+        name: String,
+    },
+    /// The saved step count is not a single non-negative integer.
+    #[error("optimizer state: {what}")]
+    BadStep {
+        /// What is wrong with it.
+        what: String,
+    },
+}
+
+fn on(name: &str) -> impl FnOnce(candle_core::Error) -> OptimError + '_ {
+    move |source| OptimError::Tensor {
+        name: name.to_string(),
+        source,
+    }
+}
+
+/// AdamW hyper-parameters other than the learning rate (which comes with each step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    /// Decay rate of the first moment (torch `betas[0]`).
+    pub beta1: f64,
+    /// Decay rate of the second moment (torch `betas[1]`).
+    pub beta2: f64,
+    /// Added to the denominator for stability.
+    pub eps: f64,
+    /// Decoupled weight decay, applied to rank >= 2 tensors only.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// torch's defaults except weight decay: 0.9, 0.999, 1e-8, 0.0 (as the HF Trainer).
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl AdamWConfig {
+    fn validate(&self) -> Result<(), OptimError> {
+        let check = |what, value: f64, ok: bool, expected| {
+            if ok {
+                Ok(())
+            } else {
+                Err(OptimError::Invalid {
+                    what,
+                    value,
+                    expected,
+                })
+            }
+        };
+        check(
+            "beta1",
+            self.beta1,
+            (0.0..1.0).contains(&self.beta1),
+            "0 <= beta1 < 1",
+        )?;
+        check(
+            "beta2",
+            self.beta2,
+            (0.0..1.0).contains(&self.beta2),
+            "0 <= beta2 < 1",
+        )?;
+        check(
+            "eps",
+            self.eps,
+            self.eps.is_finite() && self.eps >= 0.0,
+            "a finite value >= 0",
+        )?;
+        let wd = self.weight_decay;
+        check(
+            "weight_decay",
+            wd,
+            wd.is_finite() && wd >= 0.0,
+            "a finite value >= 0",
+        )
+    }
+}
+
+/// Key of the step count in [`AdamW::state`]'s map: a 1-element i64 tensor.
+pub const STEP_KEY: &str = "step";
+
+/// Reads the step count saved under [`STEP_KEY`]: one element holding an integer >= 0.
+fn read_step(state: &HashMap<String, Tensor>) -> Result<u64, OptimError> {
+    let t = state
+        .get(STEP_KEY)
+        .ok_or_else(|| OptimError::MissingState {
+            name: STEP_KEY.into(),
+        })?;
+    if t.elem_count() != 1 {
+        return Err(OptimError::BadStep {
+            what: format!(
+                "tensor {STEP_KEY:?} has shape {:?}; expected one element",
+                t.shape()
+            ),
+        });
+    }
+    let value = t
+        .flatten_all()
+        .and_then(|t| t.to_dtype(DType::F64))
+        .and_then(|t| t.to_vec1::<f64>())
+        .map_err(on(STEP_KEY))?;
+    let value = value.first().copied().unwrap_or(f64::NAN);
+    if !(value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < 2f64.powi(63)) {
+        return Err(OptimError::BadStep {
+            what: format!("tensor {STEP_KEY:?} holds {value}; expected an integer >= 0"),
+        });
+    }
+    Ok(value as u64)
+}
+
+/// AdamW over a fixed, named list of parameters.
+#[derive(Debug)]
+pub struct AdamW {
+    params: Vec<(String, Var)>,
+    /// Whether each parameter is decayed (rank >= 2).
+    decay: Vec<bool>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    config: AdamWConfig,
+    step: u64,
+    /// `step` as a 1-element i64 CPU tensor, kept in sync so that `state()` cannot fail.
+    step_tensor: Tensor,
+}
+
+fn step_tensor(step: u64) -> Result<Tensor, OptimError> {
+    let value = i64::try_from(step).map_err(|_| OptimError::BadStep {
+        what: format!("step {step} is too large"),
+    })?;
+    Tensor::new(&[value], &Device::Cpu).map_err(on(STEP_KEY))
+}
+
+impl AdamW {
+    /// params: (name, candle_core::Var) in a fixed order. Weight decay applies only to tensors of
+    /// rank >= 2 (no decay on norms and biases, 1-D).
+    ///
+    /// The moments start at zero (f32, on each parameter's device). Errors on a repeated name, a
+    /// non-float parameter, or a config value out of range.
+    pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self, OptimError> {
+        config.validate()?;
+        let mut seen = HashSet::new();
+        let (mut decay, mut exp_avg) = (Vec::new(), Vec::new());
+        for (name, var) in &params {
+            if !seen.insert(name.as_str()) {
+                return Err(OptimError::DuplicateName { name: name.clone() });
+            }
+            if !var.dtype().is_float() {
+                return Err(OptimError::NotFloat {
+                    name: name.clone(),
+                    dtype: var.dtype(),
+                });
+            }
+            decay.push(var.rank() >= 2);
+            let zeros = Tensor::zeros(var.shape(), DType::F32, var.device()).map_err(on(name))?;
+            exp_avg.push(zeros);
+        }
+        // Tensors are immutable once built (updates make new ones), so sharing is safe.
+        let exp_avg_sq = exp_avg.clone();
+        Ok(Self {
+            params,
+            decay,
+            exp_avg,
+            exp_avg_sq,
+            config,
+            step: 0,
+            step_tensor: step_tensor(0)?,
+        })
+    }
+
+    /// The parameters, in the order gradients must be given.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// Counts of (decayed, not decayed) tensors, to print.
+    pub fn decay_counts(&self) -> (usize, usize) {
+        let decayed = self.decay.iter().filter(|d| **d).count();
+        (decayed, self.decay.len() - decayed)
+    }
+
+    /// Number of steps taken so far (torch's `state["step"]`).
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// One update with gradients aligned with params() order (torch AdamW: decoupled decay
+    /// p -= lr*wd*p, then Adam with bias correction; step count t starts at 1).
+    ///
+    /// Gradients may be of any float dtype and are used in f32. Counts and shapes are checked
+    /// before anything changes. `lr` must be finite and >= 0.
+    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<(), OptimError> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(OptimError::Invalid {
+                what: "lr",
+                value: lr,
+                expected: "a finite value >= 0",
+            });
+        }
+        if grads.len() != self.params.len() {
+            return Err(OptimError::GradCount {
+                expected: self.params.len(),
+                got: grads.len(),
+            });
+        }
+        for ((name, var), grad) in self.params.iter().zip(grads) {
+            if grad.shape() != var.shape() {
+                return Err(OptimError::GradShape {
+                    name: name.clone(),
+                    expected: var.shape().clone(),
+                    got: grad.shape().clone(),
+                });
+            }
+        }
+        let next_step = step_tensor(self.step + 1)?;
+        let t = (self.step + 1) as f64;
+        let c = self.config;
+        let bias_correction1 = 1.0 - c.beta1.powf(t);
+        let bias_correction2 = 1.0 - c.beta2.powf(t);
+        let step_size = lr / bias_correction1;
+        let bias_correction2_sqrt = bias_correction2.powf(0.5);
+        for (i, ((name, var), grad)) in self.params.iter().zip(grads).enumerate() {
+            let err = on(name);
+            let update =
+                |m: &Tensor, v: &Tensor| -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+                    let g = grad.detach().to_dtype(DType::F32)?;
+                    let mut p = var.as_tensor().detach().to_dtype(DType::F32)?;
+                    if self.decay[i] && c.weight_decay != 0.0 {
+                        p = p.affine(1.0 - lr * c.weight_decay, 0.0)?;
+                    }
+                    // torch: exp_avg.lerp_(grad, 1 - beta1)
+                    let m = m.add(&g.sub(m)?.affine(1.0 - c.beta1, 0.0)?)?;
+                    // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    let v = v
+                        .affine(c.beta2, 0.0)?
+                        .add(&g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
+                    // torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+                    let denom = (v.sqrt()? / bias_correction2_sqrt)?.affine(1.0, c.eps)?;
+                    // torch: param.addcdiv_(exp_avg, denom, value=-step_size)
+                    let p = p.add(&m.div(&denom)?.affine(-step_size, 0.0)?)?;
+                    Ok((p, m, v))
+                };
+            let (p, m, v) = update(&self.exp_avg[i], &self.exp_avg_sq[i]).map_err(err)?;
+            let p = p.to_dtype(var.dtype()).map_err(on(name))?;
+            var.set(&p).map_err(on(name))?;
+            self.exp_avg[i] = m;
+            self.exp_avg_sq[i] = v;
+        }
+        self.step_tensor = next_step;
+        self.step += 1;
+        Ok(())
+    }
+
+    /// State for checkpoints, one map ready for `candle_core::safetensors::save`:
+    /// `"{name}.exp_avg"` and `"{name}.exp_avg_sq"` (f32, the parameter's shape, on its device)
+    /// for every parameter, plus the step count as a 1-element i64 CPU tensor under
+    /// [`STEP_KEY`] (`"step"`).
+    ///
+    /// The tensors are never modified afterwards (each step makes new ones), so the map is a
+    /// snapshot.
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        let mut tensors = HashMap::with_capacity(2 * self.params.len() + 1);
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            tensors.insert(format!("{name}.exp_avg"), self.exp_avg[i].clone());
+            tensors.insert(format!("{name}.exp_avg_sq"), self.exp_avg_sq[i].clone());
+        }
+        tensors.insert(STEP_KEY.into(), self.step_tensor.clone());
+        tensors
+    }
+
+    /// Restores state saved by state(); errors name the missing/mis-shaped tensor.
+    ///
+    /// Every parameter needs both moments, the step count must be there, and every other
+    /// tensor must belong to a parameter. Tensors are copied (as f32, to the parameter's
+    /// device), so the caller's are never aliased. Nothing changes unless the whole state is
+    /// valid.
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<(), OptimError> {
+        let step = read_step(state)?;
+        let step_tensor = step_tensor(step)?;
+        let mut known = HashSet::with_capacity(2 * self.params.len() + 1);
+        known.insert(STEP_KEY.to_string());
+        let (mut exp_avg, mut exp_avg_sq) = (Vec::new(), Vec::new());
+        for (name, var) in &self.params {
+            for (suffix, out) in [("exp_avg", &mut exp_avg), ("exp_avg_sq", &mut exp_avg_sq)] {
+                let key = format!("{name}.{suffix}");
+                let saved = state
+                    .get(&key)
+                    .ok_or_else(|| OptimError::MissingState { name: key.clone() })?;
+                if saved.shape() != var.shape() {
+                    return Err(OptimError::StateShape {
+                        name: key,
+                        expected: var.shape().clone(),
+                        got: saved.shape().clone(),
+                    });
+                }
+                let t = saved
+                    .detach()
+                    .to_dtype(DType::F32)
+                    .and_then(|t| t.to_device(var.device()))
+                    .and_then(|t| t.copy())
+                    .map_err(on(&key))?;
+                out.push(t);
+                known.insert(key);
+            }
+        }
+        let mut unknown: Vec<&String> = state.keys().filter(|k| !known.contains(*k)).collect();
+        unknown.sort();
+        if let Some(name) = unknown.first() {
+            return Err(OptimError::UnexpectedState {
+                name: name.to_string(),
+            });
+        }
+        self.exp_avg = exp_avg;
+        self.exp_avg_sq = exp_avg_sq;
+        self.step_tensor = step_tensor;
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Global L2 norm of all gradients; if it exceeds max_norm, scales every gradient by
+/// max_norm/(norm+1e-6) as torch.nn.utils.clip_grad_norm_ does. Returns the norm before
+/// clipping.
+///
+/// As torch, the gradients are scaled when `max_norm / (norm + 1e-6) < 1`. Per-tensor sums of
+/// squares are computed in f32 and added in f64. Unlike torch, a non-finite norm (NaN or inf
+/// in a gradient) leaves the gradients as they are: the caller should skip that step.
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64, OptimError> {
+    if !(max_norm.is_finite() && max_norm >= 0.0) {
+        return Err(OptimError::Invalid {
+            what: "max_norm",
+            value: max_norm,
+            expected: "a finite value >= 0",
+        });
+    }
+    let mut total_sq = 0f64;
+    for (i, g) in grads.iter().enumerate() {
+        let sum_sq = g
+            .detach()
+            .to_dtype(DType::F32)
+            .and_then(|g| g.sqr())
+            .and_then(|g| g.sum_all())
+            .and_then(|s| s.to_scalar::<f32>())
+            .map_err(|source| OptimError::Tensor {
+                name: format!("gradient {i}"),
+                source,
+            })?;
+        total_sq += f64::from(sum_sq);
+    }
+    let norm = total_sq.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if norm.is_finite() && coef < 1.0 {
+        for (i, g) in grads.iter_mut().enumerate() {
+            *g = g.affine(coef, 0.0).map_err(|source| OptimError::Tensor {
+                name: format!("gradient {i}"),
+                source,
+            })?;
+        }
+    }
+    Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn var(values: &[f32], shape: &[usize]) -> Var {
+        let t = Tensor::from_slice(values, shape, &Device::Cpu);
+        Var::from_tensor(&t.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn one_step_matches_hand_computation() {
+        // First Adam step: m = 0.1 g, v = 0.001 g^2, bias-corrected m/sqrt(v) = sign(g).
+        let p = var(&[1.0, -2.0], &[2]);
+        let mut opt = AdamW::new(vec![("b".into(), p.clone())], AdamWConfig::default()).unwrap();
+        let g = Tensor::new(&[0.5f32, -4.0], &Device::Cpu).unwrap();
+        opt.step(&[g], 0.1).unwrap();
+        let got = p.as_tensor().to_vec1::<f32>().unwrap();
+        assert!((got[0] - 0.9).abs() < 1e-6, "{got:?}");
+        assert!((got[1] + 1.9).abs() < 1e-6, "{got:?}");
+    }
+
+    #[test]
+    fn decay_only_on_matrices() {
+        let w = var(&[1.0; 4], &[2, 2]);
+        let b = var(&[1.0; 2], &[2]);
+        let config = AdamWConfig {
+            weight_decay: 0.5,
+            ..AdamWConfig::default()
+        };
+        let mut opt = AdamW::new(
+            vec![("w".into(), w.clone()), ("b".into(), b.clone())],
+            config,
+        )
+        .unwrap();
+        let grads = [
+            Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(),
+            Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+        ];
+        opt.step(&grads, 0.1).unwrap();
+        assert_eq!(
+            w.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            [0.95; 4]
+        );
+        assert_eq!(b.as_tensor().to_vec1::<f32>().unwrap(), [1.0; 2]);
+    }
+
+    #[test]
+    fn clip_below_max_leaves_grads() {
+        let mut grads = vec![Tensor::new(&[0.3f32, 0.4], &Device::Cpu).unwrap()];
+        let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
+        assert!((norm - 0.5).abs() < 1e-7);
+        assert_eq!(grads[0].to_vec1::<f32>().unwrap(), [0.3, 0.4]);
+    }
+
+    #[test]
+    fn bad_config_is_rejected() {
+        let config = AdamWConfig {
+            beta2: 1.0,
+            ..AdamWConfig::default()
+        };
+        let err = AdamW::new(vec![], config).unwrap_err();
+        assert!(err.to_string().contains("beta2"), "{err}");
+    }
+}
