@@ -25,15 +25,33 @@ pub struct Loaded {
     pub model: Model,
     pub tokenizer: TextTokenizer,
     pub renderer: Renderer,
+    /// `eos_token_id` of the model's generation_config.json.
+    pub generation_eos: Vec<u32>,
 }
 
 /// Loads model, tokenizer and template (`template` overrides the tokenizer's).
 pub fn load(args: &ModelArgs, template: Option<String>) -> anyhow::Result<Loaded> {
     let (model, tok_dir) = args.load_model()?;
+    let (base, _, _) = args.resolve()?;
+    let generation_eos = generation_eos(&base.join("generation_config.json"))?;
     let tokenizer = TextTokenizer::from_dir(&tok_dir)?;
     let choice = TemplateChoice { template, map_eos_token: false, clock: Clock::System };
     let renderer = Renderer::new(Some(&tok_dir), &choice, Map::new())?;
-    Ok(Loaded { model, tokenizer, renderer })
+    Ok(Loaded { model, tokenizer, renderer, generation_eos })
+}
+
+/// The `eos_token_id` (an id or a list) of a generation_config.json, if there is one.
+fn generation_eos(path: &Path) -> anyhow::Result<Vec<u32>> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(vec![]) };
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let ids = match v.get("eos_token_id") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(items)) => items.clone(),
+        Some(one) => vec![one.clone()],
+    };
+    ids.iter()
+        .map(|i| i.as_u64().and_then(|n| u32::try_from(n).ok()).with_context(|| format!("{}: eos_token_id: expected token ids", path.display())))
+        .collect()
 }
 
 /// `sft generate` flags.
@@ -128,9 +146,10 @@ pub fn answer(
     Ok((text, out))
 }
 
-/// EOS ids of the model config and the template's EOS token.
+/// EOS ids of the model config, its generation_config.json and the template's EOS token.
 fn stop_ids(loaded: &Loaded) -> Vec<u32> {
     let mut stop = loaded.model.config().eos_token_ids.clone();
+    stop.extend(&loaded.generation_eos);
     if let Some(id) = loaded.renderer.template_vars().get("eos_token").and_then(Value::as_str).and_then(|t| loaded.tokenizer.token_to_id(t)) {
         stop.push(id);
     }

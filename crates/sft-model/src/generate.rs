@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 
 use crate::error::TensorContext;
-use crate::model::{Batch, Model, Sequence, IGNORE};
+use crate::model::{Batch, Cache, Model};
 use crate::rng::SplitMix;
 use crate::ModelError;
 
@@ -53,12 +53,13 @@ pub fn generate(
     let mut ids = prompt.to_vec();
     let mut out = vec![];
     let mut rng = SplitMix(sampling.seed);
+    let mut cache = Cache::default();
+    let mut fresh: Vec<u32> = prompt.to_vec();
     for _ in 0..max_new_tokens {
-        let labels = vec![IGNORE; ids.len()];
-        let batch = Batch::new(&[Sequence::single(&ids, &labels)], 0)?;
-        let logits = model.last_logits(&batch)?;
+        let logits = model.forward_cached(&fresh, &mut cache)?;
         let mut logits = logits.to_vec1::<f32>().during(|| "reading logits".into())?;
         let next = choose(&mut logits, &ids, sampling, &mut rng);
+        fresh = vec![next];
         ids.push(next);
         out.push(next);
         on_token(next);

@@ -10,6 +10,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::rng::SplitMix;
 use crate::ModelError;
 
 /// The file PEFT writes next to the adapter weights (keys read; others ignored).
@@ -180,11 +181,32 @@ pub struct Lora {
     pub b: Tensor,
     /// The factor on `x·Aᵀ·Bᵀ`.
     pub scaling: f64,
+    /// The module's number in load order (it seeds the module's dropout mask).
+    pub index: u64,
+}
+
+/// Dropout on the adapters' input for one forward pass: probability `p`; the masks are a pure
+/// function of `seed` and the module, so a resumed run draws the same ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    /// Probability of zeroing an input element.
+    pub p: f64,
+    /// Seed of this forward pass's masks.
+    pub seed: u64,
 }
 
 impl Lora {
-    /// The update `s · (x·Aᵀ)·Bᵀ` for `x` of shape `[n, in]`.
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The update `s · (drop(x)·Aᵀ)·Bᵀ` for `x` of shape `[n, in]` (PEFT's order).
+    pub fn forward(&self, x: &Tensor, dropout: Option<Dropout>) -> candle_core::Result<Tensor> {
+        let x = match dropout {
+            Some(d) if d.p > 0.0 => {
+                let mut rng = SplitMix(d.seed ^ self.index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let keep = 1.0 / (1.0 - d.p);
+                let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_f64() < d.p { 0.0 } else { keep as f32 }).collect();
+                (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
+            }
+            _ => x.clone(),
+        };
         x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scaling
     }
 }
@@ -214,6 +236,21 @@ mod tests {
         assert_eq!(s.scaling(), 4.0);
         let s = settings(r#"{"r": 4, "lora_alpha": 8, "target_modules": ".*\\.(q|k)_proj"}"#).expect("valid");
         assert!(s.targets.matches("model.layers.1.self_attn.k_proj") && !s.targets.matches("model.layers.1.self_attn.v_proj"));
+    }
+
+    #[test]
+    fn dropout_masks_are_seeded_and_scaled() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let lora = Lora { a: Tensor::eye(3, candle_core::DType::F32, &dev)?, b: Tensor::eye(3, candle_core::DType::F32, &dev)?, scaling: 1.0, index: 4 };
+        let x = Tensor::ones((50, 3), candle_core::DType::F32, &dev)?;
+        let d = Some(Dropout { p: 0.5, seed: 9 });
+        let a = lora.forward(&x, d)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(a, lora.forward(&x, d)?.flatten_all()?.to_vec1::<f32>()?);
+        assert!(a.iter().all(|&v| v == 0.0 || v == 2.0));
+        let kept = a.iter().filter(|&&v| v == 2.0).count();
+        assert!((40..110).contains(&kept), "{kept} of 150 kept");
+        assert_eq!(lora.forward(&x, None)?.sum_all()?.to_scalar::<f32>()?, 150.0);
+        Ok(())
     }
 
     #[test]

@@ -195,3 +195,41 @@ pub fn read_optimizer(dir: &Path) -> Result<HashMap<String, Tensor>, TrainError>
     let path = dir.join("optimizer.safetensors");
     candle_core::safetensors::load(&path, &candle_core::Device::Cpu).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: usize) -> TrainerState {
+        TrainerState {
+            global_step: step,
+            epoch: 0.0,
+            max_steps: 10,
+            log_history: vec![],
+            logging_steps: 1,
+            save_steps: 2,
+            train_batch_size: 1,
+            seed: 0,
+            window: (0.0, 0),
+        }
+    }
+
+    /// A save cut short (killed before its rename) leaves a partial directory, and a directory
+    /// without trainer_state.json is incomplete: neither is ever taken for a checkpoint.
+    #[test]
+    fn an_interrupted_save_leaves_the_previous_checkpoint_the_latest() {
+        let out = std::env::temp_dir().join(format!("sft-checkpoint-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let good = dir_of(&out, 2);
+        std::fs::create_dir_all(&good).expect("dir");
+        std::fs::write(good.join("trainer_state.json"), serde_json::to_vec(&state(2)).expect("json")).expect("write");
+        let partial = out.join(".checkpoint-4.partial");
+        std::fs::create_dir_all(&partial).expect("dir");
+        std::fs::write(partial.join("model.safetensors"), b"torn").expect("write");
+        std::fs::create_dir_all(dir_of(&out, 6)).expect("dir");
+        assert_eq!(latest(&out), Some(good.clone()));
+        assert_eq!(read_state(&good).expect("state"), state(2));
+        assert_eq!(list(&out).len(), 1);
+        std::fs::remove_dir_all(&out).expect("cleanup");
+    }
+}

@@ -412,8 +412,8 @@ impl RawTrainConfig {
         if self.lora_alpha <= 0.0 {
             return Err(err("lora_alpha", "must be greater than 0"));
         }
-        if self.lora_dropout != 0.0 {
-            return Err(err("lora_dropout", "dropout is not implemented yet; set 0"));
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(err("lora_dropout", "must be in [0, 1)"));
         }
         let targets = match &self.target_modules {
             Value::String(s) if s == "all-linear" => Targets::AllLinear,
@@ -425,7 +425,7 @@ impl RawTrainConfig {
             ),
             _ => return Err(err("target_modules", "expected \"all-linear\" or a list of module names like [q_proj, v_proj]")),
         };
-        Ok(LoraSettings { r: self.lora_r, alpha: self.lora_alpha, use_rslora: self.use_rslora, dropout: 0.0, targets })
+        Ok(LoraSettings { r: self.lora_r, alpha: self.lora_alpha, use_rslora: self.use_rslora, dropout: self.lora_dropout, targets })
     }
 
     fn encode(&self) -> Result<EncodeOptions, (&'static str, String)> {

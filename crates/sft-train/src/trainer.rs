@@ -119,6 +119,8 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
     let mut metrics = Metrics::open(&cfg.output_dir, &state.log_history)?;
     let mut progress = Progress::new(total, state.global_step, opts.progress_bar);
     let config_yaml = serde_yaml::to_string(&cfg.raw).unwrap_or_default();
+    let config_copy = cfg.output_dir.join("training_config.yaml");
+    std::fs::write(&config_copy, &config_yaml).map_err(|source| TrainError::Io { path: config_copy, source })?;
     let save = |state: &TrainerState, model: &Model, optimizer: &AdamW| -> Result<PathBuf, TrainError> {
         let contents = Contents {
             model,
@@ -148,9 +150,11 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
         let mut grads: Vec<Tensor> = vec![];
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
-        for batch in &batches {
+        for (micro, batch) in batches.iter().enumerate() {
             tokens += batch.batch * batch.seq;
-            let loss = model.loss(batch)?;
+            // LoRA dropout masks: a pure function of seed, step and micro-batch.
+            let dropout_seed = cfg.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let loss = model.loss_with(batch, Some(dropout_seed))?;
             loss_sum += during(loss.sum.to_scalar::<f32>(), || format!("step {step}: reading the loss"))? as f64;
             let scaled = during(loss.sum.affine(1.0 / targets.max(1) as f64, 0.0), || format!("step {step}: scaling the loss"))?;
             let store = during(scaled.backward(), || format!("step {step}: backward"))?;
@@ -192,6 +196,7 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
             metrics.log(&entry, json!({}))?;
             state.log_history.push(entry);
             progress.line(&state.log_history[state.log_history.len() - 1]);
+            metrics.plot()?;
         }
         if (step + 1) % cfg.save_steps == 0 || last {
             last_saved = Some(save(&state, &model, &optimizer)?);

@@ -8,7 +8,7 @@ use candle_core::{Result, Tensor};
 
 use super::params::Builder;
 use crate::config::ModelConfig;
-use crate::lora::Lora;
+use crate::lora::{Dropout, Lora};
 use crate::ops::{glu, rms_norm, rope, softmax_last_dim, RopeTable};
 use crate::ModelError;
 
@@ -28,14 +28,14 @@ impl Linear {
         Ok(Self { weight, bias, lora })
     }
 
-    /// `x` is `[n, in]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x` is `[n, in]`; `dropout` applies to the adapter's input while training.
+    pub fn forward(&self, x: &Tensor, dropout: Option<Dropout>) -> Result<Tensor> {
         let mut y = x.matmul(&self.weight.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
-            y = (y + l.forward(x)?)?;
+            y = (y + l.forward(x, dropout)?)?;
         }
         Ok(y)
     }
@@ -49,6 +49,8 @@ pub(crate) struct Context {
     pub masks: Vec<(Option<usize>, Tensor)>,
     /// RoPE tables per layer (layers of one kind share theirs).
     pub ropes: Vec<Arc<RopeTable>>,
+    /// LoRA dropout of this forward pass (training only).
+    pub dropout: Option<Dropout>,
 }
 
 impl Context {
@@ -145,28 +147,29 @@ impl Layer {
         Ok(Self { index, input_norm, post_attention_norm, mlp_norm, post_mlp_norm, attn: Attention { proj, o, q_norm, k_norm }, mlp })
     }
 
-    /// `h` is the residual stream `[batch·seq, hidden]`.
-    pub fn forward(&self, h: &Tensor, cfg: &ModelConfig, cx: &Context) -> Result<Tensor> {
+    /// `h` is the residual stream `[batch·seq, hidden]`. With a `cache` (generation, batch 1)
+    /// the layer's keys and values of earlier tokens are reused and the new ones appended.
+    pub fn forward(&self, h: &Tensor, cfg: &ModelConfig, cx: &Context, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let norm = |x: &Tensor, w: &Tensor| rms_norm(x, w, cfg.rms_norm_eps, cfg.norm_offset);
-        let mut a = self.attention(&norm(h, &self.input_norm)?, cfg, cx)?;
+        let mut a = self.attention(&norm(h, &self.input_norm)?, cfg, cx, cache)?;
         if let Some(w) = &self.post_attention_norm {
             a = norm(&a, w)?;
         }
         let h = (h + a)?;
-        let mut m = self.mlp(&norm(&h, &self.mlp_norm)?, cfg)?;
+        let mut m = self.mlp(&norm(&h, &self.mlp_norm)?, cfg, cx.dropout)?;
         if let Some(w) = &self.post_mlp_norm {
             m = norm(&m, w)?;
         }
         h + m
     }
 
-    fn attention(&self, x: &Tensor, cfg: &ModelConfig, cx: &Context) -> Result<Tensor> {
+    fn attention(&self, x: &Tensor, cfg: &ModelConfig, cx: &Context, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t, hd) = (cx.batch, cx.seq, cfg.head_dim);
         let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
         let (q, k, v) = match &self.attn.proj {
-            Projections::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Projections::Separate { q, k, v } => (q.forward(x, cx.dropout)?, k.forward(x, cx.dropout)?, v.forward(x, cx.dropout)?),
             Projections::Fused(qkv) => {
-                let y = qkv.forward(x)?;
+                let y = qkv.forward(x, cx.dropout)?;
                 (y.narrow(1, 0, nh * hd)?, y.narrow(1, nh * hd, nkv * hd)?, y.narrow(1, (nh + nkv) * hd, nkv * hd)?)
             }
         };
@@ -182,8 +185,16 @@ impl Layer {
             x.transpose(1, 2)?.contiguous()
         };
         let q = heads(q, nh, &self.attn.q_norm, true)?;
-        let k = repeat_kv(heads(k, nkv, &self.attn.k_norm, true)?, nh / nkv)?;
-        let v = repeat_kv(heads(v, nkv, &None, false)?, nh / nkv)?;
+        let (mut k, mut v) = (heads(k, nkv, &self.attn.k_norm, true)?, heads(v, nkv, &None, false)?);
+        if let Some(cache) = cache {
+            if let Some((pk, pv)) = &cache.kv {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            cache.kv = Some((k.clone(), v.clone()));
+        }
+        let k = repeat_kv(k, nh / nkv)?;
+        let v = repeat_kv(v, nh / nkv)?;
         let mut scores = (q.matmul(&k.t()?)? * cfg.attention_scale)?;
         if let Some(cap) = cfg.attn_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
@@ -191,19 +202,25 @@ impl Layer {
         let window = cfg.layers[self.index].sliding_window;
         let probs = softmax_last_dim(&scores.broadcast_add(cx.mask(window)?)?)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
-        self.attn.o.forward(&out)
+        self.attn.o.forward(&out, cx.dropout)
     }
 
-    fn mlp(&self, x: &Tensor, cfg: &ModelConfig) -> Result<Tensor> {
+    fn mlp(&self, x: &Tensor, cfg: &ModelConfig, d: Option<Dropout>) -> Result<Tensor> {
         match &self.mlp {
-            Mlp::Separate { gate, up, down } => down.forward(&glu(&gate.forward(x)?, &up.forward(x)?, cfg.activation)?),
+            Mlp::Separate { gate, up, down } => down.forward(&glu(&gate.forward(x, d)?, &up.forward(x, d)?, cfg.activation)?, d),
             Mlp::Fused { gate_up, down } => {
-                let y = gate_up.forward(x)?;
+                let y = gate_up.forward(x, d)?;
                 let i = cfg.intermediate_size;
-                down.forward(&glu(&y.narrow(1, 0, i)?, &y.narrow(1, i, i)?, cfg.activation)?)
+                down.forward(&glu(&y.narrow(1, 0, i)?, &y.narrow(1, i, i)?, cfg.activation)?, d)
             }
         }
     }
+}
+
+/// One layer's keys and values of the tokens seen so far (`[1, kv_heads, tokens, head_dim]`).
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    kv: Option<(Tensor, Tensor)>,
 }
 
 /// `[b, kv, t, d]` → `[b, kv·n, t, d]`, each key/value head repeated for its `n` query heads.

@@ -18,10 +18,11 @@ pub use params::Trainable;
 
 use crate::config::ModelConfig;
 use crate::error::TensorContext;
-use crate::lora::LoraSettings;
+use crate::lora::{Dropout, LoraSettings};
 use crate::ops::{linear_cross_entropy, rms_norm, CrossEntropy, RopeTable};
 use crate::weights::Weights;
 use crate::ModelError;
+pub use layer::KvCache;
 use layer::{Context, Layer, Linear};
 use crate::rng::SplitMix;
 use params::{BaseSource, Builder};
@@ -50,6 +51,21 @@ impl Loss {
     /// The mean over targets (0 when there are none).
     pub fn mean(&self) -> candle_core::Result<Tensor> {
         self.sum.affine(1.0 / self.tokens.max(1) as f64, 0.0)
+    }
+}
+
+/// The keys and values of every layer for the tokens generated from so far (held outside the
+/// model, one per sequence).
+#[derive(Debug, Clone, Default)]
+pub struct Cache {
+    layers: Vec<KvCache>,
+    tokens: usize,
+}
+
+impl Cache {
+    /// How many tokens it holds.
+    pub fn tokens(&self) -> usize {
+        self.tokens
     }
 }
 
@@ -144,21 +160,88 @@ impl Model {
 
     /// The final hidden states `[batch·seq, hidden]` (after the last norm).
     pub fn hidden(&self, batch: &Batch) -> Result<Tensor, ModelError> {
+        self.hidden_with(batch, None)
+    }
+
+    fn hidden_with(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor, ModelError> {
         let cfg = &self.config;
         let ids = batch.input_ids.flatten_all().during(|| "reading input ids".into())?;
         let max = ids.max(0).and_then(|m| m.to_scalar::<u32>()).during(|| "reading input ids".into())?;
         if max as usize >= cfg.vocab_size {
             return Err(ModelError::Batch(format!("token id {max} is outside the vocabulary of {}", cfg.vocab_size)));
         }
-        let cx = self.context(batch).during(|| "building attention masks".into())?;
+        let mut cx = self.context(batch).during(|| "building attention masks".into())?;
+        let p = self.lora.as_ref().map_or(0.0, |l| l.dropout);
+        cx.dropout = dropout_seed.filter(|_| p > 0.0).map(|seed| Dropout { p, seed });
         let mut h = self.embed.index_select(&ids, 0).during(|| "embedding".into())?;
         if let Some(s) = cfg.embed_scale {
             h = (h * s as f64).during(|| "scaling embeddings".into())?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h, cfg, &cx).during(|| format!("model.layers.{i}"))?;
+            h = layer.forward(&h, cfg, &cx, None).during(|| format!("model.layers.{i}"))?;
         }
         rms_norm(&h, &self.norm, cfg.rms_norm_eps, cfg.norm_offset).during(|| "model.norm".into())
+    }
+
+    /// Runs `ids` (the next tokens of one sequence) with the cache of the tokens before them and
+    /// returns the logits of the last one, `[vocab]`; the cache then covers `ids` too.
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut Cache) -> Result<Tensor, ModelError> {
+        let cfg = &self.config;
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(ModelError::Batch(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab_size)));
+        }
+        if ids.is_empty() {
+            return Err(ModelError::Batch("no tokens".into()));
+        }
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = vec![KvCache::default(); self.layers.len()];
+        }
+        let (past, n) = (cache.tokens, ids.len());
+        let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect();
+        let cx = self.cached_context(&positions, past).during(|| "building attention masks".into())?;
+        let mut run = || -> candle_core::Result<Tensor> {
+            let idx = Tensor::from_slice(ids, n, &candle_core::Device::Cpu)?;
+            let mut h = self.embed.index_select(&idx, 0)?;
+            if let Some(s) = cfg.embed_scale {
+                h = (h * s as f64)?;
+            }
+            for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+                h = layer.forward(&h, cfg, &cx, Some(lc))?;
+            }
+            let last = rms_norm(&h.narrow(0, n - 1, 1)?, &self.norm, cfg.rms_norm_eps, cfg.norm_offset)?;
+            let mut z = last.matmul(&self.output_weight().t()?)?;
+            if let Some(cap) = cfg.final_softcap {
+                z = ((z / cap)?.tanh()? * cap)?;
+            }
+            z.flatten_all()
+        };
+        let logits = run().during(|| "cached forward".into())?;
+        cache.tokens += n;
+        Ok(logits)
+    }
+
+    /// Masks `[1, 1, new, past + new]` and RoPE tables for new tokens after `past` cached ones.
+    fn cached_context(&self, positions: &[u32], past: usize) -> candle_core::Result<Context> {
+        let (n, total) = (positions.len(), past + positions.len());
+        let mut masks: Vec<(Option<usize>, Tensor)> = vec![];
+        let mut ropes = vec![];
+        for layer in &self.config.layers {
+            let w = layer.sliding_window;
+            if !masks.iter().any(|(x, _)| *x == w) {
+                let mut m = vec![f32::NEG_INFINITY; n * total];
+                for i in 0..n {
+                    let q = past + i;
+                    for j in 0..=q {
+                        if w.is_none_or(|w| q - j < w) {
+                            m[i * total + j] = 0.0;
+                        }
+                    }
+                }
+                masks.push((w, Tensor::from_vec(m, (1, 1, n, total), &candle_core::Device::Cpu)?));
+            }
+            ropes.push(Arc::new(RopeTable::new(positions, &layer.rope.inv_freq)));
+        }
+        Ok(Context { batch: 1, seq: n, masks, ropes, dropout: None })
     }
 
     fn context(&self, batch: &Batch) -> candle_core::Result<Context> {
@@ -173,7 +256,7 @@ impl Model {
             let table = tables.entry(key).or_insert_with(|| Arc::new(RopeTable::new(&batch.positions, &layer.rope.inv_freq)));
             ropes.push(table.clone());
         }
-        Ok(Context { batch: batch.batch, seq: batch.seq, masks, ropes })
+        Ok(Context { batch: batch.batch, seq: batch.seq, masks, ropes, dropout: None })
     }
 
     /// Full logits `[batch, seq, vocab]` (tests and generation; training uses [`Model::loss`]).
@@ -192,7 +275,13 @@ impl Model {
     /// The summed cross-entropy of the batch's targets, computed in chunks (the logits matrix is
     /// never held whole).
     pub fn loss(&self, batch: &Batch) -> Result<Loss, ModelError> {
-        let h = self.hidden(batch)?;
+        self.loss_with(batch, None)
+    }
+
+    /// [`Model::loss`] while training: `dropout_seed` draws the LoRA dropout masks (when the
+    /// adapters have dropout).
+    pub fn loss_with(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Loss, ModelError> {
+        let h = self.hidden_with(batch, dropout_seed)?;
         let run = || -> candle_core::Result<Tensor> {
             if batch.targets.is_empty() {
                 return Tensor::new(0f32, h.device());

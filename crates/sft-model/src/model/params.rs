@@ -84,6 +84,7 @@ pub(crate) struct Builder {
     /// Trainable parameters in load order, under their HF / PEFT names.
     pub params: Vec<(String, Var)>,
     used_adapter: BTreeSet<String>,
+    lora_count: u64,
 }
 
 fn var(t: Tensor, dir: &Path, name: &str) -> Result<Var, ModelError> {
@@ -101,7 +102,7 @@ impl Builder {
                 train: *train,
             },
         };
-        Ok(Self { base, full: matches!(trainable, Trainable::Full), adapter, params: vec![], used_adapter: BTreeSet::new() })
+        Ok(Self { base, full: matches!(trainable, Trainable::Full), adapter, params: vec![], used_adapter: BTreeSet::new(), lora_count: 0 })
     }
 
     /// The LoRA settings in use, if any.
@@ -164,7 +165,9 @@ impl Builder {
         } else {
             (a, b)
         };
-        Ok(Some(Lora { a, b, scaling }))
+        let index = self.lora_count;
+        self.lora_count += 1;
+        Ok(Some(Lora { a, b, scaling, index }))
     }
 
     /// Fails when the adapter file holds tensors no module used (it belongs to another model).

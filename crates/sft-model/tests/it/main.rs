@@ -1,4 +1,5 @@
 //! Integration tests of sft-model, one module per stage.
 
 mod common;
+mod generate;
 mod parity;

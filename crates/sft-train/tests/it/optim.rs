@@ -170,21 +170,8 @@ fn resume_equals_uninterrupted() {
     }
     let (sa, sb) = (straight.state(), resumed.state());
     for (key, t) in &sa {
-        let a = t
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let b = sb[key]
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        assert!(a == b, "{key} differs after resume");
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+        assert!(values(t) == values(&sb[key]), "{key} differs after resume");
     }
 }
 
