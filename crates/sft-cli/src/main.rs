@@ -8,6 +8,7 @@ mod common;
 mod eval;
 mod generate;
 mod init_model;
+mod merge;
 mod inspect;
 mod prepare;
 mod quickstart;
@@ -42,6 +43,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Generate answers (greedy or sampled) from a model, a model + adapter, or a checkpoint.
     Generate(generate::GenerateArgs),
+    /// Fold a LoRA adapter into its base model and save an HF model directory.
+    Merge(merge::MergeArgs),
     /// Create a model directory with random weights from a config.json (no download needed).
     InitModel(init_model::InitModelArgs),
 }
@@ -57,6 +60,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Train(args) => train::run(&args),
         Command::Quickstart(args) => quickstart::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Merge(args) => merge::run(&args),
     }
 }
 

@@ -513,3 +513,22 @@ fn ctrl_c_saves_a_checkpoint_and_exits() {
     let saved = String::from_utf8_lossy(&out.stderr).lines().find_map(|l| l.split("--resume ").nth(1).map(str::to_string)).unwrap();
     assert!(Path::new(&saved).join("trainer_state.json").is_file(), "{saved}");
 }
+
+#[test]
+fn merge_folds_the_adapter_in_and_eval_agrees() {
+    let out_dir = root().join("target/cli-tests/merged");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let m = "tests/fixtures/model/eval/model";
+    let a = "tests/fixtures/model/eval/adapter";
+    let out = sft(&["merge", "--model", m, "--adapter", a, "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(out_dir.join(f).is_file(), "{f} missing");
+    }
+    let data = "tests/fixtures/model/eval/data.jsonl";
+    let merged = sft(&["eval", "--model", out_dir.to_str().unwrap(), "--data", data, "--json"]);
+    assert_eval_matches(&merged, "adapter");
+    // Never over an existing directory.
+    let again = sft(&["merge", "--model", m, "--adapter", a, "--out", out_dir.to_str().unwrap()]);
+    assert!(!again.status.success() && stderr(&again).contains("not empty"), "{}", stderr(&again));
+}

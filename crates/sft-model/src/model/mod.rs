@@ -306,3 +306,41 @@ impl Model {
         Ok(total)
     }
 }
+
+impl Model {
+    /// The base model of `dir` with the PEFT adapter of `adapter` folded into its weights
+    /// (`W + s·B·A` for every adapted module): every weight is a parameter, ready for
+    /// [`Model::save_weights`].
+    pub fn merged(dir: &Path, adapter: &Path) -> Result<Self, ModelError> {
+        let model = Self::load(dir, &Trainable::Full)?;
+        let settings = LoraSettings::from_adapter_dir(adapter)?;
+        let weights = Weights::open(adapter, "adapter_model.safetensors")?;
+        let mut used = std::collections::BTreeSet::new();
+        for (name, var) in &model.params {
+            let Some(module) = name.strip_suffix(".weight") else { continue };
+            let (a_name, b_name) = crate::lora::peft_names(module);
+            if !weights.has(&a_name) {
+                continue;
+            }
+            let (out, inp) = var.dims2().during(|| format!("{name}: expected a matrix"))?;
+            let a = weights.get(&a_name, &[settings.r, inp])?;
+            let b = weights.get(&b_name, &[out, settings.r])?;
+            let merged = b
+                .matmul(&a)
+                .and_then(|d| d.affine(settings.scaling(), 0.0))
+                .and_then(|d| var.as_tensor() + d)
+                .during(|| format!("merging into {name}"))?;
+            var.set(&merged).during(|| format!("merging into {name}"))?;
+            used.insert(a_name);
+            used.insert(b_name);
+        }
+        if let Some(extra) = weights.names().iter().find(|n| !used.contains(*n)) {
+            return Err(ModelError::BadTensor {
+                dir: adapter.into(),
+                name: extra.clone(),
+                message: "no weight of the model takes it (an adapter for another model?)".into(),
+            });
+        }
+        Ok(model)
+    }
+}

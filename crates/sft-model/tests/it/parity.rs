@@ -134,3 +134,19 @@ fn every_trainable_parameter_receives_a_gradient() {
     }
     assert!(cut.is_empty(), "parameters without a gradient:\n{}", cut.join("\n"));
 }
+
+/// Folding each PEFT adapter into its base gives the logits of base + adapter.
+#[test]
+fn a_merged_adapter_gives_the_logits_of_base_plus_adapter() {
+    for case in CASES {
+        let dir = model_fixture(case);
+        let inputs = json(dir.join("inputs.json"));
+        let (ids, labels) = batch_of(&inputs["batch"]);
+        let seqs: Vec<Sequence> = ids.iter().zip(&labels).map(|(i, l)| Sequence::single(i, l)).collect();
+        let batch = Batch::new(&seqs, 0).expect("batch");
+        let merged = Model::merged(&dir, &dir.join("adapter")).expect("merge");
+        let with_adapter = Model::load(&dir, &Trainable::Adapter { dir: dir.join("adapter"), train: false }).expect("load");
+        let err = relative_error(&merged.logits(&batch).expect("logits"), &with_adapter.logits(&batch).expect("logits"));
+        assert!(err <= 1e-4, "{case}: relative error {err:e}");
+    }
+}
