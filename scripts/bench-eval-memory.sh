@@ -22,7 +22,7 @@ JSON
 python3 - "$WORK/data.jsonl" <<'PY'
 import json, sys
 words = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum".split()
-answer = " ".join(words[i % len(words)] for i in range(1990))
+answer = " ".join(words[i % len(words)] for i in range(2045))
 row = {"messages": [{"role": "user", "content": "Recite the long sentence."},
                     {"role": "assistant", "content": answer}]}
 open(sys.argv[1], "w").write(json.dumps(row) + "\n")
