@@ -2,7 +2,7 @@
 //! (or resume a checkpoint), then for every step: learning rate → micro-batches with the loss
 //! token-weighted over the whole step → clip → AdamW → log → evaluate → checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -285,11 +285,4 @@ fn prepare(cfg: &TrainConfig) -> Result<Data, TrainError> {
         template: renderer.templates().default.source().to_string(),
         trained_tokens,
     })
-}
-
-/// The model directory a checkpoint loads with (for inference tools).
-pub fn base_model_of(checkpoint: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(checkpoint.join("adapter_config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("base_model_name_or_path")?.as_str().map(PathBuf::from)
 }
