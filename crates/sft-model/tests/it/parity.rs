@@ -59,8 +59,11 @@ impl Mismatches {
     }
 }
 
-fn batch_of(input: &Value) -> (Vec<Vec<u32>>, Vec<Vec<i32>>) {
-    (rows(&input["input_ids"]), rows(&input["labels"]))
+/// The fixture's two-row batch (`inputs.json` key `batch`).
+fn fixture_batch(inputs: &Value) -> Batch {
+    let (ids, labels): (Vec<Vec<u32>>, Vec<Vec<i32>>) = (rows(&inputs["batch"]["input_ids"]), rows(&inputs["batch"]["labels"]));
+    let seqs: Vec<Sequence> = ids.iter().zip(&labels).map(|(i, l)| Sequence::single(i, l)).collect();
+    Batch::new(&seqs, 0).expect("batch")
 }
 
 fn check_case(case: &str) -> Vec<String> {
@@ -71,9 +74,7 @@ fn check_case(case: &str) -> Vec<String> {
 
     // Full fine-tuning: logits, loss, every parameter's gradient.
     let model = Model::load(&dir, &Trainable::Full).expect("load");
-    let (ids, labels) = batch_of(&inputs["batch"]);
-    let seqs: Vec<Sequence> = ids.iter().zip(&labels).map(|(i, l)| Sequence::single(i, l)).collect();
-    let batch = Batch::new(&seqs, 0).expect("batch");
+    let batch = fixture_batch(&inputs);
     m.tensor("batch logits", &model.logits(&batch).expect("logits"), &expected["batch.logits"]);
     let loss = model.loss(&batch).expect("loss");
     let mean = loss.mean().expect("mean");
@@ -92,9 +93,7 @@ fn check_case(case: &str) -> Vec<String> {
 
     // LoRA (PEFT adapter, trainable): logits, loss, A/B gradients.
     let lora = Model::load(&dir, &Trainable::Adapter { dir: dir.join("adapter"), train: true }).expect("load adapter");
-    let (ids, labels) = batch_of(&inputs["batch"]);
-    let seqs: Vec<Sequence> = ids.iter().zip(&labels).map(|(i, l)| Sequence::single(i, l)).collect();
-    let batch = Batch::new(&seqs, 0).expect("batch");
+    let batch = fixture_batch(&inputs);
     m.tensor("lora logits", &lora.logits(&batch).expect("logits"), &expected["lora.logits"]);
     let mean = lora.loss(&batch).expect("loss").mean().expect("mean");
     m.scalar("lora loss", mean.to_scalar::<f32>().expect("scalar"), inputs["lora"]["loss"].as_f64().expect("loss"));
@@ -117,9 +116,7 @@ fn every_trainable_parameter_receives_a_gradient() {
     for case in CASES {
         let dir = model_fixture(case);
         let inputs = json(dir.join("inputs.json"));
-        let (ids, labels) = batch_of(&inputs["batch"]);
-        let seqs: Vec<Sequence> = ids.iter().zip(&labels).map(|(i, l)| Sequence::single(i, l)).collect();
-        let batch = Batch::new(&seqs, 0).expect("batch");
+        let batch = fixture_batch(&inputs);
         for trainable in [Trainable::Full, Trainable::Adapter { dir: dir.join("adapter"), train: true }] {
             let model = Model::load(&dir, &trainable).expect("load");
             assert!(!model.params().is_empty());
@@ -141,9 +138,7 @@ fn a_merged_adapter_gives_the_logits_of_base_plus_adapter() {
     for case in CASES {
         let dir = model_fixture(case);
         let inputs = json(dir.join("inputs.json"));
-        let (ids, labels) = batch_of(&inputs["batch"]);
-        let seqs: Vec<Sequence> = ids.iter().zip(&labels).map(|(i, l)| Sequence::single(i, l)).collect();
-        let batch = Batch::new(&seqs, 0).expect("batch");
+        let batch = fixture_batch(&inputs);
         let merged = Model::merged(&dir, &dir.join("adapter")).expect("merge");
         let with_adapter = Model::load(&dir, &Trainable::Adapter { dir: dir.join("adapter"), train: false }).expect("load");
         let err = relative_error(&merged.logits(&batch).expect("logits"), &with_adapter.logits(&batch).expect("logits"));
