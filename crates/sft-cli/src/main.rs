@@ -4,6 +4,7 @@
 //! template; `prepare` encodes it once for training; later stages (train, eval, generate) build
 //! on them; `eval` scores a model on a data file.
 
+mod chat;
 mod common;
 mod eval;
 mod generate;
@@ -43,6 +44,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Generate answers (greedy or sampled) from a model, a model + adapter, or a checkpoint.
     Generate(generate::GenerateArgs),
+    /// Talk with a model or checkpoint, turn by turn (/reset, /exit).
+    Chat(chat::ChatArgs),
     /// Fold a LoRA adapter into its base model and save an HF model directory.
     Merge(merge::MergeArgs),
     /// Create a model directory with random weights from a config.json (no download needed).
@@ -61,6 +64,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Quickstart(args) => quickstart::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Merge(args) => merge::run(&args),
+        Command::Chat(args) => chat::run(&args),
     }
 }
 

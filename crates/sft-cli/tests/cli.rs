@@ -532,3 +532,21 @@ fn merge_folds_the_adapter_in_and_eval_agrees() {
     let again = sft(&["merge", "--model", m, "--adapter", a, "--out", out_dir.to_str().unwrap()]);
     assert!(!again.status.success() && stderr(&again).contains("not empty"), "{}", stderr(&again));
 }
+
+#[test]
+fn chat_keeps_history_and_resets() {
+    let ckpt = root().join("target/cli-tests/chat-model");
+    let _ = std::fs::remove_dir_all(&ckpt);
+    let config = scratch("chat-config.json", r#"{"model_type": "llama", "vocab_size": 829, "hidden_size": 16, "intermediate_size": 32,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "eos_token_id": 2}"#);
+    let out = sft(&["init-model", "--config", config.to_str().unwrap(), "--tokenizer", "examples/quickstart/tokenizer", "--out", ckpt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let args = ["chat", "--model", ckpt.to_str().unwrap(), "--temperature", "0", "--max-new-tokens", "5", "--system", "Be brief."];
+    let out = sft_stdin(&args, "Hello there.\nAnd again?\n/reset\nHello there.\n/exit\nnever read\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answers: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    // Greedy: after /reset the same first message gets the same answer.
+    assert_eq!(answers[0], answers[2]);
+    assert!(stderr(&out).contains("history cleared"));
+}
