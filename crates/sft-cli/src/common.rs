@@ -187,3 +187,27 @@ impl ModelArgs {
         Ok((model, tokenizer_dir))
     }
 }
+
+/// Tokenizer and generation files that travel with a model directory.
+const MODEL_SIDE_FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json"];
+
+/// Copies those of [`MODEL_SIDE_FILES`] that `from` has into `to`.
+pub fn copy_side_files(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    for name in MODEL_SIDE_FILES {
+        let src = from.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(name)).with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an output directory that exists and holds anything (nothing the user has is
+/// overwritten).
+pub fn require_new_dir(out: &std::path::Path) -> anyhow::Result<()> {
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{}: already exists and is not empty; choose a new directory", out.display());
+    }
+    Ok(())
+}

@@ -10,9 +10,7 @@ use clap::Args;
 use sft_model::config::HfConfig;
 use sft_model::model::Model;
 
-/// Tokenizer files copied into the new directory when present.
-const TOKENIZER_FILES: &[&str] =
-    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json"];
+use crate::common::{copy_side_files, require_new_dir};
 
 /// `sft init-model` flags.
 #[derive(Debug, Args)]
@@ -36,9 +34,7 @@ pub fn run(args: &InitModelArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let raw: HfConfig = serde_json::from_str(&text).with_context(|| format!("{}: invalid config", args.config.display()))?;
     let config = raw.resolve(&args.config)?;
-    if args.out.exists() && std::fs::read_dir(&args.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{}: already exists and is not empty; choose a new directory", args.out.display());
-    }
+    require_new_dir(&args.out)?;
     let model = Model::init(config, args.seed, &args.out)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     std::fs::write(args.out.join("config.json"), &text).with_context(|| format!("writing {}", args.out.display()))?;
@@ -55,11 +51,5 @@ fn copy_tokenizer(from: &Path, to: &Path) -> anyhow::Result<()> {
     if !from.join("tokenizer.json").is_file() {
         bail!("{}: no tokenizer.json", from.display());
     }
-    for name in TOKENIZER_FILES {
-        let src = from.join(name);
-        if src.is_file() {
-            std::fs::copy(&src, to.join(name)).with_context(|| format!("copying {}", src.display()))?;
-        }
-    }
-    Ok(())
+    copy_side_files(from, to)
 }

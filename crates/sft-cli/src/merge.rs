@@ -8,10 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use sft_model::model::Model;
 
-use crate::common::ModelArgs;
-
-/// Files copied from the tokenizer directory when present.
-const COPIED: &[&str] = &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json"];
+use crate::common::{copy_side_files, require_new_dir, ModelArgs};
 
 /// `sft merge` flags.
 #[derive(Debug, Args)]
@@ -30,20 +27,13 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<ExitCode> {
         bail!("merge needs --adapter DIR (or --model pointing at a LoRA checkpoint)");
     };
     let out = &args.out;
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{}: already exists and is not empty; choose a new directory", out.display());
-    }
+    require_new_dir(out)?;
     let model = Model::merged(&base, &adapter)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::copy(base.join("config.json"), out.join("config.json")).with_context(|| format!("copying {}", base.join("config.json").display()))?;
     model.save_weights(out)?;
     for dir in [&base, &tokenizer_dir] {
-        for name in COPIED {
-            let src = dir.join(name);
-            if src.is_file() {
-                std::fs::copy(&src, out.join(name)).with_context(|| format!("copying {}", src.display()))?;
-            }
-        }
+        copy_side_files(dir, out)?;
     }
     eprintln!("{}: {} merged into {}", out.display(), adapter.display(), base.display());
     Ok(ExitCode::SUCCESS)
