@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Map, Value};
 use sft_data::conversation::{Conversation, Message, RowRef};
-use sft_data::data::openai;
+use sft_data::data::{openai, DataError};
 use sft_data::data::reader::read_rows;
 use sft_data::template::{Clock, Renderer, TemplateChoice};
 use sft_data::tokens::TextTokenizer;
@@ -60,11 +60,15 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// One user message.
-    #[arg(long, conflicts_with = "input")]
+    #[arg(long, conflicts_with_all = ["input", "messages"])]
     pub prompt: Option<String>,
     /// A system message before --prompt.
-    #[arg(long)]
+    #[arg(long, requires = "prompt")]
     pub system: Option<String>,
+    /// A JSON file holding one conversation to continue: a list of {"role", "content"}
+    /// messages, or an object with "messages" (and "tools").
+    #[arg(long, conflicts_with = "input")]
+    pub messages: Option<PathBuf>,
     /// A JSONL file: one {"messages": [...]} per line (optionally "expected" to score).
     #[arg(long)]
     pub input: Option<PathBuf>,
@@ -116,8 +120,24 @@ fn prompts(args: &GenerateArgs) -> anyhow::Result<Vec<Prompt>> {
         let source = RowRef { file: "--prompt".into(), row: 1 };
         return Ok(vec![Prompt { conversation: Conversation { source, messages, tools: None, documents: None }, expected: None }]);
     }
-    let Some(path) = &args.input else { bail!("give --prompt TEXT or --input FILE.jsonl") };
+    if let Some(path) = &args.messages {
+        return Ok(vec![Prompt { conversation: messages_from(path)?, expected: None }]);
+    }
+    let Some(path) = &args.input else { bail!("give --prompt TEXT, --messages FILE.json or --input FILE.jsonl") };
     prompts_from(path)
+}
+
+/// The conversation of a `--messages` file.
+fn messages_from(path: &Path) -> anyhow::Result<Conversation> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let row = match value {
+        Value::Array(list) => Map::from_iter([("messages".to_string(), Value::Array(list))]),
+        Value::Object(row) => row,
+        _ => bail!("{}: expected a list of messages or an object with \"messages\"", path.display()),
+    };
+    let source = RowRef { file: path.display().to_string(), row: 1 };
+    openai::convert(&row, &source, "messages").map_err(|error| DataError::Row { at: source, error }.into())
 }
 
 /// Generates the answer to one conversation; returns (text, new ids).
@@ -201,7 +221,7 @@ fn prompts_from(path: &Path) -> anyhow::Result<Vec<Prompt>> {
     let mut out = vec![];
     for row in read_rows(&name)?.rows {
         let row = row?;
-        let conversation = openai::convert(&row.value, &row.source, "messages")?;
+        let conversation = openai::convert(&row.value, &row.source, "messages").map_err(|error| DataError::Row { at: row.source.clone(), error })?;
         let expected = match row.value.get("expected") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),

@@ -550,3 +550,41 @@ fn chat_keeps_history_and_resets() {
     assert_eq!(answers[0], answers[2]);
     assert!(stderr(&out).contains("history cleared"));
 }
+
+#[test]
+fn generate_takes_a_prompt_a_messages_file_or_a_scored_batch() {
+    let model = "tests/fixtures/model/eval/model";
+    let common = ["--model", model, "--max-new-tokens", "6", "--json"];
+    let run = |extra: &[&str]| {
+        let out = sft(&[&["generate"], &common[..], extra].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        lines(&out)
+    };
+    let by_prompt = run(&["--system", "Be brief.", "--prompt", "Name a colour."]);
+    let messages = scratch(
+        "generate-messages.json",
+        r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]"#,
+    );
+    let by_file = run(&["--messages", messages.to_str().unwrap()]);
+    assert_eq!(by_prompt.len(), 1);
+    assert_eq!(by_prompt, by_file, "--prompt and --messages build the same prompt");
+    assert!((1..=6).contains(&ints(&by_prompt[0]["token_ids"]).len()));
+
+    let answer = by_prompt[0]["text"].as_str().unwrap().to_string();
+    let row = |expected: &str| {
+        serde_json::json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}], "expected": expected})
+            .to_string()
+    };
+    let input = scratch("generate-input.jsonl", &format!("{}\n{}\n", row(&answer), row("certainly not this")));
+    let scores_dir = out_dir("generate-scores");
+    std::fs::create_dir_all(&scores_dir).unwrap();
+    let scores = scores_dir.join("scores.json");
+    let batch = run(&["--input", input.to_str().unwrap(), "--scores", scores.to_str().unwrap()]);
+    assert_eq!(batch.iter().map(|v| v["exact_match"].as_bool()).collect::<Vec<_>>(), [Some(true), Some(false)]);
+    let summary = json_file(&scores);
+    assert_eq!((summary["prompts"].as_u64(), summary["exact_match"].as_f64()), (Some(2), Some(0.5)));
+
+    let bad = scratch("generate-bad-messages.json", r#"{"messages": "not a list"}"#);
+    let out = sft(&["generate", "--model", model, "--messages", bad.to_str().unwrap()]);
+    assert!(!out.status.success() && stderr(&out).contains("generate-bad-messages.json"), "{}", stderr(&out));
+}

@@ -56,7 +56,9 @@ pub fn generate(
     let mut cache = Cache::default();
     let mut fresh: Vec<u32> = prompt.to_vec();
     for _ in 0..max_new_tokens {
-        let logits = model.forward_cached(&fresh, &mut cache)?;
+        // On a worker of the thread pool, so the kernels' parallel loops start without a
+        // cross-thread hand-off each (one per token instead of hundreds).
+        let logits = rayon::scope(|_| model.forward_cached(&fresh, &mut cache))?;
         let mut logits = logits.to_vec1::<f32>().during(|| "reading logits".into())?;
         let next = choose(&mut logits, &ids, sampling, &mut rng);
         fresh = vec![next];

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 
+use super::kv_cache::{AttentionShape, KvCache};
 use super::params::Builder;
 use crate::config::ModelConfig;
 use crate::lora::{Dropout, Lora};
-use crate::ops::{glu, rms_norm, rope, softmax_last_dim, RopeTable};
+use crate::ops::{glu, matvec, rms_norm, rope, softmax_last_dim, RopeTable, MATVEC_MAX_ROWS};
 use crate::ModelError;
 
 /// A linear layer `x·Wᵀ + b`, optionally with a LoRA adapter.
@@ -30,7 +31,7 @@ impl Linear {
 
     /// `x` is `[n, in]`; `dropout` applies to the adapter's input while training.
     pub fn forward(&self, x: &Tensor, dropout: Option<Dropout>) -> Result<Tensor> {
-        let mut y = x.matmul(&self.weight.t()?)?;
+        let mut y = project(x, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -38,6 +39,16 @@ impl Linear {
             y = (y + l.forward(x, dropout)?)?;
         }
         Ok(y)
+    }
+}
+
+/// `x·Wᵀ`: a few rows through which no gradient flows (decoding) take the bandwidth-bound
+/// matrix-vector kernel, everything else the GEMM.
+pub(crate) fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if x.dims2()?.0 <= MATVEC_MAX_ROWS && !x.track_op() && !weight.track_op() {
+        matvec(x, weight)
+    } else {
+        x.matmul(&weight.t()?)
     }
 }
 
@@ -174,6 +185,7 @@ impl Layer {
             }
         };
         let table = &cx.ropes[self.index];
+        // `[b, t, heads, hd]`, normed and rotated.
         let heads = |x: Tensor, n: usize, norm_w: &Option<Tensor>, rotate: bool| -> Result<Tensor> {
             let mut x = x.reshape((b, t, n, hd))?;
             if let Some(w) = norm_w {
@@ -182,17 +194,24 @@ impl Layer {
             if rotate {
                 x = rope(&x, table)?;
             }
-            x.transpose(1, 2)?.contiguous()
+            Ok(x)
         };
-        let q = heads(q, nh, &self.attn.q_norm, true)?;
-        let (mut k, mut v) = (heads(k, nkv, &self.attn.k_norm, true)?, heads(v, nkv, &None, false)?);
+        let (q, k, v) = (heads(q, nh, &self.attn.q_norm, true)?, heads(k, nkv, &self.attn.k_norm, true)?, heads(v, nkv, &None, false)?);
         if let Some(cache) = cache {
-            if let Some((pk, pv)) = &cache.kv {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            cache.kv = Some((k.clone(), v.clone()));
+            let shape = AttentionShape {
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+                scale: cfg.attention_scale as f32,
+                softcap: cfg.attn_softcap.map(|c| c as f32),
+                window: cfg.layers[self.index].sliding_window,
+            };
+            let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
+            let out = cache.attend(&flat(&q)?, &flat(&k)?, &flat(&v)?, &shape);
+            return self.attn.o.forward(&Tensor::from_vec(out, (t, nh * hd), x.device())?, cx.dropout);
         }
+        let [q, k, v] = [q, k, v].map(|x| x.transpose(1, 2)?.contiguous());
+        let (q, k, v) = (q?, k?, v?);
         let k = repeat_kv(k, nh / nkv)?;
         let v = repeat_kv(v, nh / nkv)?;
         let mut scores = (q.matmul(&k.t()?)? * cfg.attention_scale)?;
@@ -215,12 +234,6 @@ impl Layer {
             }
         }
     }
-}
-
-/// One layer's keys and values of the tokens seen so far (`[1, kv_heads, tokens, head_dim]`).
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    kv: Option<(Tensor, Tensor)>,
 }
 
 /// `[b, kv, t, d]` → `[b, kv·n, t, d]`, each key/value head repeated for its `n` query heads.

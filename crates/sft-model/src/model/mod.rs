@@ -4,6 +4,7 @@
 //! count, as transformers' causal-LM loss does.
 
 mod batch;
+mod kv_cache;
 mod layer;
 mod params;
 
@@ -22,7 +23,7 @@ use crate::lora::{Dropout, LoraSettings};
 use crate::ops::{linear_cross_entropy, rms_norm, CrossEntropy, RopeTable};
 use crate::weights::Weights;
 use crate::ModelError;
-pub use layer::KvCache;
+pub use kv_cache::KvCache;
 use layer::{Context, Layer, Linear};
 use crate::rng::SplitMix;
 use params::{BaseSource, Builder};
@@ -198,7 +199,7 @@ impl Model {
         }
         let (past, n) = (cache.tokens, ids.len());
         let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect();
-        let cx = self.cached_context(&positions, past).during(|| "building attention masks".into())?;
+        let cx = self.cached_context(&positions);
         let mut run = || -> candle_core::Result<Tensor> {
             let idx = Tensor::from_slice(ids, n, &candle_core::Device::Cpu)?;
             let mut h = self.embed.index_select(&idx, 0)?;
@@ -209,7 +210,7 @@ impl Model {
                 h = layer.forward(&h, cfg, &cx, Some(lc))?;
             }
             let last = rms_norm(&h.narrow(0, n - 1, 1)?, &self.norm, cfg.rms_norm_eps, cfg.norm_offset)?;
-            let mut z = last.matmul(&self.output_weight().t()?)?;
+            let mut z = layer::project(&last, self.output_weight())?;
             if let Some(cap) = cfg.final_softcap {
                 z = ((z / cap)?.tanh()? * cap)?;
             }
@@ -220,28 +221,10 @@ impl Model {
         Ok(logits)
     }
 
-    /// Masks `[1, 1, new, past + new]` and RoPE tables for new tokens after `past` cached ones.
-    fn cached_context(&self, positions: &[u32], past: usize) -> candle_core::Result<Context> {
-        let (n, total) = (positions.len(), past + positions.len());
-        let mut masks: Vec<(Option<usize>, Tensor)> = vec![];
-        let mut ropes = vec![];
-        for layer in &self.config.layers {
-            let w = layer.sliding_window;
-            if !masks.iter().any(|(x, _)| *x == w) {
-                let mut m = vec![f32::NEG_INFINITY; n * total];
-                for i in 0..n {
-                    let q = past + i;
-                    for j in 0..=q {
-                        if w.is_none_or(|w| q - j < w) {
-                            m[i * total + j] = 0.0;
-                        }
-                    }
-                }
-                masks.push((w, Tensor::from_vec(m, (1, 1, n, total), &candle_core::Device::Cpu)?));
-            }
-            ropes.push(Arc::new(RopeTable::new(positions, &layer.rope.inv_freq)));
-        }
-        Ok(Context { batch: 1, seq: n, masks, ropes, dropout: None })
+    /// RoPE tables for new tokens at `positions` (the cache does the masking).
+    fn cached_context(&self, positions: &[u32]) -> Context {
+        let ropes = self.config.layers.iter().map(|l| Arc::new(RopeTable::new(positions, &l.rope.inv_freq))).collect();
+        Context { batch: 1, seq: positions.len(), masks: vec![], ropes, dropout: None }
     }
 
     fn context(&self, batch: &Batch) -> candle_core::Result<Context> {

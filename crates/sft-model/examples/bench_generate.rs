@@ -1,0 +1,33 @@
+//! Benchmark helper for scripts/bench-generate.sh (not a test): greedy decoding speed of a model
+//! directory on given prompt ids, timed inside the process (model loading excluded), best of N.
+//! Usage: bench_generate MODEL_DIR PROMPT.json NEW_TOKENS RUNS → one JSON line on stdout:
+//! {"new_tokens", "seconds", "tokens_per_s", "token_ids"}.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use sft_model::generate::{generate, Sampling};
+use sft_model::model::{Model, Trainable};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, dir, prompt, new, runs] = args.as_slice() else {
+        return Err("usage: bench_generate MODEL_DIR PROMPT.json NEW_TOKENS RUNS".into());
+    };
+    let prompt: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(prompt)?)?;
+    let (new, runs): (usize, usize) = (new.parse()?, runs.parse()?);
+    let model = Model::load(&PathBuf::from(dir), &Trainable::Frozen)?;
+    let mut best = f64::INFINITY;
+    let mut ids = vec![];
+    for _ in 0..runs {
+        let start = Instant::now();
+        let (out, _) = generate(&model, &prompt, new, &[], &Sampling::default(), |_| {})?;
+        best = best.min(start.elapsed().as_secs_f64());
+        ids = out;
+    }
+    let line = serde_json::json!({
+        "new_tokens": ids.len(), "seconds": best, "tokens_per_s": ids.len() as f64 / best, "token_ids": ids,
+    });
+    println!("{line}");
+    Ok(())
+}
