@@ -72,7 +72,7 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     drop(model);
 
     let heldout = data.join("heldout.jsonl");
-    let before = score_file(&load(&ModelArgs { model: base.clone(), adapter: None }, None)?, &heldout, MAX_ANSWER_TOKENS)?;
+    let before = score_file(&load(&ModelArgs::dir(base.clone()), None)?, &heldout, MAX_ANSWER_TOKENS)?;
     eprintln!("quickstart: held-out exact match before training: {}", percent(before.exact, before.total));
 
     let cfg = sft_train::config::load(&data.join("quickstart.yaml"), &args.overrides)?;
@@ -80,7 +80,7 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     let summary = crate::train::run_config(&cfg, None)?;
     let seconds = started.elapsed().as_secs_f64();
 
-    let tuned = ModelArgs { model: summary.checkpoint.clone(), adapter: None };
+    let tuned = ModelArgs::dir(summary.checkpoint.clone());
     let after = score_file(&load(&tuned, None)?, &heldout, MAX_ANSWER_TOKENS)?;
     print_table(before, after, summary.steps, seconds, summary.eval_loss);
     println!("checkpoint: {}", summary.checkpoint.display());

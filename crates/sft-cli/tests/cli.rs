@@ -325,6 +325,40 @@ fn eval_equals_the_transformers_masked_loss_with_and_without_an_adapter() {
 }
 
 #[test]
+fn eval_on_bf16_and_4bit_base_weights_stays_near_the_f32_loss() {
+    let model = "tests/fixtures/model/eval/model";
+    let data = "tests/fixtures/model/eval/data.jsonl";
+    let want = eval_expected("base")["loss"].as_f64().unwrap();
+    for (flags, tol) in [(&["--dtype", "bf16"][..], 0.01), (&["--load-in-4bit"][..], 0.05)] {
+        let out = sft(&[&["eval", "--model", model, "--data", data, "--json"][..], flags].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let got = lines(&out)[0]["loss"].as_f64().unwrap();
+        assert!(((got - want) / want).abs() <= tol, "{flags:?}: {got} vs f32 {want}");
+        assert_ne!(got, want, "{flags:?}: the weights were not converted");
+    }
+}
+
+#[test]
+fn qlora_trains_a_peft_adapter_on_a_4bit_base() {
+    let dir = tiny_run("qlora", "lora_r: 8\nlora_alpha: 16\nload_in_4bit: true\n");
+    let out = sft(&["train", dir.join("train.yaml").to_str().unwrap(), "--set", "max_steps=12", "--set", "learning_rate=0.03"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ckpt = dir.join("out/checkpoint-12");
+    let losses = logged_losses(&ckpt);
+    let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+    assert!(mean(&losses[9..]) < mean(&losses[..3]) - 0.1, "loss does not fall: {losses:?}");
+    // An ordinary PEFT adapter: it loads on the 4-bit base and on the f32 base.
+    assert_eq!(json_file(&ckpt.join("adapter_config.json"))["peft_type"], "LORA");
+    let eval = |flags: &[&str]| {
+        let out = sft(&[&["eval", "--model", ckpt.to_str().unwrap(), "--data", "examples/quickstart/eval.jsonl", "--json"][..], flags].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        lines(&out)[0]["loss"].as_f64().unwrap()
+    };
+    let (q, f) = (eval(&["--load-in-4bit"]), eval(&[]));
+    assert!(q.is_finite() && f.is_finite() && q != f, "4-bit {q}, f32 {f}");
+}
+
+#[test]
 fn eval_names_what_is_missing_or_mismatched() {
     let data = "tests/fixtures/model/eval/data.jsonl";
     let out = sft(&["eval", "--model", "tests/fixtures/model/nowhere", "--data", data]);
@@ -461,6 +495,7 @@ fn bad_training_configs_fail_before_any_work() {
         ("per_device_train_batch_size=0", "per_device_train_batch_size: must be at least 1"),
         ("max_steps=many", "invalid type"),
         ("model=target/cli-tests/no-such-model", "no-such-model"),
+        ("load_in_4bit=true", "load_in_4bit: 4-bit base weights are frozen: use finetuning: lora"),
     ] {
         let out = sft(&["train", yaml.to_str().unwrap(), "--set", set]);
         assert!(!out.status.success(), "{set}");

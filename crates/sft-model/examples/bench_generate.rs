@@ -1,6 +1,6 @@
 //! Benchmark helper for scripts/bench-generate.sh (not a test): greedy decoding speed of a model
 //! directory on given prompt ids, timed inside the process (model loading excluded), best of N.
-//! Usage: bench_generate MODEL_DIR PROMPT.json NEW_TOKENS RUNS → one JSON line on stdout:
+//! Usage: bench_generate MODEL_DIR PROMPT.json NEW_TOKENS RUNS [f32|bf16] → one JSON line on stdout:
 //! {"new_tokens", "seconds", "tokens_per_s", "token_ids"}.
 
 use std::path::PathBuf;
@@ -8,15 +8,21 @@ use std::time::Instant;
 
 use sft_model::generate::{generate, Sampling};
 use sft_model::model::{Model, Trainable};
+use sft_model::quant::BaseFormat;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, dir, prompt, new, runs] = args.as_slice() else {
-        return Err("usage: bench_generate MODEL_DIR PROMPT.json NEW_TOKENS RUNS".into());
+    let (format, args) = match args.as_slice() {
+        [rest @ .., last] if last == "bf16" => (BaseFormat::Bf16, rest),
+        [rest @ .., last] if last == "f32" => (BaseFormat::F32, rest),
+        all => (BaseFormat::F32, all),
+    };
+    let [_, dir, prompt, new, runs] = args else {
+        return Err("usage: bench_generate MODEL_DIR PROMPT.json NEW_TOKENS RUNS [f32|bf16]".into());
     };
     let prompt: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(prompt)?)?;
     let (new, runs): (usize, usize) = (new.parse()?, runs.parse()?);
-    let model = Model::load(&PathBuf::from(dir), &Trainable::Frozen)?;
+    let model = Model::load_as(&PathBuf::from(dir), &Trainable::Frozen, format)?;
     let mut best = f64::INFINITY;
     let mut ids = vec![];
     for _ in 0..runs {

@@ -29,6 +29,7 @@ mod error;
 pub mod lora;
 pub mod model;
 pub mod ops;
+pub mod quant;
 pub mod rng;
 mod weights;
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sft_data::encode::{AppendEos, EncodeOptions, Markers, Masking, Truncation};
 use sft_model::lora::{LoraSettings, Targets};
+use sft_model::quant::BaseFormat;
 
 use crate::schedule::SchedulerKind;
 use crate::TrainError;
@@ -105,6 +106,15 @@ pub struct RawTrainConfig {
     pub target_modules: Value,
     #[serde(default)]
     pub use_rslora: bool,
+    /// QLoRA: frozen base linear weights in 4-bit NF4 (LoRA only).
+    #[serde(default)]
+    pub load_in_4bit: bool,
+    /// With load_in_4bit: also quantize the NF4 block scales (8-bit).
+    #[serde(default = "defaults::yes")]
+    pub bnb_4bit_use_double_quant: bool,
+    /// With load_in_4bit: the 4-bit data type (only "nf4").
+    #[serde(default = "defaults::nf4")]
+    pub bnb_4bit_quant_type: String,
 }
 
 mod defaults {
@@ -117,6 +127,12 @@ mod defaults {
     }
     pub fn finetuning() -> String {
         "lora".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn nf4() -> String {
+        "nf4".into()
     }
     pub fn masking() -> String {
         "assistant".into()
@@ -181,7 +197,8 @@ const KEYS: &[&str] = &[
     "packing", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "max_grad_norm", "adam_beta1",
     "adam_beta2", "adam_epsilon", "seed", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "lora_r",
-    "lora_alpha", "lora_dropout", "target_modules", "use_rslora",
+    "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "load_in_4bit", "bnb_4bit_use_double_quant",
+    "bnb_4bit_quant_type",
 ];
 
 /// What fine-tuning trains.
@@ -261,6 +278,8 @@ pub struct TrainConfig {
     pub save_steps: usize,
     /// Keep at most this many checkpoints.
     pub save_total_limit: Option<usize>,
+    /// How the frozen base linear weights are held (f32, or NF4 with load_in_4bit).
+    pub base_format: BaseFormat,
     /// The raw form, saved next to the checkpoints.
     pub raw: RawTrainConfig,
 }
@@ -371,6 +390,12 @@ impl RawTrainConfig {
             other => return Err(err("finetuning", &format!("{other:?} is not one of lora, full"))),
         };
         let encode = self.encode().map_err(|(key, message)| err(key, &message))?;
+        let base_format = match (self.load_in_4bit, &method, self.bnb_4bit_quant_type.as_str()) {
+            (false, _, _) => BaseFormat::F32,
+            (true, Method::Full, _) => return Err(err("load_in_4bit", "4-bit base weights are frozen: use finetuning: lora")),
+            (true, Method::Lora(_), "nf4") => BaseFormat::Nf4 { double_quant: self.bnb_4bit_use_double_quant },
+            (true, _, other) => return Err(err("bnb_4bit_quant_type", &format!("{other:?} is not supported; use \"nf4\""))),
+        };
         Ok(TrainConfig {
             source: path.into(),
             model: self.model.clone(),
@@ -400,6 +425,7 @@ impl RawTrainConfig {
             eval_steps: self.eval_steps.filter(|&n| n > 0),
             save_steps: self.save_steps,
             save_total_limit: self.save_total_limit,
+            base_format,
             raw: self.clone(),
         })
     }

@@ -86,8 +86,10 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
     let model = match (&cfg.method, &resume_dir) {
         (Method::Full, None) => Model::load(&cfg.model, &Trainable::Full)?,
         (Method::Full, Some(dir)) => Model::load(dir, &Trainable::Full)?,
-        (Method::Lora(settings), None) => Model::load(&cfg.model, &Trainable::NewLora { settings: settings.clone(), seed: cfg.seed })?,
-        (Method::Lora(_), Some(dir)) => Model::load(&cfg.model, &Trainable::Adapter { dir: dir.clone(), train: true })?,
+        (Method::Lora(settings), None) => {
+            Model::load_as(&cfg.model, &Trainable::NewLora { settings: settings.clone(), seed: cfg.seed }, cfg.base_format)?
+        }
+        (Method::Lora(_), Some(dir)) => Model::load_as(&cfg.model, &Trainable::Adapter { dir: dir.clone(), train: true }, cfg.base_format)?,
     };
     let adam = AdamWConfig { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.adam_epsilon, weight_decay: cfg.weight_decay };
     let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
@@ -116,6 +118,17 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
         data.trained_tokens,
         model.params().len()
     );
+    let (quantized, bytes) = model.quantized();
+    if quantized > 0 {
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        eprintln!(
+            "base linear weights in {:?}: {:.1} MiB ({:.2}× their {:.1} MiB in bf16)",
+            cfg.base_format,
+            mib(bytes),
+            bytes as f64 / (2 * quantized) as f64,
+            mib(2 * quantized)
+        );
+    }
     let mut metrics = Metrics::open(&cfg.output_dir, &state.log_history)?;
     let mut progress = Progress::new(total, state.global_step, opts.progress_bar);
     let config_yaml = serde_yaml::to_string(&cfg.raw).unwrap_or_default();

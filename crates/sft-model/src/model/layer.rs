@@ -10,20 +10,28 @@ use super::kv_cache::{AttentionShape, KvCache};
 use super::params::Builder;
 use crate::config::ModelConfig;
 use crate::lora::{Dropout, Lora};
-use crate::ops::{glu, matvec, rms_norm, rope, softmax_last_dim, RopeTable, MATVEC_MAX_ROWS};
+use crate::ops::{glu, matvec, qmatmul, rms_norm, rope, softmax_last_dim, RopeTable, MATVEC_MAX_ROWS};
+use crate::quant::QuantWeight;
 use crate::ModelError;
+
+/// A linear layer's weight: f32 (trainable or not), or frozen in a compact format.
+#[derive(Debug, Clone)]
+pub(crate) enum Weight {
+    Dense(Tensor),
+    Quant(Arc<QuantWeight>),
+}
 
 /// A linear layer `x·Wᵀ + b`, optionally with a LoRA adapter.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Option<Tensor>,
     pub lora: Option<Lora>,
 }
 
 impl Linear {
     pub fn load(b: &mut Builder, name: String, out: usize, inp: usize, bias: bool) -> std::result::Result<Self, ModelError> {
-        let weight = b.weight(&format!("{name}.weight"), &[out, inp])?;
+        let weight = b.linear_weight(&format!("{name}.weight"), out, inp)?;
         let bias = if bias { Some(b.weight(&format!("{name}.bias"), &[out])?) } else { None };
         let lora = b.lora(&name, out, inp)?;
         Ok(Self { weight, bias, lora })
@@ -31,7 +39,10 @@ impl Linear {
 
     /// `x` is `[n, in]`; `dropout` applies to the adapter's input while training.
     pub fn forward(&self, x: &Tensor, dropout: Option<Dropout>) -> Result<Tensor> {
-        let mut y = project(x, &self.weight)?;
+        let mut y = match &self.weight {
+            Weight::Dense(w) => project(x, w)?,
+            Weight::Quant(q) => qmatmul(x, q)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

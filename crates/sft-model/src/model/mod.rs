@@ -20,11 +20,12 @@ pub use params::Trainable;
 use crate::config::ModelConfig;
 use crate::error::TensorContext;
 use crate::lora::{Dropout, LoraSettings};
-use crate::ops::{linear_cross_entropy, rms_norm, CrossEntropy, RopeTable};
+use crate::ops::{linear_cross_entropy, qmatmul, rms_norm, CrossEntropy, RopeTable};
+use crate::quant::{BaseFormat, QuantWeight};
 use crate::weights::Weights;
 use crate::ModelError;
 pub use kv_cache::KvCache;
-use layer::{Context, Layer, Linear};
+use layer::{Context, Layer};
 use crate::rng::SplitMix;
 use params::{BaseSource, Builder};
 
@@ -34,10 +35,14 @@ pub struct Model {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    /// `None` when tied to the embedding.
-    lm_head: Option<Linear>,
+    /// `None` when tied to the embedding (always f32).
+    lm_head: Option<Tensor>,
+    /// The output layer in bf16 for decoding (bf16 base format only).
+    decode_head: Option<Arc<QuantWeight>>,
     params: Vec<(String, Var)>,
     lora: Option<LoraSettings>,
+    /// Linear weights held in a compact format, and their bytes.
+    quantized: (usize, usize),
 }
 
 /// A summed loss and how many target tokens it covers.
@@ -95,9 +100,15 @@ impl Model {
     /// Loads `dir` (config.json + model.safetensors or shards) with `trainable` deciding what
     /// becomes a variable.
     pub fn load(dir: &Path, trainable: &Trainable) -> Result<Self, ModelError> {
+        Self::load_as(dir, trainable, BaseFormat::F32)
+    }
+
+    /// [`Model::load`] with the frozen linear weights held in `format` (bf16 or 4-bit NF4;
+    /// embeddings, norms and the output layer stay f32).
+    pub fn load_as(dir: &Path, trainable: &Trainable, format: BaseFormat) -> Result<Self, ModelError> {
         let config = ModelConfig::from_dir(dir)?;
         let base = BaseSource::Files(Weights::open(dir, "model.safetensors")?);
-        Self::build(config, base, trainable)
+        Self::build(config, base, trainable, format)
     }
 
     /// A new model with random weights as transformers initialises one (N(0,
@@ -107,7 +118,7 @@ impl Model {
         let norm_value = 1.0 - config.norm_offset;
         let std = config.initializer_range;
         let base = BaseSource::Random { rng: SplitMix(seed), std, norm_value, dir: dir.to_path_buf() };
-        Self::build(config, base, &Trainable::Full)
+        Self::build(config, base, &Trainable::Full, BaseFormat::F32)
     }
 
     /// Writes every parameter as `dir/model.safetensors` (f32; requires full training, so that
@@ -122,8 +133,8 @@ impl Model {
         })
     }
 
-    fn build(config: ModelConfig, base: BaseSource, trainable: &Trainable) -> Result<Self, ModelError> {
-        let mut b = Builder::new(base, trainable)?;
+    fn build(config: ModelConfig, base: BaseSource, trainable: &Trainable, format: BaseFormat) -> Result<Self, ModelError> {
+        let mut b = Builder::new(base, trainable, format)?;
         let (v, d) = (config.vocab_size, config.hidden_size);
         let embed = b.weight("model.embed_tokens.weight", &[v, d])?;
         let layers = (0..config.layers.len()).map(|i| Layer::load(&mut b, &config, i)).collect::<Result<Vec<_>, _>>()?;
@@ -132,11 +143,21 @@ impl Model {
             None
         } else {
             let weight = b.weight("lm_head.weight", &[v, d])?;
-            Some(Linear { weight, bias: None, lora: None })
+            Some(weight)
         };
         b.finish()?;
+        // bf16 decoding also reads the output layer in bf16 (a copy; training and the loss
+        // keep the f32 one).
+        let decode_head = match format {
+            BaseFormat::Bf16 => {
+                let w = lm_head.as_ref().unwrap_or(&embed);
+                let data = w.flatten_all().and_then(|t| t.to_vec1::<f32>()).during(|| "reading the output layer".into())?;
+                QuantWeight::new(&data, v, d, format).map(Arc::new)
+            }
+            _ => None,
+        };
         let lora = b.lora_settings().cloned();
-        Ok(Self { config, embed, layers, norm, lm_head, params: b.params, lora })
+        Ok(Self { config, embed, layers, norm, lm_head, decode_head, params: b.params, lora, quantized: b.quantized })
     }
 
     /// The resolved configuration.
@@ -149,6 +170,11 @@ impl Model {
         &self.params
     }
 
+    /// How many linear weights are held in bf16 or NF4, and their bytes ((0, 0) when all are f32).
+    pub fn quantized(&self) -> (usize, usize) {
+        self.quantized
+    }
+
     /// The LoRA settings when adapters are attached.
     pub fn lora(&self) -> Option<&LoraSettings> {
         self.lora.as_ref()
@@ -156,7 +182,7 @@ impl Model {
 
     /// The output layer's weight `[vocab, hidden]` (the embedding when tied).
     pub(crate) fn output_weight(&self) -> &Tensor {
-        self.lm_head.as_ref().map_or(&self.embed, |l| &l.weight)
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// The final hidden states `[batch·seq, hidden]` (after the last norm).
@@ -210,7 +236,10 @@ impl Model {
                 h = layer.forward(&h, cfg, &cx, Some(lc))?;
             }
             let last = rms_norm(&h.narrow(0, n - 1, 1)?, &self.norm, cfg.rms_norm_eps, cfg.norm_offset)?;
-            let mut z = layer::project(&last, self.output_weight())?;
+            let mut z = match &self.decode_head {
+                Some(head) => qmatmul(&last, head)?,
+                None => layer::project(&last, self.output_weight())?,
+            };
             if let Some(cap) = cfg.final_softcap {
                 z = ((z / cap)?.tanh()? * cap)?;
             }

@@ -4,10 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
 
+use super::layer::Weight;
+use crate::error::TensorContext;
 use crate::lora::{peft_names, Lora, LoraSettings};
+use crate::quant::{BaseFormat, QuantWeight};
 use crate::rng::SplitMix;
 use crate::weights::Weights;
 use crate::ModelError;
@@ -80,6 +84,9 @@ impl BaseSource {
 pub(crate) struct Builder {
     base: BaseSource,
     full: bool,
+    format: BaseFormat,
+    /// Weights held in a compact (non-f32) format, and their bytes.
+    pub quantized: (usize, usize),
     adapter: AdapterSource,
     /// Trainable parameters in load order, under their HF / PEFT names.
     pub params: Vec<(String, Var)>,
@@ -92,7 +99,7 @@ fn var(t: Tensor, dir: &Path, name: &str) -> Result<Var, ModelError> {
 }
 
 impl Builder {
-    pub fn new(base: BaseSource, trainable: &Trainable) -> Result<Self, ModelError> {
+    pub fn new(base: BaseSource, trainable: &Trainable, format: BaseFormat) -> Result<Self, ModelError> {
         let adapter = match trainable {
             Trainable::Frozen | Trainable::Full => AdapterSource::None,
             Trainable::NewLora { settings, seed } => AdapterSource::Init { settings: settings.clone(), rng: SplitMix(*seed) },
@@ -102,7 +109,15 @@ impl Builder {
                 train: *train,
             },
         };
-        Ok(Self { base, full: matches!(trainable, Trainable::Full), adapter, params: vec![], used_adapter: BTreeSet::new(), lora_count: 0 })
+        let full = matches!(trainable, Trainable::Full);
+        if full && format != BaseFormat::F32 {
+            return Err(ModelError::Config {
+                path: base.dir().join("config.json"),
+                key: "load_in_4bit".into(),
+                message: format!("base weights as {format:?} are frozen: full fine-tuning needs f32 (use LoRA)"),
+            });
+        }
+        Ok(Self { base, full, format, quantized: (0, 0), adapter, params: vec![], used_adapter: BTreeSet::new(), lora_count: 0 })
     }
 
     /// The LoRA settings in use, if any.
@@ -123,6 +138,24 @@ impl Builder {
         let t = v.as_tensor().clone();
         self.params.push((name.to_string(), v));
         Ok(t)
+    }
+
+    /// A linear layer's `[out, inp]` weight: f32 (a variable under full fine-tuning), or frozen
+    /// in the base format.
+    pub fn linear_weight(&mut self, name: &str, out: usize, inp: usize) -> Result<Weight, ModelError> {
+        if self.full || self.format == BaseFormat::F32 {
+            return Ok(Weight::Dense(self.weight(name, &[out, inp])?));
+        }
+        let t = self.base.get(name, &[out, inp])?;
+        let data = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).during(|| format!("reading {name}"))?;
+        Ok(match QuantWeight::new(&data, out, inp, self.format) {
+            Some(q) => {
+                self.quantized.0 += out * inp;
+                self.quantized.1 += q.bytes();
+                Weight::Quant(Arc::new(q))
+            }
+            None => Weight::Dense(t),
+        })
     }
 
     /// The adapter of linear module `module` (`[out, inp]`), if it is a target.

@@ -7,6 +7,7 @@
 mod cross_entropy;
 mod glu;
 mod matvec;
+mod qmatmul;
 mod rms_norm;
 mod rope;
 mod softmax;
@@ -14,7 +15,8 @@ mod softmax;
 pub use cross_entropy::{linear_cross_entropy, CrossEntropy};
 pub use glu::{glu, Activation};
 pub use matvec::{matvec, MATVEC_MAX_ROWS};
-pub(crate) use matvec::dot;
+pub use qmatmul::qmatmul;
+pub(crate) use matvec::{dot, dot_bf16};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTable};
 pub use softmax::softmax_last_dim;
