@@ -40,9 +40,11 @@ def bench(args):
     import torch
     from transformers import LlamaForCausalLM
     prompt = json.load(open(os.path.join(args.dir, "prompt.json")))
-    out = subprocess.run([args.sft, args.dir, os.path.join(args.dir, "prompt.json"), str(args.new), str(args.runs)],
-                         check=True, capture_output=True, text=True).stdout
-    ours = json.loads(out.strip().splitlines()[-1])
+    def sft(dtype):
+        out = subprocess.run([args.sft, args.dir, os.path.join(args.dir, "prompt.json"), str(args.new), str(args.runs), dtype],
+                             check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    ours, ours_bf16 = sft("f32"), sft("bf16")
 
     model = LlamaForCausalLM.from_pretrained(args.dir, dtype=torch.float32).eval()
     ids = torch.tensor([prompt])
@@ -58,11 +60,11 @@ def bench(args):
     same = next((i for i, (a, b) in enumerate(zip(ours["token_ids"], theirs)) if a != b), len(theirs))
     print(f"greedy decoding, SmolLM2-135M shape (f32, random init), prompt {len(prompt)} tokens, "
           f"{args.new} new, best of {args.runs}, torch threads {torch.get_num_threads()}")
-    print(f"{'':14}{'seconds':>10}{'tokens/s':>10}")
-    print(f"{'sft':14}{ours['seconds']:>10.3f}{ours['tokens_per_s']:>10.1f}")
-    print(f"{'transformers':14}{best:>10.3f}{tps:>10.1f}")
-    print(f"ratio sft/transformers: {ours['tokens_per_s'] / tps:.2f}x")
-    print(f"first {same} of {len(theirs)} new tokens identical")
+    print(f"{'':22}{'seconds':>10}{'tokens/s':>10}{'vs transformers':>17}")
+    for name, r in [("sft f32", ours), ("sft bf16 weights", ours_bf16)]:
+        print(f"{name:22}{r['seconds']:>10.3f}{r['tokens_per_s']:>10.1f}{r['tokens_per_s'] / tps:>16.2f}x")
+    print(f"{'transformers f32':22}{best:>10.3f}{tps:>10.1f}{1:>16.2f}x")
+    print(f"sft f32: first {same} of {len(theirs)} new tokens identical to transformers")
 
 
 def main():

@@ -10,7 +10,7 @@ use super::kv_cache::{AttentionShape, KvCache};
 use super::params::Builder;
 use crate::config::ModelConfig;
 use crate::lora::{Dropout, Lora};
-use crate::ops::{glu, matvec, qmatmul, rms_norm, rope, softmax_last_dim, RopeTable, MATVEC_MAX_ROWS};
+use crate::ops::{frozen_matmul, glu, matvec, qmatmul, rms_norm, rope, softmax_last_dim, RopeTable, MATVEC_MAX_ROWS};
 use crate::quant::QuantWeight;
 use crate::ModelError;
 
@@ -53,13 +53,15 @@ impl Linear {
     }
 }
 
-/// `x·Wᵀ`: a few rows through which no gradient flows (decoding) take the bandwidth-bound
-/// matrix-vector kernel, everything else the GEMM.
+/// `x·Wᵀ` by the cheapest route: a trainable weight through candle's matmul (both gradients); a
+/// frozen one with a gradient to `x` only; a few rows through which no gradient flows
+/// (decoding) through the bandwidth-bound matrix-vector kernel.
 pub(crate) fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if x.dims2()?.0 <= MATVEC_MAX_ROWS && !x.track_op() && !weight.track_op() {
-        matvec(x, weight)
-    } else {
-        x.matmul(&weight.t()?)
+    match (x.track_op(), weight.track_op()) {
+        (_, true) => x.matmul(&weight.t()?),
+        (true, false) => frozen_matmul(x, weight),
+        (false, false) if x.dims2()?.0 <= MATVEC_MAX_ROWS => matvec(x, weight),
+        (false, false) => x.matmul(&weight.t()?),
     }
 }
 

@@ -7,7 +7,7 @@
 mod cross_entropy;
 mod glu;
 mod matvec;
-mod qmatmul;
+mod frozen_matmul;
 mod rms_norm;
 mod rope;
 mod softmax;
@@ -15,7 +15,7 @@ mod softmax;
 pub use cross_entropy::{linear_cross_entropy, CrossEntropy};
 pub use glu::{glu, Activation};
 pub use matvec::{matvec, MATVEC_MAX_ROWS};
-pub use qmatmul::qmatmul;
+pub use frozen_matmul::{frozen_matmul, qmatmul};
 pub(crate) use matvec::{dot, dot_bf16};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTable};

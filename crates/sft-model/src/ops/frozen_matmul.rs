@@ -1,12 +1,16 @@
-//! `x·Wᵀ` with a frozen compact weight (bf16 or NF4, [`QuantWeight`]). The weight is dequantized
-//! to f32 a tile of rows at a time (at most [`TILE_FLOATS`] floats live at once), both in the
-//! forward pass and in the backward pass, which returns the gradient of `x` only (the weight is
-//! frozen): `dx = dy·W`. LoRA adapters before a quantized layer therefore still learn. A few rows
+//! `x·Wᵀ` with a frozen weight: the backward pass returns the gradient of `x` only (`dx = dy·W`).
+//! candle's matmul backward always computes the weight's gradient too, even for a constant
+//! weight; under LoRA that is a third of a training step's FLOPs spent on a result thrown away.
+//!
+//! [`frozen_matmul`] takes an f32 weight; [`qmatmul`] a compact one (bf16 or NF4,
+//! [`QuantWeight`]), dequantized to f32 a tile of rows at a time (at most [`TILE_FLOATS`] floats
+//! live at once) in both passes, so LoRA adapters before a quantized layer still learn. A few rows
 //! (decoding) skip the tiles and dot each weight row straight from its compact form.
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{cpu_f32, MATVEC_MAX_ROWS};
@@ -14,6 +18,35 @@ use crate::quant::QuantWeight;
 
 /// Most f32 values of a dequantized tile (16 MiB).
 const TILE_FLOATS: usize = 1 << 22;
+
+/// `x` `[n, in]` times the frozen f32 `weight` `[out, in]` transposed → `[n, out]`; no gradient
+/// reaches `weight`.
+pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&weight.contiguous()?, FrozenMatMul)
+}
+
+struct FrozenMatMul;
+
+impl CustomOp2 for FrozenMatMul {
+    fn name(&self) -> &'static str {
+        "sft-frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (&[n, inp], &[out, w_in]) = (l1.dims(), l2.dims()) else {
+            candle_core::bail!("frozen_matmul: expects x [n, in] and weight [out, in], got {:?} and {:?}", l1.dims(), l2.dims());
+        };
+        if inp != w_in {
+            candle_core::bail!("frozen_matmul: x {:?} does not fit weight {:?}", l1.dims(), l2.dims());
+        }
+        let y = s1.matmul(s2, (1, n, out, inp), l1, &l2.transpose(0, 1)?)?;
+        Ok((y, Shape::from((n, out))))
+    }
+
+    fn bwd(&self, _x: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(weight)?), None))
+    }
+}
 
 /// `x` `[n, in]` times the quantized `[out, in]` weight transposed → `[n, out]`.
 pub fn qmatmul(x: &Tensor, weight: &Arc<QuantWeight>) -> Result<Tensor> {
@@ -105,6 +138,20 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn frozen_matmul_gives_the_input_gradient_of_the_matmul_and_none_to_the_weight() -> Result<()> {
+        let x = candle_core::Var::from_tensor(&random(&[20, 33], 1)?)?;
+        let w = candle_core::Var::from_tensor(&random(&[7, 33], 2)?)?;
+        let ours = frozen_matmul(x.as_tensor(), w.as_tensor())?;
+        let reference = x.as_tensor().matmul(&w.as_tensor().t()?)?;
+        assert!((&ours - &reference)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+        let (g_ours, g_ref) = (weighted_sum(&ours, 4)?.backward()?, weighted_sum(&reference, 4)?.backward()?);
+        let (a, b) = (g_ours.get(x.as_tensor()).expect("x gradient"), g_ref.get(x.as_tensor()).expect("x gradient"));
+        assert!((a - b)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+        assert!(g_ours.get(w.as_tensor()).is_none(), "the frozen weight gets no gradient");
+        check(&[random(&[5, 33], 3)?], |t| weighted_sum(&frozen_matmul(&t[0], w.as_tensor())?, 2), 2e-2)
     }
 
     #[test]
