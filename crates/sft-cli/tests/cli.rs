@@ -623,3 +623,20 @@ fn generate_takes_a_prompt_a_messages_file_or_a_scored_batch() {
     let out = sft(&["generate", "--model", model, "--messages", bad.to_str().unwrap()]);
     assert!(!out.status.success() && stderr(&out).contains("generate-bad-messages.json"), "{}", stderr(&out));
 }
+
+#[test]
+fn gradient_checkpointing_trains_the_same_run() {
+    let runs: Vec<Vec<f64>> = [("gc-off", ""), ("gc-on", "gradient_checkpointing: true\n")]
+        .iter()
+        .map(|(name, extra)| {
+            let dir = tiny_run(name, extra);
+            let out = sft(&["train", dir.join("train.yaml").to_str().unwrap(), "--set", "max_steps=4"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            logged_losses(&dir.join("out/checkpoint-4"))
+        })
+        .collect();
+    assert_eq!(runs[0].len(), 4);
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        assert!(((a - b) / a).abs() < 1e-6, "{:?} vs {:?}", runs[0], runs[1]);
+    }
+}

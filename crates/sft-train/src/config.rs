@@ -106,6 +106,9 @@ pub struct RawTrainConfig {
     pub target_modules: Value,
     #[serde(default)]
     pub use_rslora: bool,
+    /// Recompute each layer in the backward pass instead of keeping its activations.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// QLoRA: frozen base linear weights in 4-bit NF4 (LoRA only).
     #[serde(default)]
     pub load_in_4bit: bool,
@@ -197,7 +200,7 @@ const KEYS: &[&str] = &[
     "packing", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "max_grad_norm", "adam_beta1",
     "adam_beta2", "adam_epsilon", "seed", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "lora_r",
-    "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "load_in_4bit", "bnb_4bit_use_double_quant",
+    "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "gradient_checkpointing", "load_in_4bit", "bnb_4bit_use_double_quant",
     "bnb_4bit_quant_type",
 ];
 
@@ -278,6 +281,8 @@ pub struct TrainConfig {
     pub save_steps: usize,
     /// Keep at most this many checkpoints.
     pub save_total_limit: Option<usize>,
+    /// Recompute layers in the backward pass (less memory).
+    pub gradient_checkpointing: bool,
     /// How the frozen base linear weights are held (f32, or NF4 with load_in_4bit).
     pub base_format: BaseFormat,
     /// The raw form, saved next to the checkpoints.
@@ -425,6 +430,7 @@ impl RawTrainConfig {
             eval_steps: self.eval_steps.filter(|&n| n > 0),
             save_steps: self.save_steps,
             save_total_limit: self.save_total_limit,
+            gradient_checkpointing: self.gradient_checkpointing,
             base_format,
             raw: self.clone(),
         })

@@ -83,7 +83,7 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
         })?),
         Some(Resume::Path(p)) => Some(p.clone()),
     };
-    let model = match (&cfg.method, &resume_dir) {
+    let mut model = match (&cfg.method, &resume_dir) {
         (Method::Full, None) => Model::load(&cfg.model, &Trainable::Full)?,
         (Method::Full, Some(dir)) => Model::load(dir, &Trainable::Full)?,
         (Method::Lora(settings), None) => {
@@ -91,6 +91,7 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
         }
         (Method::Lora(_), Some(dir)) => Model::load_as(&cfg.model, &Trainable::Adapter { dir: dir.clone(), train: true }, cfg.base_format)?,
     };
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing);
     let adam = AdamWConfig { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.adam_epsilon, weight_decay: cfg.weight_decay };
     let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
     let mut state = TrainerState {
@@ -170,7 +171,7 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
             let loss = model.loss_with(batch, Some(dropout_seed))?;
             loss_sum += during(loss.sum.to_scalar::<f32>(), || format!("step {step}: reading the loss"))? as f64;
             let scaled = during(loss.sum.affine(1.0 / targets.max(1) as f64, 0.0), || format!("step {step}: scaling the loss"))?;
-            let store = during(scaled.backward(), || format!("step {step}: backward"))?;
+            let store = model.backward(&scaled)?;
             accumulate(&mut grads, &store, &model)?;
         }
         let loss = loss_sum / targets.max(1) as f64;

@@ -66,6 +66,7 @@ pub(crate) fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 }
 
 /// Per-forward inputs shared by every layer.
+#[derive(Debug)]
 pub(crate) struct Context {
     pub batch: usize,
     pub seq: usize,

@@ -7,11 +7,13 @@ mod batch;
 mod kv_cache;
 mod layer;
 mod params;
+mod recompute;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 pub use batch::{Batch, Sequence, IGNORE};
@@ -28,10 +30,11 @@ pub use kv_cache::KvCache;
 use layer::{Context, Layer};
 use crate::rng::SplitMix;
 use params::{BaseSource, Builder};
+use recompute::{Pending, Recompute};
 
 /// A loaded decoder model.
 pub struct Model {
-    config: ModelConfig,
+    config: Arc<ModelConfig>,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -43,6 +46,12 @@ pub struct Model {
     lora: Option<LoraSettings>,
     /// Linear weights held in a compact format, and their bytes.
     quantized: (usize, usize),
+    /// Gradient checkpointing: layers keep only their inputs and run again in the backward pass.
+    checkpointing: bool,
+    /// Each layer's trainable parameters (for checkpointing).
+    layer_params: Vec<Vec<Tensor>>,
+    /// Parameter gradients from recomputed layers, for [`Model::backward`].
+    pending: Pending,
 }
 
 /// A summed loss and how many target tokens it covers.
@@ -157,7 +166,46 @@ impl Model {
             _ => None,
         };
         let lora = b.lora_settings().cloned();
-        Ok(Self { config, embed, layers, norm, lm_head, decode_head, params: b.params, lora, quantized: b.quantized })
+        let layer_params = (0..layers.len())
+            .map(|i| {
+                let prefix = format!("model.layers.{i}.");
+                b.params.iter().filter(|(n, _)| n.contains(&prefix)).map(|(_, v)| v.as_tensor().clone()).collect()
+            })
+            .collect();
+        Ok(Self {
+            config: Arc::new(config),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            decode_head,
+            params: b.params,
+            lora,
+            quantized: b.quantized,
+            checkpointing: false,
+            layer_params,
+            pending: Pending::default(),
+        })
+    }
+
+    /// Turns gradient checkpointing on or off (training: less memory, one more forward pass).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
+    /// Backpropagates `loss`: the gradients of every parameter, including those computed inside
+    /// checkpointed layers.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore, ModelError> {
+        let mut store = loss.backward().during(|| "backward".into())?;
+        let pending = std::mem::take(&mut *self.pending.lock().map_err(|_| ModelError::Batch("gradient checkpointing: a backward pass panicked".into()))?);
+        for (param, grad) in pending {
+            let sum = match store.remove(&param) {
+                Some(prev) => (prev + grad).during(|| "adding recomputed gradients".into())?,
+                None => grad,
+            };
+            store.insert(&param, sum);
+        }
+        Ok(store)
     }
 
     /// The resolved configuration.
@@ -204,8 +252,16 @@ impl Model {
         if let Some(s) = cfg.embed_scale {
             h = (h * s as f64).during(|| "scaling embeddings".into())?;
         }
+        let cx = Arc::new(cx);
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h, cfg, &cx, None).during(|| format!("model.layers.{i}"))?;
+            h = if self.checkpointing && h.track_op() {
+                let params = self.layer_params[i].clone();
+                let op = Recompute { layer: layer.clone(), cfg: self.config.clone(), cx: cx.clone(), params, pending: self.pending.clone() };
+                op.forward(&h)
+            } else {
+                layer.forward(&h, cfg, &cx, None)
+            }
+            .during(|| format!("model.layers.{i}"))?;
         }
         rms_norm(&h, &self.norm, cfg.rms_norm_eps, cfg.norm_offset).during(|| "model.norm".into())
     }

@@ -11,7 +11,7 @@ use sft_model::model::{Batch, Model, Sequence, Trainable};
 use crate::common::{model_fixture, json, relative_error, tensors};
 
 const TOL: f32 = 1e-4;
-const CASES: &[&str] = &["llama", "llama3", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3"];
+pub(crate) const CASES: &[&str] = &["llama", "llama3", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3"];
 
 fn ints<T: TryFrom<i64>>(v: &Value) -> Vec<T> {
     v.as_array()
@@ -60,7 +60,7 @@ impl Mismatches {
 }
 
 /// The fixture's two-row batch (`inputs.json` key `batch`).
-fn fixture_batch(inputs: &Value) -> Batch {
+pub(crate) fn fixture_batch(inputs: &Value) -> Batch {
     let (ids, labels): (Vec<Vec<u32>>, Vec<Vec<i32>>) = (rows(&inputs["batch"]["input_ids"]), rows(&inputs["batch"]["labels"]));
     let seqs: Vec<Sequence> = ids.iter().zip(&labels).map(|(i, l)| Sequence::single(i, l)).collect();
     Batch::new(&seqs, 0).expect("batch")

@@ -1,0 +1,94 @@
+//! Benchmark helper for scripts/bench-train.sh (not a test): the time of one training step
+//! (forward, masked loss, backward, AdamW) on synthetic sequences, and the peak resident memory.
+//! Usage: bench_train MODEL_DIR lora|full STEPS SEQ BATCH [gc] → one JSON line on stdout
+//! (`gc`: gradient checkpointing):
+//! {"step_seconds": [...], "tokens_per_s", "peak_rss_mib", "matmul_gflops", "trainable"}.
+//! Every sequence has its first half masked (-100) and trains on the second half; ids are a
+//! fixed pseudo-random function of the position, as in scripts/bench_train.py.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use sft_model::lora::{LoraSettings, Targets};
+use sft_model::model::{Batch, Model, Sequence, Trainable};
+use sft_train::optim::{AdamW, AdamWConfig};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (checkpointing, args) = match args.as_slice() {
+        [rest @ .., last] if last == "gc" => (true, rest),
+        all => (false, all),
+    };
+    let [_, dir, mode, steps, seq, batch] = args else {
+        return Err("usage: bench_train MODEL_DIR lora|full STEPS SEQ BATCH [gc]".into());
+    };
+    let (steps, seq, batch): (usize, usize, usize) = (steps.parse()?, seq.parse()?, batch.parse()?);
+    let trainable = match mode.as_str() {
+        "full" => Trainable::Full,
+        "lora" => Trainable::NewLora {
+            settings: LoraSettings { r: 16, alpha: 32.0, use_rslora: false, dropout: 0.0, targets: Targets::AllLinear },
+            seed: 0,
+        },
+        other => return Err(format!("mode {other:?}: expected lora or full").into()),
+    };
+    let mut model = Model::load(&PathBuf::from(dir), &trainable)?;
+    model.set_gradient_checkpointing(checkpointing);
+    let vocab = model.config().vocab_size as u64;
+    let rows: Vec<(Vec<u32>, Vec<i32>)> = (0..batch)
+        .map(|b| {
+            let ids: Vec<u32> = (0..seq).map(|t| (3 + ((b * seq + t) as u64 * 2_654_435_761 % (vocab - 3))) as u32).collect();
+            let labels = ids.iter().enumerate().map(|(t, &i)| if t < seq / 2 { -100 } else { i as i32 }).collect();
+            (ids, labels)
+        })
+        .collect();
+    let sequences: Vec<Sequence<'_>> = rows.iter().map(|(i, l)| Sequence::single(i, l)).collect();
+    let data = Batch::new(&sequences, 0)?;
+    let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
+    let mut times = vec![];
+    // One untimed warm-up step, then `steps` timed ones.
+    for step in 0..=steps {
+        let start = Instant::now();
+        let loss = model.loss(&data)?;
+        let grads = model.backward(&loss.mean()?)?;
+        let grads: Vec<Tensor> = model
+            .params()
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
+            .collect::<Result<_, _>>()?;
+        optimizer.step(&grads, 1e-4)?;
+        if step > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let trainable: usize = model.params().iter().map(|(_, v)| v.elem_count()).sum();
+    let line = serde_json::json!({
+        "step_seconds": times, "tokens_per_s": (seq * batch) as f64 / mean, "peak_rss_mib": peak_rss_mib(),
+        "matmul_gflops": matmul_gflops(seq * batch, model.config().hidden_size, model.config().intermediate_size)?,
+        "trainable": trainable,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// f32 GEMM speed on this machine: `[n, d] · [f, d]ᵀ`, best of 5 (candle's matmul).
+fn matmul_gflops(n: usize, d: usize, f: usize) -> candle_core::Result<f64> {
+    let x = Tensor::randn(0f32, 1.0, (n, d), &Device::Cpu)?;
+    let w = Tensor::randn(0f32, 1.0, (f, d), &Device::Cpu)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let _ = x.matmul(&w.t()?)?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n * d * f) as f64 / best / 1e9)
+}
+
+/// Peak resident memory of the process (VmHWM of /proc/self/status), in MiB; 0 where unknown.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kib.unwrap_or(0.0) / 1024.0
+}

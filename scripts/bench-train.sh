@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): training-step speed and peak memory of sft vs transformers (+PEFT) on a
+# random SmolLM2-135M-shaped Llama, seq 512 x batch 2, half of each sequence masked; LoRA r=16 on
+# all linear layers, and full fine-tuning. Each run is its own process (peak RSS per process).
+# Prints tokens/s, peak RSS, the ratios, and the achieved GFLOP/s against the measured f32 GEMM
+# speed. Needs .venv (scripts/setup-reference-venv.sh). Keep the machine quiet while it runs.
+# Usage: scripts/bench-train.sh [STEPS] (default 3 timed steps after one warm-up step)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="$ROOT/.venv/bin/python"
+[ -x "$PY" ] || { echo "no .venv: run scripts/setup-reference-venv.sh" >&2; exit 1; }
+export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+STEPS="${1:-3}" SEQ=512 BATCH=2
+cargo build --release --locked -q --example bench_train
+WORK="$ROOT/target/bench-generate"   # the same random model as the decoding benchmark
+[ -f "$WORK/model.safetensors" ] || { mkdir -p "$WORK" && "$PY" scripts/bench_generate.py make "$WORK"; }
+OUT="$ROOT/target/bench-train" && mkdir -p "$OUT"
+for mode in lora full; do
+  target/release/examples/bench_train "$WORK" $mode "$STEPS" $SEQ $BATCH > "$OUT/sft-$mode.json"
+  "$PY" scripts/bench_train.py "$WORK" $mode "$STEPS" $SEQ $BATCH 2>/dev/null > "$OUT/hf-$mode.json"
+done
+"$PY" scripts/bench_train.py "$WORK" lora "$STEPS" $SEQ $BATCH --autocast-bf16 2>/dev/null > "$OUT/hf-lora-bf16.json"
+"$PY" - "$OUT" $SEQ $BATCH <<'PY'
+import json, sys
+out, seq, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+r = {k: json.load(open(f"{out}/{k}.json")) for k in ["sft-lora", "hf-lora", "sft-full", "hf-full", "hf-lora-bf16"]}
+# Nominal FLOPs of a step (as transformers does it: every row through lm_head): 2 per MAC forward,
+# 2 for the input gradient, 2 more for weight gradients under full fine-tuning; attention QK and PV.
+d, f, L, v, h = 576, 1536, 30, 49152, 9
+T = seq * batch
+linear = L * (d * d * 2 + d * 192 * 2 + 3 * d * f)
+attn = L * 2 * 2 * seq * seq * d * batch / 2  # causal half, QK and PV
+fwd = 2 * linear * T + 2 * v * d * T + attn
+flops = {"lora": 2 * fwd, "full": 3 * fwd}
+peak = r["sft-lora"]["matmul_gflops"]
+print(f"training step, SmolLM2-135M shape (random init), seq {seq} x batch {batch}, half masked; f32 GEMM peak here {peak:.0f} GFLOP/s")
+print(f"{'':26}{'tokens/s':>10}{'peak RSS MiB':>14}{'GFLOP/s':>9}{'speed ratio':>13}{'RSS ratio':>11}")
+for mode in ["lora", "full"]:
+    for who in ["sft", "hf"]:
+        x = r[f"{who}-{mode}"]
+        g = flops[mode] / (T / x["tokens_per_s"]) / 1e9
+        name = f"{'sft' if who == 'sft' else 'transformers' + ('+PEFT' if mode == 'lora' else '')} {mode}"
+        ratio = "" if who == "hf" else f"{x['tokens_per_s'] / r[f'hf-{mode}']['tokens_per_s']:>12.2f}x{x['peak_rss_mib'] / r[f'hf-{mode}']['peak_rss_mib']:>10.2f}x"
+        print(f"{name:26}{x['tokens_per_s']:>10.1f}{x['peak_rss_mib']:>14.0f}{g:>9.0f}{ratio}")
+x = r["hf-lora-bf16"]
+print(f"{'transformers+PEFT lora bf16 autocast':26}{x['tokens_per_s']:>10.1f}{x['peak_rss_mib']:>14.0f}")
+PY
