@@ -106,23 +106,22 @@ impl Batch {
         Ok(Self { input_ids, batch: sequences.len(), seq, positions, segments, target_rows, targets })
     }
 
-    /// The additive attention mask `[batch, 1, seq, seq]`: 0 where query `i` may attend key `j`
-    /// (same segment, `j ≤ i`, and within `window` when given), −∞ elsewhere.
-    pub fn attention_mask(&self, window: Option<usize>) -> candle_core::Result<Tensor> {
-        let (b, t) = (self.batch, self.seq);
-        let mut mask = vec![f32::NEG_INFINITY; b * t * t];
-        for row in 0..b {
-            let seg = &self.segments[row * t..(row + 1) * t];
-            for i in 0..t {
-                let out = &mut mask[(row * t + i) * t..(row * t + i + 1) * t];
-                for j in 0..=i {
-                    if seg[j] == seg[i] && window.is_none_or(|w| i - j < w) {
-                        out[j] = 0.0;
-                    }
+    /// For every token (`batch·seq`), the first position of its row it may attend to: its
+    /// segment's start, or later within a sliding `window`; it sees that key through itself.
+    pub fn attention_starts(&self, window: Option<usize>) -> Vec<u32> {
+        let t = self.seq;
+        let mut first = Vec::with_capacity(self.segments.len());
+        for row in self.segments.chunks(t) {
+            let mut start = 0;
+            for (i, seg) in row.iter().enumerate() {
+                if i > 0 && *seg != row[i - 1] {
+                    start = i;
                 }
+                let windowed = window.map_or(0, |w| (i + 1).saturating_sub(w));
+                first.push(start.max(windowed) as u32);
             }
         }
-        Tensor::from_vec(mask, (b, 1, t, t), &Device::Cpu)
+        first
     }
 }
 
@@ -158,14 +157,12 @@ mod tests {
     }
 
     #[test]
-    fn mask_keeps_rows_apart_and_applies_the_window() -> candle_core::Result<()> {
-        let batch = Batch::new(&[Sequence::packed(&[1, 2, 3, 4], &[IGNORE; 4], &[0, 1, 4])], 0).expect("valid");
-        let m = batch.attention_mask(Some(2))?.flatten_all()?.to_vec1::<f32>()?;
-        let allowed: Vec<Vec<bool>> = (0..4).map(|i| (0..4).map(|j| m[i * 4 + j] == 0.0).collect()).collect();
-        assert_eq!(allowed[0], vec![true, false, false, false]);
-        assert_eq!(allowed[1], vec![false, true, false, false]);
-        assert_eq!(allowed[3], vec![false, false, true, true]);
-        Ok(())
+    fn attention_starts_keep_rows_apart_and_apply_the_window() {
+        let batch = Batch::new(&[Sequence::packed(&[1, 2, 3, 4, 5], &[IGNORE; 5], &[0, 1, 5]), Sequence::single(&[1, 2], &[IGNORE; 2])], 0)
+            .expect("valid");
+        // Row 0: segments [0, 1) and [1, 5); row 1: one segment, then padding (its own segment).
+        assert_eq!(batch.attention_starts(None), vec![0, 1, 1, 1, 1, 0, 0, 2, 2, 2]);
+        assert_eq!(batch.attention_starts(Some(2)), vec![0, 1, 1, 2, 3, 0, 0, 2, 2, 3]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::kv_cache::{AttentionShape, KvCache};
 use super::params::Builder;
 use crate::config::ModelConfig;
 use crate::lora::{Dropout, Lora};
-use crate::ops::{frozen_matmul, glu, matvec, qmatmul, rms_norm, rope, softmax_last_dim, RopeTable, MATVEC_MAX_ROWS};
+use crate::ops::{attention, frozen_matmul, glu, matvec, qmatmul, rms_norm, rope, AttentionSpec, RopeTable, MATVEC_MAX_ROWS};
 use crate::quant::QuantWeight;
 use crate::ModelError;
 
@@ -70,8 +70,8 @@ pub(crate) fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 pub(crate) struct Context {
     pub batch: usize,
     pub seq: usize,
-    /// Attention masks, one per distinct window (`None` = causal only).
-    pub masks: Vec<(Option<usize>, Tensor)>,
+    /// First key position of every token, one list per distinct window (`None` = causal only).
+    pub starts: Vec<(Option<usize>, Arc<Vec<u32>>)>,
     /// RoPE tables per layer (layers of one kind share theirs).
     pub ropes: Vec<Arc<RopeTable>>,
     /// LoRA dropout of this forward pass (training only).
@@ -79,12 +79,12 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    fn mask(&self, window: Option<usize>) -> Result<&Tensor> {
-        self.masks
+    fn starts(&self, window: Option<usize>) -> Result<&Arc<Vec<u32>>> {
+        self.starts
             .iter()
             .find(|(w, _)| *w == window)
-            .map(|(_, m)| m)
-            .ok_or_else(|| candle_core::Error::Msg(format!("no attention mask for window {window:?}")))
+            .map(|(_, s)| s)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no attention ranges for window {window:?}")))
     }
 }
 
@@ -224,17 +224,13 @@ impl Layer {
             let out = cache.attend(&flat(&q)?, &flat(&k)?, &flat(&v)?, &shape);
             return self.attn.o.forward(&Tensor::from_vec(out, (t, nh * hd), x.device())?, cx.dropout);
         }
-        let [q, k, v] = [q, k, v].map(|x| x.transpose(1, 2)?.contiguous());
-        let (q, k, v) = (q?, k?, v?);
-        let k = repeat_kv(k, nh / nkv)?;
-        let v = repeat_kv(v, nh / nkv)?;
-        let mut scores = (q.matmul(&k.t()?)? * cfg.attention_scale)?;
-        if let Some(cap) = cfg.attn_softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
-        }
         let window = cfg.layers[self.index].sliding_window;
-        let probs = softmax_last_dim(&scores.broadcast_add(cx.mask(window)?)?)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+        let spec = AttentionSpec {
+            scale: cfg.attention_scale as f32,
+            softcap: cfg.attn_softcap.map(|c| c as f32),
+            first: cx.starts(window)?.clone(),
+        };
+        let out = attention(&q, &k, &v, &spec)?.reshape((b * t, nh * hd))?;
         self.attn.o.forward(&out, cx.dropout)
     }
 
@@ -248,13 +244,4 @@ impl Layer {
             }
         }
     }
-}
-
-/// `[b, kv, t, d]` → `[b, kv·n, t, d]`, each key/value head repeated for its `n` query heads.
-fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x);
-    }
-    let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.broadcast_as((b, kv, n, t, d))?.reshape((b, kv * n, t, d))
 }

@@ -245,7 +245,7 @@ impl Model {
         if max as usize >= cfg.vocab_size {
             return Err(ModelError::Batch(format!("token id {max} is outside the vocabulary of {}", cfg.vocab_size)));
         }
-        let mut cx = self.context(batch).during(|| "building attention masks".into())?;
+        let mut cx = self.context(batch).during(|| "building attention ranges".into())?;
         let p = self.lora.as_ref().map_or(0.0, |l| l.dropout);
         cx.dropout = dropout_seed.filter(|_| p > 0.0).map(|seed| Dropout { p, seed });
         let mut h = self.embed.index_select(&ids, 0).during(|| "embedding".into())?;
@@ -309,22 +309,22 @@ impl Model {
     /// RoPE tables for new tokens at `positions` (the cache does the masking).
     fn cached_context(&self, positions: &[u32]) -> Context {
         let ropes = self.config.layers.iter().map(|l| Arc::new(RopeTable::new(positions, &l.rope.inv_freq))).collect();
-        Context { batch: 1, seq: positions.len(), masks: vec![], ropes, dropout: None }
+        Context { batch: 1, seq: positions.len(), starts: vec![], ropes, dropout: None }
     }
 
     fn context(&self, batch: &Batch) -> candle_core::Result<Context> {
-        let mut masks = vec![];
+        let mut starts = vec![];
         let mut tables: BTreeMap<Vec<u32>, Arc<RopeTable>> = BTreeMap::new();
         let mut ropes = vec![];
         for layer in &self.config.layers {
-            if !masks.iter().any(|(w, _)| *w == layer.sliding_window) {
-                masks.push((layer.sliding_window, batch.attention_mask(layer.sliding_window)?));
+            if !starts.iter().any(|(w, _)| *w == layer.sliding_window) {
+                starts.push((layer.sliding_window, Arc::new(batch.attention_starts(layer.sliding_window))));
             }
             let key: Vec<u32> = layer.rope.inv_freq.iter().map(|f| f.to_bits()).collect();
             let table = tables.entry(key).or_insert_with(|| Arc::new(RopeTable::new(&batch.positions, &layer.rope.inv_freq)));
             ropes.push(table.clone());
         }
-        Ok(Context { batch: batch.batch, seq: batch.seq, masks, ropes, dropout: None })
+        Ok(Context { batch: batch.batch, seq: batch.seq, starts, ropes, dropout: None })
     }
 
     /// Full logits `[batch, seq, vocab]` (tests and generation; training uses [`Model::loss`]).

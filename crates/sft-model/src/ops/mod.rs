@@ -4,6 +4,7 @@
 //!
 //! The kernels run on the CPU in f32 over contiguous inputs (callers make them contiguous).
 
+mod attention;
 mod cross_entropy;
 mod glu;
 mod matvec;
@@ -12,6 +13,7 @@ mod rms_norm;
 mod rope;
 mod softmax;
 
+pub use attention::{attention, AttentionSpec};
 pub use cross_entropy::{linear_cross_entropy, CrossEntropy};
 pub use glu::{glu, Activation};
 pub use matvec::{matvec, MATVEC_MAX_ROWS};
