@@ -1,6 +1,6 @@
 //! Benchmark helper for scripts/bench-generate.sh (not a test): greedy decoding speed of a model
 //! directory on given prompt ids, timed inside the process (model loading excluded), best of N.
-//! Usage: bench_generate MODEL_DIR PROMPT.json NEW_TOKENS RUNS [f32|bf16] → one JSON line on stdout:
+//! Usage: bench_generate MODEL_DIR PROMPT.json NEW_TOKENS RUNS [f32|bf16|nf4] → one JSON line on stdout:
 //! {"new_tokens", "seconds", "tokens_per_s", "token_ids", "rss_after_load_mib", "quantized_bytes"}.
 
 use std::path::PathBuf;
@@ -15,10 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (format, args) = match args.as_slice() {
         [rest @ .., last] if last == "bf16" => (BaseFormat::Bf16, rest),
         [rest @ .., last] if last == "f32" => (BaseFormat::F32, rest),
+        [rest @ .., last] if last == "nf4" => (BaseFormat::Nf4 { double_quant: true }, rest),
         all => (BaseFormat::F32, all),
     };
     let [_, dir, prompt, new, runs] = args else {
-        return Err("usage: bench_generate MODEL_DIR PROMPT.json NEW_TOKENS RUNS [f32|bf16]".into());
+        return Err("usage: bench_generate MODEL_DIR PROMPT.json NEW_TOKENS RUNS [f32|bf16|nf4]".into());
     };
     let prompt: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(prompt)?)?;
     let (new, runs): (usize, usize) = (new.parse()?, runs.parse()?);

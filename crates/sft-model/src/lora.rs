@@ -195,16 +195,21 @@ pub struct Dropout {
     pub seed: u64,
 }
 
+impl Dropout {
+    /// The mask of module `index` over `n` input elements: 0 with probability `p`, otherwise
+    /// 1/(1−p).
+    pub fn mask(&self, index: u64, n: usize) -> Vec<f32> {
+        let mut rng = SplitMix(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let keep = (1.0 / (1.0 - self.p)) as f32;
+        (0..n).map(|_| if rng.next_f64() < self.p { 0.0 } else { keep }).collect()
+    }
+}
+
 impl Lora {
     /// The update `s · (drop(x)·Aᵀ)·Bᵀ` for `x` of shape `[n, in]` (PEFT's order).
     pub fn forward(&self, x: &Tensor, dropout: Option<Dropout>) -> candle_core::Result<Tensor> {
         let x = match dropout {
-            Some(d) if d.p > 0.0 => {
-                let mut rng = SplitMix(d.seed ^ self.index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let keep = 1.0 / (1.0 - d.p);
-                let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_f64() < d.p { 0.0 } else { keep as f32 }).collect();
-                (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
-            }
+            Some(d) if d.p > 0.0 => (x * Tensor::from_vec(d.mask(self.index, x.elem_count()), x.shape(), x.device())?)?,
             _ => x.clone(),
         };
         x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scaling

@@ -10,21 +10,16 @@ use super::kv_cache::{AttentionShape, KvCache};
 use super::params::Builder;
 use crate::config::ModelConfig;
 use crate::lora::{Dropout, Lora};
-use crate::ops::{attention, frozen_matmul, glu, matvec, qmatmul, rms_norm, rope, AttentionSpec, RopeTable, MATVEC_MAX_ROWS};
-use crate::quant::QuantWeight;
+use crate::ops::{
+    attention, frozen_matmul, glu, lora_linear, matvec, qmatmul, rms_norm, rope, AttentionSpec, LinearWeight, LoraLinear, RopeTable,
+    MATVEC_MAX_ROWS,
+};
 use crate::ModelError;
-
-/// A linear layer's weight: f32 (trainable or not), or frozen in a compact format.
-#[derive(Debug, Clone)]
-pub(crate) enum Weight {
-    Dense(Tensor),
-    Quant(Arc<QuantWeight>),
-}
 
 /// A linear layer `x·Wᵀ + b`, optionally with a LoRA adapter.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    pub weight: Weight,
+    pub weight: LinearWeight,
     pub bias: Option<Tensor>,
     pub lora: Option<Lora>,
 }
@@ -39,9 +34,18 @@ impl Linear {
 
     /// `x` is `[n, in]`; `dropout` applies to the adapter's input while training.
     pub fn forward(&self, x: &Tensor, dropout: Option<Dropout>) -> Result<Tensor> {
+        let frozen = match &self.weight {
+            LinearWeight::Dense(w) => !w.track_op(),
+            LinearWeight::Quant(_) => true,
+        };
+        if let Some(l) = self.lora.as_ref().filter(|l| frozen && (l.a.track_op() || l.b.track_op())) {
+            // Training an adapter: one op that keeps only x, A and B for the backward pass.
+            let layer = LoraLinear { weight: self.weight.clone(), bias: self.bias.clone(), scaling: l.scaling, dropout: dropout.map(|d| (d, l.index)) };
+            return lora_linear(x, &l.a, &l.b, &layer);
+        }
         let mut y = match &self.weight {
-            Weight::Dense(w) => project(x, w)?,
-            Weight::Quant(q) => qmatmul(x, q)?,
+            LinearWeight::Dense(w) => project(x, w)?,
+            LinearWeight::Quant(q) => qmatmul(x, q)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;

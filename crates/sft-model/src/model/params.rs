@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
 
-use super::layer::Weight;
 use crate::error::TensorContext;
 use crate::lora::{peft_names, Lora, LoraSettings};
+use crate::ops::LinearWeight;
 use crate::quant::{BaseFormat, QuantWeight};
 use crate::rng::SplitMix;
 use crate::weights::Weights;
@@ -142,9 +142,9 @@ impl Builder {
 
     /// A linear layer's `[out, inp]` weight: f32 (a variable under full fine-tuning), or frozen
     /// in the base format.
-    pub fn linear_weight(&mut self, name: &str, out: usize, inp: usize) -> Result<Weight, ModelError> {
+    pub fn linear_weight(&mut self, name: &str, out: usize, inp: usize) -> Result<LinearWeight, ModelError> {
         if self.full || self.format == BaseFormat::F32 {
-            return Ok(Weight::Dense(self.weight(name, &[out, inp])?));
+            return Ok(LinearWeight::Dense(self.weight(name, &[out, inp])?));
         }
         let t = self.base.get(name, &[out, inp])?;
         let data = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).during(|| format!("reading {name}"))?;
@@ -152,9 +152,9 @@ impl Builder {
             Some(q) => {
                 self.quantized.0 += out * inp;
                 self.quantized.1 += q.bytes();
-                Weight::Quant(Arc::new(q))
+                LinearWeight::Quant(Arc::new(q))
             }
-            None => Weight::Dense(t),
+            None => LinearWeight::Dense(t),
         })
     }
 

@@ -7,6 +7,7 @@
 mod attention;
 mod cross_entropy;
 mod glu;
+mod lora_linear;
 mod matvec;
 mod frozen_matmul;
 mod rms_norm;
@@ -16,6 +17,7 @@ mod softmax;
 pub use attention::{attention, AttentionSpec};
 pub use cross_entropy::{linear_cross_entropy, CrossEntropy};
 pub use glu::{glu, Activation};
+pub use lora_linear::{lora_linear, LinearWeight, LoraLinear};
 pub use matvec::{matvec, MATVEC_MAX_ROWS};
 pub use frozen_matmul::{frozen_matmul, qmatmul};
 pub(crate) use matvec::{dot, dot_bf16};
