@@ -50,13 +50,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One untimed warm-up step, then `steps` timed ones.
     for step in 0..=steps {
         let start = Instant::now();
-        let loss = model.loss(&data)?;
-        let grads = model.backward(&loss.mean()?)?;
-        let grads: Vec<Tensor> = model
-            .params()
-            .iter()
-            .map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
-            .collect::<Result<_, _>>()?;
+        // The graph (activations) goes before the optimizer step, as in the trainer.
+        let grads: Vec<Tensor> = {
+            let store = model.backward(&model.loss(&data)?.mean()?)?;
+            model
+                .params()
+                .iter()
+                .map(|(_, v)| store.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
+                .collect::<Result<_, _>>()?
+        };
         optimizer.step(&grads, 1e-4)?;
         if step > 0 {
             times.push(start.elapsed().as_secs_f64());

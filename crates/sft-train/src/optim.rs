@@ -6,8 +6,10 @@
 //! (rank 1) are not decayed, as in nanoGPT and most HF recipes. [`AdamW::decay_counts`] gives the
 //! counts to print.
 //!
-//! Updates are computed with candle ops on the parameters' device, in f32 whatever the
-//! parameter dtype; every op is element-wise, so a run is bit-for-bit deterministic.
+//! Each parameter's update is one pass over its f32 data (parameter, gradient, both moments;
+//! parameters of other dtypes are updated in f32 and stored back in theirs),
+//! element by element in torch's order, so a run is bit-for-bit deterministic and only the new
+//! tensors are allocated.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -34,6 +36,7 @@
 use std::collections::{HashMap, HashSet};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
+use rayon::prelude::*;
 
 /// Errors from the optimizer, gradient clipping and optimizer-state loading.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,57 @@ fn on(name: &str) -> impl FnOnce(candle_core::Error) -> OptimError + '_ {
     move |source| OptimError::Tensor {
         name: name.to_string(),
         source,
+    }
+}
+
+/// The scalars of one AdamW step, in f32 as the update runs.
+struct Coefficients {
+    /// `1 − lr·wd` (applied to decayed parameters).
+    decay: f32,
+    /// `1 − β1`.
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    /// `1 / √(1 − β2ᵗ)`.
+    inv_bc2_sqrt: f32,
+    eps: f32,
+    /// `−lr / (1 − β1ᵗ)`.
+    step: f32,
+}
+
+impl Coefficients {
+    /// One pass over a parameter: new (p, m, v), element by element in torch's order:
+    /// p ← p·(1 − lr·wd); m ← m + (g − m)(1 − β1); v ← v·β2 + g²(1 − β2);
+    /// p ← p − step·m / (√v / √(1 − β2ᵗ) + ε).
+    fn update(&self, p: &[f32], g: &[f32], m: &[f32], v: &[f32], decay: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        const CHUNK: usize = 1 << 14;
+        let mut out = (vec![0f32; p.len()], vec![0f32; p.len()], vec![0f32; p.len()]);
+        out.0
+            .par_chunks_mut(CHUNK)
+            .zip(out.1.par_chunks_mut(CHUNK))
+            .zip(out.2.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, ((po, mo), vo))| {
+                let at = c * CHUNK;
+                for j in 0..po.len() {
+                    let (g, m, v) = (g[at + j], m[at + j], v[at + j]);
+                    let p = if decay { p[at + j] * self.decay } else { p[at + j] };
+                    let m = m + (g - m) * self.beta1;
+                    let v = v * self.beta2 + g * g * self.one_minus_beta2;
+                    let denom = v.sqrt() * self.inv_bc2_sqrt + self.eps;
+                    (po[j], mo[j], vo[j]) = (p + (m / denom) * self.step, m, v);
+                }
+            });
+        out
+    }
+}
+
+/// Runs `f` over a tensor's f32 data (contiguous, CPU).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(cpu), Some((start, end))) => f(&cpu.as_slice::<f32>()?[start..end]),
+        _ => Err(candle_core::Error::Msg("AdamW: expects contiguous f32 tensors on the CPU".into())),
     }
 }
 
@@ -341,32 +395,28 @@ impl AdamW {
         let bias_correction2 = 1.0 - c.beta2.powf(t);
         let step_size = lr / bias_correction1;
         let bias_correction2_sqrt = bias_correction2.powf(0.5);
+        let k = Coefficients {
+            decay: (1.0 - lr * c.weight_decay) as f32,
+            beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            inv_bc2_sqrt: (1.0 / bias_correction2_sqrt) as f32,
+            eps: c.eps as f32,
+            step: -step_size as f32,
+        };
         for (i, ((name, var), grad)) in self.params.iter().zip(grads).enumerate() {
-            let err = on(name);
-            let update =
-                |m: &Tensor, v: &Tensor| -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-                    let g = grad.detach().to_dtype(DType::F32)?;
-                    let mut p = var.as_tensor().detach().to_dtype(DType::F32)?;
-                    if self.decay[i] && c.weight_decay != 0.0 {
-                        p = p.affine(1.0 - lr * c.weight_decay, 0.0)?;
-                    }
-                    // torch: exp_avg.lerp_(grad, 1 - beta1)
-                    let m = m.add(&g.sub(m)?.affine(1.0 - c.beta1, 0.0)?)?;
-                    // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    let v = v
-                        .affine(c.beta2, 0.0)?
-                        .add(&g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
-                    // torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-                    let denom = (v.sqrt()? / bias_correction2_sqrt)?.affine(1.0, c.eps)?;
-                    // torch: param.addcdiv_(exp_avg, denom, value=-step_size)
-                    let p = p.add(&m.div(&denom)?.affine(-step_size, 0.0)?)?;
-                    Ok((p, m, v))
-                };
-            let (p, m, v) = update(&self.exp_avg[i], &self.exp_avg_sq[i]).map_err(err)?;
-            let p = p.to_dtype(var.dtype()).map_err(on(name))?;
-            var.set(&p).map_err(on(name))?;
-            self.exp_avg[i] = m;
-            self.exp_avg_sq[i] = v;
+            let decay = self.decay[i] && c.weight_decay != 0.0;
+            let grad = grad.to_dtype(DType::F32).and_then(|g| g.contiguous()).map_err(on(name))?;
+            let param = var.as_tensor().to_dtype(DType::F32).and_then(|p| p.contiguous()).map_err(on(name))?;
+            let (p, m, v) = with_f32(&param, |p| {
+                with_f32(&grad, |g| with_f32(&self.exp_avg[i], |m| with_f32(&self.exp_avg_sq[i], |v| Ok(k.update(p, g, m, v, decay)))))
+            })
+            .map_err(on(name))?;
+            let shape = var.shape().clone();
+            let tensor = |data: Vec<f32>| Tensor::from_vec(data, &shape, var.device()).map_err(on(name));
+            var.set(&tensor(p)?.to_dtype(var.dtype()).map_err(on(name))?).map_err(on(name))?;
+            self.exp_avg[i] = tensor(m)?;
+            self.exp_avg_sq[i] = tensor(v)?;
         }
         self.step_tensor = next_step;
         self.step += 1;
