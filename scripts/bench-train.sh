@@ -5,22 +5,15 @@
 # Prints tokens/s, peak RSS, the ratios, and the achieved GFLOP/s against the measured f32 GEMM
 # speed. Needs .venv (scripts/setup-reference-venv.sh). Keep the machine quiet while it runs.
 # Usage: scripts/bench-train.sh [STEPS] (default 3 timed steps after one warm-up step)
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-PY="$ROOT/.venv/bin/python"
-[ -x "$PY" ] || { echo "no .venv: run scripts/setup-reference-venv.sh" >&2; exit 1; }
-export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+source "$(dirname "${BASH_SOURCE[0]}")/bench-common.sh"
 STEPS="${1:-3}" SEQ=512 BATCH=2
 cargo build --release --locked -q --example bench_train
-WORK="$ROOT/target/bench-generate"   # the same random model as the decoding benchmark
-[ -f "$WORK/model.safetensors" ] || { mkdir -p "$WORK" && "$PY" scripts/bench_generate.py make "$WORK"; }
 OUT="$ROOT/target/bench-train" && mkdir -p "$OUT"
 for mode in lora full; do
-  target/release/examples/bench_train "$WORK" $mode "$STEPS" $SEQ $BATCH > "$OUT/sft-$mode.json"
-  "$PY" scripts/bench_train.py "$WORK" $mode "$STEPS" $SEQ $BATCH 2>/dev/null > "$OUT/hf-$mode.json"
+  target/release/examples/bench_train "$MODEL" $mode "$STEPS" $SEQ $BATCH > "$OUT/sft-$mode.json"
+  "$PY" scripts/bench_train.py "$MODEL" $mode "$STEPS" $SEQ $BATCH 2>/dev/null > "$OUT/hf-$mode.json"
 done
-"$PY" scripts/bench_train.py "$WORK" lora "$STEPS" $SEQ $BATCH --autocast-bf16 2>/dev/null > "$OUT/hf-lora-bf16.json"
+"$PY" scripts/bench_train.py "$MODEL" lora "$STEPS" $SEQ $BATCH --autocast-bf16 2>/dev/null > "$OUT/hf-lora-bf16.json"
 "$PY" - "$OUT" $SEQ $BATCH <<'PY'
 import json, sys
 out, seq, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

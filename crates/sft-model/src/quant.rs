@@ -183,7 +183,7 @@ impl QuantWeight {
     pub fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
         let start = r * self.cols;
         match &self.data {
-            Packed::Bf16(v) => super::ops::dot_bf16(&v[start..start + self.cols], x),
+            Packed::Bf16(v) => super::ops::dot(&v[start..start + self.cols], x),
             Packed::Nf4 { codes, scales } => {
                 let mut sum = 0f32;
                 let mut buf = [0f32; NF4_BLOCK];

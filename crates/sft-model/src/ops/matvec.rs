@@ -51,63 +51,52 @@ impl CustomOp2 for MatVec {
     }
 }
 
-/// Σ aᵢ·bᵢ with the AVX2+FMA instructions where the CPU has them.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// A weight element the dot product widens to f32: f32 itself, or bf16 bits (`u16`).
+pub(crate) trait Widen: Copy {
+    /// The value as f32.
+    fn widen(self) -> f32;
+}
+
+impl Widen for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Widen for u16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits((self as u32) << 16)
+    }
+}
+
+/// Σ wᵢ·xᵢ, with the AVX2+FMA instructions where the CPU has them.
+pub(crate) fn dot<W: Widen>(w: &[W], x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for (checked above).
-        return unsafe { dot_avx2(a, b) };
+        return unsafe { dot_avx2(w, x) };
     }
-    dot_portable(a, b)
+    dot_portable(w, x)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_portable(a, b)
-}
-
-/// Σ bf16(wᵢ)·xᵢ (`w` as bf16 bits), with AVX2+FMA where the CPU has them.
-pub(crate) fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for (checked above).
-        return unsafe { dot_bf16_avx2(w, x) };
-    }
-    dot_bf16_portable(w, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_bf16_avx2(w: &[u16], x: &[f32]) -> f32 {
-    dot_bf16_portable(w, x)
-}
-
-#[inline(always)]
-fn dot_bf16_portable(w: &[u16], x: &[f32]) -> f32 {
-    const LANES: usize = 32;
-    let mut acc = [0f32; LANES];
-    let (cw, cx) = (w.chunks_exact(LANES), x.chunks_exact(LANES));
-    let widen = |b: u16| f32::from_bits((b as u32) << 16);
-    let tail: f32 = cw.remainder().iter().zip(cx.remainder()).map(|(&b, y)| widen(b) * y).sum();
-    for (b, y) in cw.zip(cx) {
-        for k in 0..LANES {
-            acc[k] = widen(b[k]).mul_add(y[k], acc[k]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+unsafe fn dot_avx2<W: Widen>(w: &[W], x: &[f32]) -> f32 {
+    dot_portable(w, x)
 }
 
 /// 32 independent partial sums, so the compiler vectorizes the loop without reassociating.
 #[inline(always)]
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+fn dot_portable<W: Widen>(w: &[W], x: &[f32]) -> f32 {
     const LANES: usize = 32;
     let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
+    let (cw, cx) = (w.chunks_exact(LANES), x.chunks_exact(LANES));
+    let tail: f32 = cw.remainder().iter().zip(cx.remainder()).map(|(a, b)| a.widen() * b).sum();
+    for (a, b) in cw.zip(cx) {
         for k in 0..LANES {
-            acc[k] = x[k].mul_add(y[k], acc[k]);
+            acc[k] = a[k].widen().mul_add(b[k], acc[k]);
         }
     }
     acc.iter().sum::<f32>() + tail

@@ -20,7 +20,7 @@ pub use glu::{glu, Activation};
 pub use lora_linear::{lora_linear, LinearWeight, LoraLinear};
 pub use matvec::{matvec, MATVEC_MAX_ROWS};
 pub use frozen_matmul::{frozen_matmul, qmatmul};
-pub(crate) use matvec::{dot, dot_bf16};
+pub(crate) use matvec::dot;
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTable};
 pub use softmax::softmax_last_dim;
