@@ -9,11 +9,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 use sft_data::encode::{encode_all, EncodeOptions, Encoded};
 use sft_data::pack::{fill_ratio, pack, PackedSequence};
 use sft_data::prepared::{
-    file_sha256, template_sha256, write, Counts, DataFingerprint, Manifest, ManifestKey, Records, Settings,
+    write, Counts, DataFingerprint, Manifest, ManifestKey, Records, Settings,
 };
 
 use crate::common::{DataArgs, EncodeArgs, Loaded};
@@ -62,16 +62,7 @@ pub(crate) fn manifest_key(
     fingerprint: DataFingerprint,
 ) -> anyhow::Result<ManifestKey> {
     let dir = data.tokenizer.as_deref().context("prepare needs --tokenizer DIR")?;
-    let tokenizer_sha256 = file_sha256(&dir.join("tokenizer.json"))?;
-    let mut vars = loaded.renderer.template_vars().clone();
-    vars.insert("--template-kwargs".into(), Value::Object(loaded.renderer.kwargs().clone()));
-    vars.insert("--now".into(), data.now.clone().map_or(Value::Null, Value::String));
-    Ok(ManifestKey {
-        tokenizer_sha256,
-        template_sha256: template_sha256(loaded.renderer.templates(), &vars),
-        settings,
-        data: fingerprint,
-    })
+    Ok(ManifestKey::new(dir, &loaded.renderer, settings, data.now.as_deref(), fingerprint)?)
 }
 
 /// Runs `sft prepare`.

@@ -640,3 +640,34 @@ fn gradient_checkpointing_trains_the_same_run() {
         assert!(((a - b) / a).abs() < 1e-6, "{:?} vs {:?}", runs[0], runs[1]);
     }
 }
+
+#[test]
+fn train_reuses_a_prepared_dataset_and_refuses_a_stale_one() {
+    let dir = tiny_run("from-prepared", "");
+    let prepared = dir.join("prepared");
+    let model = dir.join("model");
+    let out = sft(&[
+        "prepare",
+        "examples/quickstart/train_sharegpt.jsonl",
+        "--tokenizer",
+        model.to_str().unwrap(),
+        "--max-seq-length",
+        "1024",
+        "--out",
+        prepared.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = dir.join("train.yaml");
+    let train = |extra: &[&str]| sft(&[&["train", yaml.to_str().unwrap(), "--set", "max_steps=4"][..], extra].concat());
+    let out = train(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let from_file = logged_losses(&dir.join("out/checkpoint-4"));
+    let datasets = format!("datasets=[{{path: {}}}]", prepared.display());
+    let out_dir = format!("output_dir={}", dir.join("out-prepared").display());
+    let out = train(&["--set", &datasets, "--set", &out_dir]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(logged_losses(&dir.join("out-prepared/checkpoint-4")), from_file, "same records, same run");
+    let stale = train(&["--set", &datasets, "--set", &format!("output_dir={}", dir.join("out-stale").display()), "--set", "max_seq_length=512"]);
+    assert!(!stale.status.success());
+    assert!(stderr(&stale).contains("does not fit this run (settings changed: max_seq_length)"), "{}", stderr(&stale));
+}

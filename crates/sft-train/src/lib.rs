@@ -53,6 +53,9 @@ pub enum TrainError {
     /// Packing failed.
     #[error(transparent)]
     Pack(#[from] sft_data::pack::PackError),
+    /// A prepared dataset could not be read.
+    #[error(transparent)]
+    Prepared(#[from] sft_data::prepared::PreparedError),
     /// The model failed.
     #[error(transparent)]
     Model(#[from] sft_model::ModelError),

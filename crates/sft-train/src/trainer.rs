@@ -2,7 +2,7 @@
 //! (or resume a checkpoint), then for every step: learning rate → micro-batches with the loss
 //! token-weighted over the whole step → clip → AdamW → log → evaluate → checkpoint.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,9 +11,10 @@ use candle_core::Tensor;
 use serde_json::json;
 use sft_data::data::{read_dataset, OnBadRow, ReadOptions, ShareGptOptions};
 use sft_data::encode::{encode_all, Example};
+use sft_data::prepared::{DataFingerprint, ManifestKey, PreparedDataset, Settings, MANIFEST};
 use sft_data::template::{Clock, Renderer, TemplateChoice};
 use sft_data::tokens::TextTokenizer;
-use sft_model::model::{Batch, Model, Trainable};
+use sft_model::model::{Batch, Model, Trainable, IGNORE};
 
 use crate::batches::{records, Plan, Record};
 use crate::checkpoint::{self, Contents, TrainerState};
@@ -244,6 +245,34 @@ fn accumulate(acc: &mut Vec<Tensor>, store: &candle_core::backprop::GradStore, m
     Ok(())
 }
 
+/// The records of a prepared dataset directory (`sft prepare`), after checking that it was made
+/// with this run's tokenizer, template, settings and an unchanged data file.
+fn prepared_records(cfg: &TrainConfig, dir: &Path, renderer: &Renderer) -> Result<Vec<Record>, TrainError> {
+    let dataset = PreparedDataset::open(dir)?;
+    let source = DataFingerprint::of(&dataset.manifest().key.data.path)?;
+    let expected = ManifestKey::new(&cfg.tokenizer, renderer, Settings::new(&cfg.encode, cfg.packing), None, source)?;
+    if let Some(reason) = dataset.is_stale(&expected) {
+        return Err(TrainError::Config {
+            path: cfg.source.clone(),
+            key: "datasets".into(),
+            message: format!("{}: the prepared dataset does not fit this run ({reason}); run `sft prepare` again or train on the data file", dir.display()),
+        });
+    }
+    Ok((0..dataset.len())
+        .filter_map(|i| dataset.get(i))
+        .map(|r| {
+            let len = r.input_ids.len() as u32;
+            // Packed rows restart their positions at 0.
+            let mut boundaries: Vec<u32> = match r.position_ids {
+                Some(p) => p.iter().enumerate().filter(|(_, &x)| x == 0).map(|(i, _)| i as u32).collect(),
+                None => vec![0],
+            };
+            boundaries.push(len);
+            Record { input_ids: r.input_ids.to_vec(), labels: r.labels.to_vec(), boundaries }
+        })
+        .collect())
+}
+
 /// Reads, renders, tokenizes and masks the training (and evaluation) data.
 fn prepare(cfg: &TrainConfig) -> Result<Data, TrainError> {
     let choice = TemplateChoice { template: cfg.chat_template.clone(), map_eos_token: false, clock: Clock::System };
@@ -273,8 +302,13 @@ fn prepare(cfg: &TrainConfig) -> Result<Data, TrainError> {
         Ok(encoded.examples)
     };
     let mut train: Vec<Example> = vec![];
+    let mut prepared: Vec<Record> = vec![];
     for ds in &cfg.datasets {
-        train.extend(encode(ds)?);
+        if ds.path.join(MANIFEST).is_file() {
+            prepared.extend(prepared_records(cfg, &ds.path, &renderer)?);
+        } else {
+            train.extend(encode(ds)?);
+        }
     }
     let mut eval = match &cfg.eval_dataset {
         Some(ds) => encode(ds)?,
@@ -288,13 +322,16 @@ fn prepare(cfg: &TrainConfig) -> Result<Data, TrainError> {
         eval = e.into_iter().map(|(_, x)| x).collect();
         train = t.into_iter().map(|(_, x)| x).collect();
     }
-    if train.is_empty() {
+    if train.is_empty() && prepared.is_empty() {
         return Err(TrainError::Config { path: cfg.source.clone(), key: "datasets".into(), message: "no training example left".into() });
     }
-    let trained_tokens = train.iter().map(Example::trained_tokens).sum();
+    let trained_tokens = train.iter().map(Example::trained_tokens).sum::<usize>()
+        + prepared.iter().map(|r| r.labels.iter().filter(|&&l| l != IGNORE).count()).sum::<usize>();
     let pack_to = cfg.packing.then_some(cfg.encode.max_seq_length).flatten();
+    let mut train = records(&train, pack_to)?;
+    train.extend(prepared);
     Ok(Data {
-        train: records(&train, pack_to)?,
+        train,
         eval: records(&eval, None)?,
         template: renderer.templates().default.source().to_string(),
         trained_tokens,

@@ -96,6 +96,28 @@ pub struct ManifestKey {
 }
 
 impl ManifestKey {
+    /// The key of data read with `renderer` and the tokenizer in `tokenizer_dir`: hashes of
+    /// tokenizer.json and of the templates with every variable that reaches them (the
+    /// renderer's, its extra keyword arguments, and the fixed clock `now`, when one is set).
+    /// `sft prepare` writes it; `sft train` builds it again to check a prepared dataset.
+    pub fn new(
+        tokenizer_dir: &Path,
+        renderer: &crate::template::Renderer,
+        settings: Settings,
+        now: Option<&str>,
+        data: DataFingerprint,
+    ) -> Result<Self, PreparedError> {
+        let mut vars = renderer.template_vars().clone();
+        vars.insert("--template-kwargs".into(), serde_json::Value::Object(renderer.kwargs().clone()));
+        vars.insert("--now".into(), now.map_or(serde_json::Value::Null, |n| serde_json::Value::String(n.into())));
+        Ok(ManifestKey {
+            tokenizer_sha256: file_sha256(&tokenizer_dir.join("tokenizer.json"))?,
+            template_sha256: template_sha256(renderer.templates(), &vars),
+            settings,
+            data,
+        })
+    }
+
     /// Why a dataset made with `self` does not fit `expected`, or `None` when it does.
     pub fn stale_reason(&self, expected: &ManifestKey) -> Option<String> {
         if self.tokenizer_sha256 != expected.tokenizer_sha256 {
