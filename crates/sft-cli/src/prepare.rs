@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::json;
+use serde_json::{json, Value};
 use sft_data::encode::{encode_all, EncodeOptions, Encoded};
 use sft_data::pack::{fill_ratio, pack, PackedSequence};
 use sft_data::prepared::{
@@ -24,6 +24,14 @@ const LISTED_EXCLUDED: usize = 20;
 /// `sft prepare` flags.
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
+    /// A training config (YAML): its tokenizer, chat template, template kwargs, masking, EOS,
+    /// length and packing settings apply (and the format of DATA when it is one of its
+    /// datasets), so that `sft train` with that config reuses the result.
+    #[arg(long, conflicts_with_all = [
+        "tokenizer", "chat_template", "template_kwargs", "map_eos_token", "now", "masking", "instruction_part",
+        "response_part", "append_eos", "max_seq_length", "truncation", "packing",
+    ])]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Output directory: created, or replaced when it already holds a prepared dataset.
@@ -40,14 +48,33 @@ pub struct PrepareArgs {
     pub emit_jsonl: Option<PathBuf>,
 }
 
+/// What to prepare, from the flags or from a training config.
+struct Job {
+    data: DataArgs,
+    options: EncodeOptions,
+    packing: bool,
+}
+
 impl PrepareArgs {
-    /// Resolves the encode flags.
-    fn options(&self) -> anyhow::Result<EncodeOptions> {
-        let options = self.encode.options()?;
-        if self.packing && options.max_seq_length.is_none() {
-            bail!("--packing needs --max-seq-length N (the length of a packed sequence)");
+    /// Resolves the flags, or the training config's settings with `--config`.
+    fn job(&self) -> anyhow::Result<Job> {
+        let Some(path) = &self.config else {
+            let options = self.encode.options()?;
+            if self.packing && options.max_seq_length.is_none() {
+                bail!("--packing needs --max-seq-length N (the length of a packed sequence)");
+            }
+            return Ok(Job { data: self.data.clone(), options, packing: self.packing });
+        };
+        let cfg = sft_train::config::load(path, &[])?;
+        let listed = cfg.datasets.iter().chain(&cfg.eval_dataset).find(|d| d.path == Path::new(self.data.data()));
+        let mut data = self.data.clone();
+        data.tokenizer = Some(cfg.tokenizer.clone());
+        data.chat_template = cfg.chat_template.clone();
+        data.template_kwargs = (!cfg.template_kwargs.is_empty()).then(|| Value::Object(cfg.template_kwargs.clone()).to_string());
+        if let Some(format) = listed.and_then(|d| d.format.clone()) {
+            data.format = format;
         }
-        Ok(options)
+        Ok(Job { data, options: cfg.encode.clone(), packing: cfg.packing })
     }
 }
 
@@ -67,16 +94,17 @@ pub(crate) fn manifest_key(
 
 /// Runs `sft prepare`.
 pub fn run(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
-    let options = args.options()?;
-    if args.data.tokenizer.is_none() {
+    let job = args.job()?;
+    let (data, options, packing) = (&job.data, &job.options, job.packing);
+    if data.tokenizer.is_none() {
         bail!("prepare needs --tokenizer DIR (a directory with tokenizer.json)");
     }
-    let fingerprint = DataFingerprint::of(args.data.data())?;
-    let loaded = args.data.load(true)?;
+    let fingerprint = DataFingerprint::of(data.data())?;
+    let loaded = data.load(true)?;
     let tokenizer = loaded.tokenizer.as_ref().context("prepare needs --tokenizer DIR")?;
-    let encoded = encode_all(&loaded.dataset.conversations, &options, &loaded.renderer, tokenizer)
-        .with_context(|| format!("{}: nothing to prepare", args.data.data()))?;
-    let packed = match (args.packing, options.max_seq_length) {
+    let encoded = encode_all(&loaded.dataset.conversations, options, &loaded.renderer, tokenizer)
+        .with_context(|| format!("{}: nothing to prepare", data.data()))?;
+    let packed = match (packing, options.max_seq_length) {
         (true, Some(max)) => Some(pack(&encoded.examples, max)?),
         _ => None,
     };
@@ -85,13 +113,13 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
         None => Records::Examples(&encoded.examples),
     };
     let counts = counts(&loaded, &encoded, &records);
-    let key = manifest_key(&args.data, &loaded, Settings::new(&options, args.packing), fingerprint)?;
+    let key = manifest_key(data, &loaded, Settings::new(options, packing), fingerprint)?;
     let manifest = Manifest::new(key, counts);
     write(&args.out, &manifest, records).with_context(|| format!("writing {}", args.out.display()))?;
     if let Some(path) = &args.emit_jsonl {
         emit_jsonl(path, records).with_context(|| format!("--emit-jsonl {}", path.display()))?;
     }
-    summarize(args, &encoded, packed.as_deref(), &manifest.counts);
+    summarize(args, &job, &encoded, packed.as_deref(), &manifest.counts);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -129,8 +157,8 @@ fn emit_jsonl(path: &Path, records: Records<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summarize(args: &PrepareArgs, encoded: &Encoded, packed: Option<&[PackedSequence]>, counts: &Counts) {
-    let name = args.data.data();
+fn summarize(args: &PrepareArgs, job: &Job, encoded: &Encoded, packed: Option<&[PackedSequence]>, counts: &Counts) {
+    let name = job.data.data();
     let s = &encoded.stats;
     eprintln!("{name}: {} rows read, {} examples, {} rows excluded", s.rows, s.examples, encoded.excluded.len());
     for (kind, n) in &counts.excluded {
@@ -146,7 +174,7 @@ fn summarize(args: &PrepareArgs, encoded: &Encoded, packed: Option<&[PackedSeque
     if s.truncated_rows > 0 {
         eprintln!("{name}: {} rows truncated, losing {} trained tokens", s.truncated_rows, s.trained_tokens_lost);
     }
-    if let (Some(seqs), Some(max)) = (packed, args.encode.max_seq_length) {
+    if let (Some(seqs), Some(max)) = (packed, job.options.max_seq_length) {
         eprintln!(
             "{name}: packed {} examples into {} sequences of up to {max} tokens ({:.1}% full)",
             s.examples,

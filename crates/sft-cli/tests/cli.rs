@@ -667,6 +667,15 @@ fn train_reuses_a_prepared_dataset_and_refuses_a_stale_one() {
     let out = train(&["--set", &datasets, "--set", &out_dir]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(logged_losses(&dir.join("out-prepared/checkpoint-4")), from_file, "same records, same run");
+    // The same from the training config itself.
+    let from_config = dir.join("prepared-from-config");
+    let out = sft(&["prepare", "--config", yaml.to_str().unwrap(), "examples/quickstart/train_sharegpt.jsonl", "--out", from_config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train(&["--set", &format!("datasets=[{{path: {}}}]", from_config.display()), "--set", &format!("output_dir={}", dir.join("out-config").display())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(logged_losses(&dir.join("out-config/checkpoint-4")), from_file);
+    let clash = sft(&["prepare", "--config", yaml.to_str().unwrap(), "--masking", "last", "examples/quickstart/train_sharegpt.jsonl", "--out", "target/cli-tests/never"]);
+    assert!(!clash.status.success() && stderr(&clash).contains("cannot be used with"), "{}", stderr(&clash));
     let stale = train(&["--set", &datasets, "--set", &format!("output_dir={}", dir.join("out-stale").display()), "--set", "max_seq_length=512"]);
     assert!(!stale.status.success());
     assert!(stderr(&stale).contains("does not fit this run (settings changed: max_seq_length)"), "{}", stderr(&stale));
