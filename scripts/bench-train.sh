@@ -39,3 +39,13 @@ for mode in ["lora", "full"]:
 x = r["hf-lora-bf16"]
 print(f"{'transformers+PEFT lora bf16 autocast':26}{x['tokens_per_s']:>10.1f}{x['peak_rss_mib']:>14.0f}")
 PY
+# Gradient checkpointing: peak memory of one LoRA step on a 2,048-token sequence, without and with.
+for gc in "" gc; do
+  target/release/examples/bench_train "$MODEL" lora 1 2048 1 $gc > "$OUT/sft-lora-2048${gc:+-gc}.json"
+done
+"$PY" - "$OUT" <<'PY'
+import json, sys
+a, b = (json.load(open(f"{sys.argv[1]}/sft-lora-2048{s}.json")) for s in ["", "-gc"])
+print(f"LoRA, one 2,048-token sequence: peak RSS {a['peak_rss_mib']:.0f} MiB, with gradient_checkpointing "
+      f"{b['peak_rss_mib']:.0f} MiB ({b['peak_rss_mib'] / a['peak_rss_mib']:.2f}x); step {a['step_seconds'][0]:.1f} s vs {b['step_seconds'][0]:.1f} s")
+PY
