@@ -5,7 +5,9 @@ use std::path::Path;
 
 use serde_json::{Map, Value as Json};
 
-use super::{load_template, special_tokens, RenderArgs, Rendered, TemplateChoice, TemplateError, TemplateSet};
+use super::{
+    context_vars, load_template, special_tokens, RenderArgs, Rendered, TemplateChoice, TemplateError, TemplateInput, TemplateSet,
+};
 use crate::conversation::Conversation;
 
 /// Renders conversations for one tokenizer and template choice.
@@ -14,6 +16,8 @@ pub struct Renderer {
     templates: TemplateSet,
     template_vars: Map<String, Json>,
     kwargs: Map<String, Json>,
+    /// `template_vars` then `kwargs` as template values, converted once.
+    vars: Vec<(String, minijinja::Value)>,
 }
 
 /// One assistant turn in a rendered text: its character span `[start, end)` and, when known,
@@ -49,7 +53,8 @@ impl Renderer {
         if let Some(eos) = &templates.eos_override {
             template_vars.insert("eos_token".into(), Json::String(eos.clone()));
         }
-        Ok(Renderer { templates, template_vars, kwargs })
+        let vars = context_vars(&template_vars, &kwargs);
+        Ok(Renderer { templates, template_vars, kwargs, vars })
     }
 
     /// The templates in use.
@@ -79,7 +84,11 @@ impl Renderer {
     /// Renders `conv` like `apply_chat_template(..., tokenize=False)`.
     pub fn render(&self, conv: &Conversation, add_generation_prompt: bool, continue_final_message: bool) -> Result<Rendered, TemplateError> {
         let template = self.templates.select(conv.tools.is_some());
-        template.render(conv, &self.args(add_generation_prompt, continue_final_message))
+        if continue_final_message {
+            return template.render(conv, &self.args(add_generation_prompt, continue_final_message));
+        }
+        let input = TemplateInput::of(conv, template);
+        template.render_input(&input, conv.messages.len(), add_generation_prompt, &self.vars)
     }
 
     /// The assistant spans of `rendered` (the render of `conv` without a generation prompt):
@@ -105,14 +114,14 @@ impl Renderer {
                 .collect());
         }
         let full = &rendered.text;
+        let input = TemplateInput::of(conv, template);
         let mut spans = Vec::new();
         for (i, message) in conv.messages.iter().enumerate() {
             if !message.is_assistant() {
                 continue;
             }
             let prefix_of = |n: usize, agp: bool| -> Result<String, TemplateError> {
-                let part = Conversation { messages: conv.messages[..n].to_vec(), ..conv.clone() };
-                Ok(template.render(&part, &self.args(agp, false))?.text)
+                Ok(template.render_input(&input, n, agp, &self.vars)?.text)
             };
             let before = prefix_of(i, true)?;
             let through = prefix_of(i + 1, false)?;
