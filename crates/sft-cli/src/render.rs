@@ -41,12 +41,19 @@ enum Line {
 /// Renders one conversation into its output line.
 fn render_row(loaded: &Loaded, args: &RenderArgs, conv: &Conversation) -> Line {
     let error = |e: &dyn std::fmt::Display| Line::Error { error: format!("{}: {e}", conv.source) };
-    let rendered = match loaded.renderer.render(conv, args.add_generation_prompt, args.continue_final_message) {
-        Ok(r) => r,
-        Err(e) => return error(&e),
+    let plain = !args.add_generation_prompt && !args.continue_final_message;
+    let (rendered, spans) = match (&loaded.tokenizer, plain) {
+        (Some(_), true) => match loaded.renderer.render_with_spans(conv) {
+            Ok((rendered, spans)) => (rendered, Some(spans)),
+            Err(e) => return error(&e),
+        },
+        _ => match loaded.renderer.render(conv, args.add_generation_prompt, args.continue_final_message) {
+            Ok(rendered) => (rendered, None),
+            Err(e) => return error(&e),
+        },
     };
     let Some(tokenizer) = &loaded.tokenizer else { return Line::Text { text: rendered.text } };
-    let spans = match loaded.renderer.assistant_spans(conv, &rendered) {
+    let spans = match spans.unwrap_or_else(|| loaded.renderer.assistant_spans(conv, &rendered)) {
         Ok(s) => s,
         Err(e) => return error(&e),
     };

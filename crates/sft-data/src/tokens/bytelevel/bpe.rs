@@ -1,6 +1,7 @@
 //! Byte-level BPE on one piece: the merge loop of the tokenizers crate (lowest merge rank first,
 //! leftmost on ties), over bytes instead of their printable stand-ins, with a per-thread cache.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ahash::AHashMap;
 
-use super::config::byte_chars;
+use super::config::{byte_chars, Text};
 
 /// Pieces longer than this (in bytes) are merged every time, not cached (as in tokenizers).
 const CACHED_PIECE_LEN: usize = 256;
@@ -50,7 +51,7 @@ const NONE: usize = usize::MAX;
 
 impl BytePairs {
     /// `None` when a byte or a merge part is missing from `vocab`.
-    pub(super) fn new(vocab: &AHashMap<String, u32>, merges: &[(String, String)], ignore_merges: bool) -> Option<Self> {
+    pub(super) fn new(vocab: &AHashMap<Text<'_>, u32>, merges: &[(Cow<'_, str>, Cow<'_, str>)], ignore_merges: bool) -> Option<Self> {
         let chars = byte_chars();
         let mut byte_of = HashMap::with_capacity(256);
         let mut byte_ids = [0u32; 256];
@@ -61,7 +62,7 @@ impl BytePairs {
         let max_id = vocab.values().copied().max().unwrap_or(0) as usize;
         let mut lens = vec![0u32; max_id + 1];
         for (token, &id) in vocab {
-            lens[id as usize] = token.chars().count() as u32;
+            lens[id as usize] = token.0.chars().count() as u32;
         }
         let mut merge_map = AHashMap::with_capacity(merges.len());
         let mut joined = String::new();
@@ -69,14 +70,14 @@ impl BytePairs {
             joined.clear();
             joined.push_str(a);
             joined.push_str(b);
-            let (ia, ib, new) = (*vocab.get(a)?, *vocab.get(b)?, *vocab.get(&joined)?);
+            let (ia, ib, new) = (*vocab.get(a.as_ref())?, *vocab.get(b.as_ref())?, *vocab.get(joined.as_str())?);
             merge_map.insert((ia, ib), (rank as u32, new));
         }
         let whole = ignore_merges.then(|| {
             vocab
                 .iter()
                 .filter_map(|(token, &id)| {
-                    let bytes: Option<Vec<u8>> = token.chars().map(|c| byte_of.get(&c).copied()).collect();
+                    let bytes: Option<Vec<u8>> = token.0.chars().map(|c| byte_of.get(&c).copied()).collect();
                     Some((bytes?.into_boxed_slice(), id))
                 })
                 .collect()
@@ -181,18 +182,24 @@ impl BytePairs {
 mod tests {
     use super::*;
 
-    fn model(merges: &[(&str, &str)]) -> (BytePairs, AHashMap<String, u32>) {
-        let mut vocab: AHashMap<String, u32> = byte_chars().iter().enumerate().map(|(b, c)| (c.to_string(), b as u32)).collect();
+    fn vocab(merges: &[(&str, &str)]) -> AHashMap<Text<'static>, u32> {
+        let mut vocab: AHashMap<Text, u32> =
+            byte_chars().iter().enumerate().map(|(b, c)| (Text(Cow::Owned(c.to_string())), b as u32)).collect();
         for (a, b) in merges {
             let next = vocab.len() as u32;
-            vocab.entry(format!("{a}{b}")).or_insert(next);
+            vocab.entry(Text(Cow::Owned(format!("{a}{b}")))).or_insert(next);
         }
-        let merges: Vec<(String, String)> = merges.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        vocab
+    }
+
+    fn model(merges: &[(&'static str, &'static str)]) -> (BytePairs, AHashMap<Text<'static>, u32>) {
+        let vocab = vocab(merges);
+        let merges: Vec<(Cow<str>, Cow<str>)> = merges.iter().map(|(a, b)| (Cow::Borrowed(*a), Cow::Borrowed(*b))).collect();
         (BytePairs::new(&vocab, &merges, false).unwrap(), vocab)
     }
 
-    fn encode(m: &BytePairs, vocab: &AHashMap<String, u32>, text: &str) -> Vec<String> {
-        let by_id: HashMap<u32, &String> = vocab.iter().map(|(k, v)| (*v, k)).collect();
+    fn encode(m: &BytePairs, vocab: &AHashMap<Text, u32>, text: &str) -> Vec<String> {
+        let by_id: HashMap<u32, String> = vocab.iter().map(|(k, v)| (*v, k.0.to_string())).collect();
         let mut out = Vec::new();
         m.encode(text.as_bytes(), &mut out);
         out.iter().map(|id| by_id[id].clone()).collect()
@@ -213,7 +220,7 @@ mod tests {
 
     #[test]
     fn merges_naming_unknown_tokens_are_refused() {
-        let vocab: AHashMap<String, u32> = byte_chars().iter().enumerate().map(|(b, c)| (c.to_string(), b as u32)).collect();
-        assert!(BytePairs::new(&vocab, &[("a".into(), "b".into())], false).is_none());
+        let vocab = vocab(&[]);
+        assert!(BytePairs::new(&vocab, &[(Cow::Borrowed("a"), Cow::Borrowed("b"))], false).is_none());
     }
 }

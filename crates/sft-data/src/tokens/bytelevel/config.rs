@@ -1,6 +1,8 @@
 //! Reading the parts of `tokenizer.json` the byte-level fast path needs, and deciding whether
 //! the file is of a shape it reproduces exactly; anything else is left to the tokenizers crate.
 
+use std::borrow::Cow;
+
 use ahash::AHashMap;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -9,9 +11,10 @@ use serde_json::Value;
 /// The regex of the tokenizers crate's `ByteLevel` pre-tokenizer with `use_regex: true` (GPT-2's).
 const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
-/// The serde mirror of the fields read from `tokenizer.json` (the rest is ignored).
+/// The serde mirror of the fields read from `tokenizer.json` (the rest is ignored). Strings
+/// borrow from the file's text where they can: 300k small allocations cost more than parsing.
 #[derive(Deserialize)]
-pub(super) struct HfTokenizerFile {
+pub(super) struct HfTokenizerFile<'a> {
     #[serde(default)]
     added_tokens: Vec<HfAddedToken>,
     #[serde(default)]
@@ -24,7 +27,8 @@ pub(super) struct HfTokenizerFile {
     truncation: Option<Value>,
     #[serde(default)]
     padding: Option<Value>,
-    model: HfBpeModel,
+    #[serde(borrow)]
+    model: HfBpeModel<'a>,
 }
 
 #[derive(Deserialize)]
@@ -42,7 +46,7 @@ struct HfAddedToken {
 }
 
 #[derive(Deserialize)]
-struct HfBpeModel {
+struct HfBpeModel<'a> {
     #[serde(rename = "type", default)]
     kind: Option<String>,
     #[serde(default)]
@@ -55,50 +59,63 @@ struct HfBpeModel {
     byte_fallback: bool,
     #[serde(default)]
     ignore_merges: bool,
-    vocab: AHashMap<String, u32>,
-    merges: Vec<HfMerge>,
+    #[serde(borrow)]
+    vocab: AHashMap<Text<'a>, u32>,
+    #[serde(borrow)]
+    merges: Vec<HfMerge<'a>>,
 }
 
 /// A merge as stored: `"a b"` (older files) or `["a", "b"]`.
-enum HfMerge {
-    Joined(String),
-    Pair(String, String),
+enum HfMerge<'a> {
+    Joined(Cow<'a, str>),
+    Pair(Cow<'a, str>, Cow<'a, str>),
 }
 
 /// Reads either form without buffering (serde's `untagged` costs more than the whole parse).
-impl<'de> Deserialize<'de> for HfMerge {
+impl<'de: 'a, 'a> Deserialize<'de> for HfMerge<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MergeVisitor;
-        impl<'de> Visitor<'de> for MergeVisitor {
-            type Value = HfMerge;
+        struct MergeVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for MergeVisitor<'a> {
+            type Value = HfMerge<'a>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a merge: \"a b\" or [\"a\", \"b\"]")
             }
 
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<HfMerge, E> {
-                Ok(HfMerge::Joined(v.to_string()))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<HfMerge<'a>, E> {
+                Ok(HfMerge::Joined(Cow::Borrowed(v)))
             }
 
-            fn visit_string<E: de::Error>(self, v: String) -> Result<HfMerge, E> {
-                Ok(HfMerge::Joined(v))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HfMerge<'a>, E> {
+                Ok(HfMerge::Joined(Cow::Owned(v.to_string())))
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HfMerge, A::Error> {
-                let a: String = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                let b: String = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HfMerge<'a>, A::Error> {
+                let a: Text<'a> = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let b: Text<'a> = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
                 if seq.next_element::<de::IgnoredAny>()?.is_some() {
                     return Err(de::Error::invalid_length(3, &self));
                 }
-                Ok(HfMerge::Pair(a, b))
+                Ok(HfMerge::Pair(a.0, b.0))
             }
         }
-        deserializer.deserialize_any(MergeVisitor)
+        deserializer.deserialize_any(MergeVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A string borrowed from the input when it has no escapes (serde copies a `Cow<str>` that is
+/// not a field of its own, such as a map key).
+#[derive(Deserialize, PartialEq, Eq, Hash)]
+pub(super) struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for Text<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
 /// What the fast path is built from, checked to be of the supported shape.
-pub(super) struct Plan {
+pub(super) struct Plan<'a> {
     /// Apply NFC first (`normalizer: NFC`); otherwise no normalizer.
     pub nfc: bool,
     /// The pre-tokenizer's split regex (onig syntax, as in the file).
@@ -108,19 +125,19 @@ pub(super) struct Plan {
     /// Added tokens matched on the normalized text: (content, id).
     pub added_normalized: Vec<(String, u32)>,
     /// The model's vocabulary.
-    pub vocab: AHashMap<String, u32>,
+    pub vocab: AHashMap<Text<'a>, u32>,
     /// Whether the post-processor may add special tokens (then only the tokenizers crate
     /// knows which).
     pub adds_special_tokens: bool,
     /// Merges in rank order, as vocabulary strings.
-    pub merges: Vec<(String, String)>,
+    pub merges: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// Whether a piece found whole in the vocabulary skips the merges.
     pub ignore_merges: bool,
 }
 
-impl HfTokenizerFile {
+impl<'a> HfTokenizerFile<'a> {
     /// The plan when every stage is one the fast path reproduces; `None` otherwise.
-    pub(super) fn into_plan(self) -> Option<Plan> {
+    pub(super) fn into_plan(self) -> Option<Plan<'a>> {
         if self.truncation.is_some() || self.padding.is_some() {
             return None;
         }
@@ -160,12 +177,13 @@ impl HfTokenizerFile {
         for merge in m.merges {
             merges.push(match merge {
                 HfMerge::Pair(a, b) => (a, b),
-                HfMerge::Joined(s) => {
-                    let mut parts = s.split(' ');
-                    match (parts.next(), parts.next(), parts.next()) {
-                        (Some(a), Some(b), None) => (a.to_string(), b.to_string()),
-                        _ => return None,
-                    }
+                HfMerge::Joined(Cow::Borrowed(s)) => {
+                    let (a, b) = split_merge(s)?;
+                    (Cow::Borrowed(a), Cow::Borrowed(b))
+                }
+                HfMerge::Joined(Cow::Owned(s)) => {
+                    let (a, b) = split_merge(&s)?;
+                    (Cow::Owned(a.to_string()), Cow::Owned(b.to_string()))
                 }
             });
         }
@@ -181,6 +199,12 @@ impl HfTokenizerFile {
             ignore_merges: m.ignore_merges,
         })
     }
+}
+
+/// `"a b"` → `("a", "b")`; `None` unless there is exactly one space.
+fn split_merge(s: &str) -> Option<(&str, &str)> {
+    let (a, b) = s.split_once(' ')?;
+    (!b.contains(' ')).then_some((a, b))
 }
 
 fn kind(v: &Value) -> Option<&str> {
@@ -266,21 +290,23 @@ mod tests {
 
     #[test]
     fn only_supported_shapes_make_a_plan() {
-        let file = |pre: Value, post: Value| -> Option<Plan> {
+        let file = |pre: Value, post: Value| -> Option<(String, Vec<(String, String)>)> {
             let json = serde_json::json!({
                 "normalizer": null, "pre_tokenizer": pre, "post_processor": post,
                 "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}
-            });
-            serde_json::from_value::<HfTokenizerFile>(json).ok()?.into_plan()
+            })
+            .to_string();
+            let plan = serde_json::from_str::<HfTokenizerFile>(&json).ok()?.into_plan()?;
+            Some((plan.pattern, plan.merges.into_iter().map(|(a, b)| (a.into_owned(), b.into_owned())).collect()))
         };
         let seq = serde_json::json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": "\\p{L}+"}, "behavior": "Isolated", "invert": false},
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]});
-        let plan = file(seq.clone(), Value::Null).unwrap();
-        assert_eq!(plan.pattern, "\\p{L}+");
-        assert_eq!(plan.merges, vec![("a".to_string(), "b".to_string())]);
+        let (pattern, merges) = file(seq.clone(), Value::Null).unwrap();
+        assert_eq!(pattern, "\\p{L}+");
+        assert_eq!(merges, vec![("a".to_string(), "b".to_string())]);
         let gpt2 = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "use_regex": true});
-        assert_eq!(file(gpt2, Value::Null).unwrap().pattern, GPT2_PATTERN);
+        assert_eq!(file(gpt2, Value::Null).unwrap().0, GPT2_PATTERN);
         let trims = serde_json::json!({"type": "ByteLevel", "trim_offsets": true});
         assert!(file(seq.clone(), trims).is_none());
         let prefix = serde_json::json!({"type": "ByteLevel", "add_prefix_space": true, "use_regex": true});

@@ -43,9 +43,12 @@ impl ByteLevelBpe {
     /// `None` when `json` (a `tokenizer.json`) is not of the supported shape.
     pub(super) fn from_json(json: &str) -> Option<Self> {
         let plan = serde_json::from_str::<HfTokenizerFile>(json).ok()?.into_plan()?;
-        let model = BytePairs::new(&plan.vocab, &plan.merges, plan.ignore_merges)?;
-        let mut ids = plan.vocab;
-        // Added tokens first, as the tokenizers crate looks them up.
+        let (model, mut ids) = rayon::join(
+            || BytePairs::new(&plan.vocab, &plan.merges, plan.ignore_merges),
+            || plan.vocab.iter().map(|(token, &id)| (token.0.to_string(), id)).collect::<AHashMap<_, _>>(),
+        );
+        let model = model?;
+        // Added tokens win over the vocabulary, as the tokenizers crate looks them up.
         ids.extend(plan.added_raw.iter().chain(&plan.added_normalized).cloned());
         Some(ByteLevelBpe {
             nfc: plan.nfc,

@@ -9,7 +9,7 @@
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use regex_automata::meta::Regex;
-use regex_automata::Input;
+use regex_automata::{Anchored, Input};
 
 /// The look-ahead tail the regex must end with.
 const SPACE_TAIL: &str = r"|\s+(?!\S)|\s+";
@@ -39,7 +39,11 @@ impl PieceSplitter {
     pub(super) fn split(&self, text: &str, mut piece: impl FnMut(usize, usize)) -> bool {
         let mut pos = 0;
         while pos < text.len() {
-            let Some(m) = self.re.search(&Input::new(text).range(pos..)) else {
+            // Pieces nearly always follow each other without a gap: a match anchored at `pos` is
+            // the leftmost one and needs no backward scan for its start.
+            let input = Input::new(text).range(pos..);
+            let found = self.re.search(&input.clone().anchored(Anchored::Yes)).or_else(|| self.re.search(&input));
+            let Some(m) = found else {
                 piece(pos, text.len());
                 break;
             };
