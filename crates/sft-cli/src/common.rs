@@ -81,14 +81,18 @@ impl DataArgs {
             ),
         };
         let choice = TemplateChoice { template: self.chat_template.clone(), map_eos_token: self.map_eos_token, clock };
-        let renderer = Renderer::new(self.tokenizer.as_deref(), &choice, kwargs)?;
-        let tokenizer = match (&self.tokenizer, need_tokenizer) {
-            (Some(dir), true) => Some(TextTokenizer::from_dir(dir)?),
-            (None, true) => bail!("tokenizing needs --tokenizer DIR (a directory with tokenizer.json)"),
-            _ => None,
-        };
         let opts = ReadOptions { format, sharegpt: ShareGptOptions::default(), on_bad_row };
-        let dataset = read_dataset(self.data(), &opts)?;
+        // Loading the tokenizer takes as long as reading a mid-sized data file: do both at once
+        // (errors are reported in the order the steps are listed).
+        let (tokenizer, (renderer, dataset)) = rayon::join(
+            || self.tokenizer.as_deref().filter(|_| need_tokenizer).map(TextTokenizer::from_dir).transpose(),
+            || (Renderer::new(self.tokenizer.as_deref(), &choice, kwargs), read_dataset(self.data(), &opts)),
+        );
+        let renderer = renderer?;
+        if need_tokenizer && self.tokenizer.is_none() {
+            bail!("tokenizing needs --tokenizer DIR (a directory with tokenizer.json)");
+        }
+        let (tokenizer, dataset) = (tokenizer?, dataset?);
         eprintln!(
             "{}: {} format ({}), {} rows",
             self.data(),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use rayon::prelude::*;
-use serde_json::{json, Value};
+use serde::Serialize;
 use sft_data::conversation::Conversation;
 use sft_data::template::char_ranges;
 
@@ -29,28 +29,49 @@ pub struct RenderArgs {
     pub tokenize: bool,
 }
 
+/// One output line (keys in this order).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Line {
+    Error { error: String },
+    Text { text: String },
+    Tokens { text: String, input_ids: Vec<u32>, assistant_mask: Vec<u8> },
+}
+
 /// Renders one conversation into its output line.
-fn render_row(loaded: &Loaded, args: &RenderArgs, conv: &Conversation) -> Value {
-    let rendered = match loaded.renderer.render(conv, args.add_generation_prompt, args.continue_final_message) {
-        Ok(r) => r,
-        Err(e) => return json!({ "error": format!("{}: {e}", conv.source) }),
+fn render_row(loaded: &Loaded, args: &RenderArgs, conv: &Conversation) -> Line {
+    let error = |e: &dyn std::fmt::Display| Line::Error { error: format!("{}: {e}", conv.source) };
+    let plain = !args.add_generation_prompt && !args.continue_final_message;
+    let (rendered, spans) = match (&loaded.tokenizer, plain) {
+        (Some(_), true) => match loaded.renderer.render_with_spans(conv) {
+            Ok((rendered, spans)) => (rendered, Some(spans)),
+            Err(e) => return error(&e),
+        },
+        _ => match loaded.renderer.render(conv, args.add_generation_prompt, args.continue_final_message) {
+            Ok(rendered) => (rendered, None),
+            Err(e) => return error(&e),
+        },
     };
-    let Some(tokenizer) = &loaded.tokenizer else { return json!({ "text": rendered.text }) };
-    let spans = match loaded.renderer.assistant_spans(conv, &rendered) {
+    let Some(tokenizer) = &loaded.tokenizer else { return Line::Text { text: rendered.text } };
+    let spans = match spans.unwrap_or_else(|| loaded.renderer.assistant_spans(conv, &rendered)) {
         Ok(s) => s,
-        Err(e) => return json!({ "error": format!("{}: {e}", conv.source) }),
+        Err(e) => return error(&e),
     };
     match tokenizer.encode(&rendered.text, &char_ranges(&spans)) {
-        Ok(t) => json!({ "text": rendered.text, "input_ids": t.input_ids, "assistant_mask": t.assistant_mask }),
-        Err(e) => json!({ "error": format!("{}: {e}", conv.source) }),
+        Ok(t) => Line::Tokens { text: rendered.text, input_ids: t.input_ids, assistant_mask: t.assistant_mask },
+        Err(e) => error(&e),
     }
 }
 
 /// Runs `sft render`.
 pub fn run(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     let loaded = args.data.load(args.tokenize)?;
-    let lines: Vec<String> =
-        loaded.dataset.conversations.par_iter().map(|conv| render_row(&loaded, args, conv).to_string()).collect();
+    let lines: Vec<String> = loaded
+        .dataset
+        .conversations
+        .par_iter()
+        .map(|conv| serde_json::to_string(&render_row(&loaded, args, conv)))
+        .collect::<Result<_, _>>()?;
     let errors = lines.iter().filter(|l| l.starts_with("{\"error\"")).count();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -9,6 +9,7 @@ use std::io::Read;
 
 use arrow::array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use super::error::{kind, DataError, RowError};
@@ -104,35 +105,30 @@ fn object(path: &str, row: usize, value: Value) -> Result<RawRow, DataError> {
     }
 }
 
+/// One JSON object per line; lines parse in parallel (rayon), rows stay in file order.
 fn parse_jsonl(path: &str, bytes: &[u8]) -> Vec<Result<RawRow, DataError>> {
-    let mut rows = Vec::new();
-    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line_no = index + 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    let lines: Vec<(usize, &[u8])> = bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(index, line)| (index + 1, line))
+        .collect();
+    lines.into_par_iter().map(|(line_no, line)| parse_line(path, line_no, line)).collect()
+}
+
+fn parse_line(path: &str, line_no: usize, line: &[u8]) -> Result<RawRow, DataError> {
+    let bad = |error| DataError::Row { at: row_ref(path, line_no), error };
+    let text = std::str::from_utf8(line).map_err(|e| bad(RowError::InvalidUtf8 { column: e.valid_up_to() + 1 }))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => object(path, line_no, value),
+        Err(e) => {
+            let mut message = format!("{} at column {}", json_message(&e), e.column());
+            if e.is_eof() {
+                message.push_str(" (the line ends mid-value: a truncated row, or one object pretty-printed over several lines?)");
+            }
+            Err(bad(RowError::InvalidJson { message }))
         }
-        let bad = |error| DataError::Row { at: row_ref(path, line_no), error };
-        let text = match std::str::from_utf8(line) {
-            Ok(text) => text,
-            Err(e) => {
-                rows.push(Err(bad(RowError::InvalidUtf8 { column: e.valid_up_to() + 1 })));
-                continue;
-            }
-        };
-        rows.push(match serde_json::from_str::<Value>(text) {
-            Ok(value) => object(path, line_no, value),
-            Err(e) => {
-                let mut message = format!("{} at column {}", json_message(&e), e.column());
-                if e.is_eof() {
-                    message.push_str(
-                        " (the line ends mid-value: a truncated row, or one object pretty-printed over several lines?)",
-                    );
-                }
-                Err(bad(RowError::InvalidJson { message }))
-            }
-        });
     }
-    rows
 }
 
 fn parse_json_array(path: &str, bytes: &[u8]) -> Result<Vec<Result<RawRow, DataError>>, DataError> {

@@ -44,7 +44,7 @@ use eos::SpecialIds;
 use error::Skip;
 
 use crate::conversation::{Conversation, RowRef};
-use crate::template::Renderer;
+use crate::template::{Renderer, TemplateError};
 use crate::tokens::TextTokenizer;
 
 /// The label of a position the loss ignores (PyTorch's `CrossEntropyLoss` default).
@@ -145,15 +145,21 @@ impl<'a> Encoder<'a> {
     }
 
     fn encode_row(&self, conv: &Conversation) -> Result<EncodedRow, Skip> {
-        let rendered = self.renderer.render(conv, false, false).map_err(|e| ExcludeReason::Template(e.to_string()))?;
-        let ranges = match &self.options.masking {
-            Masking::All => Vec::new(),
-            Masking::Markers(m) => markers::marker_ranges(&rendered.text, m)
-                .ok_or_else(|| ExcludeReason::MarkersNotFound { response_part: m.response_part.clone() })?,
+        let template_failed = |e: TemplateError| ExcludeReason::Template(e.to_string());
+        let (rendered, ranges) = match &self.options.masking {
+            Masking::All => (self.renderer.render(conv, false, false).map_err(template_failed)?, Vec::new()),
+            Masking::Markers(m) => {
+                let rendered = self.renderer.render(conv, false, false).map_err(template_failed)?;
+                let ranges = markers::marker_ranges(&rendered.text, m)
+                    .ok_or_else(|| ExcludeReason::MarkersNotFound { response_part: m.response_part.clone() })?;
+                (rendered, ranges)
+            }
             masking @ (Masking::Assistant | Masking::Last) => {
-                let spans = self.renderer.assistant_spans(conv, &rendered).map_err(|e| ExcludeReason::Spans(e.to_string()))?;
+                let (rendered, spans) = self.renderer.render_with_spans(conv).map_err(template_failed)?;
+                let spans = spans.map_err(|e| ExcludeReason::Spans(e.to_string()))?;
                 let template = self.renderer.templates().select(conv.tools.is_some()).name();
-                mask::assistant_ranges(masking, conv, &spans, template)?
+                let ranges = mask::assistant_ranges(masking, conv, &spans, template)?;
+                (rendered, ranges)
             }
         };
         let tokenized = self

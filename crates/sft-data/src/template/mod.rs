@@ -149,25 +149,10 @@ impl ChatTemplate {
             ));
         }
         let final_text = if args.continue_final_message { Some(self.tag_final_message(&mut messages)?) } else { None };
-        if self.has_generation && messages.iter().any(has_sentinel) {
-            return Err(TemplateError::Render {
-                message: "a message contains U+FDD0 or U+FDD1, which sft reserves for {% generation %} spans".into(),
-            });
-        }
-        let mut ctx = Map::new();
-        ctx.insert("messages".into(), Json::Array(messages));
-        ctx.insert("tools".into(), tools.cloned().unwrap_or(Json::Null));
-        ctx.insert("documents".into(), documents.cloned().unwrap_or(Json::Null));
-        ctx.insert("add_generation_prompt".into(), Json::Bool(args.add_generation_prompt));
-        for (k, v) in args.template_vars.iter().chain(args.kwargs.iter()) {
-            ctx.insert(k.clone(), v.clone());
-        }
-        let template = self.env.get_template(ROOT).map_err(|e| TemplateError::Render { message: describe(&e) })?;
-        let raw = template
-            .render(minijinja::Value::from(minijinja::value::Serde(&ctx)))
-            .map_err(|e| TemplateError::Render { message: describe(&e) })?;
-        let (mut text, mut spans) =
-            if self.has_generation { extract_spans(&raw) } else { (raw, Vec::new()) };
+        let input = TemplateInput::new(&messages, tools, documents, self.has_generation);
+        let vars = context_vars(&args.template_vars, &args.kwargs);
+        let Rendered { mut text, generation_spans: mut spans } =
+            self.render_input(&input, input.messages.len(), args.add_generation_prompt, &vars)?;
         if let Some(final_text) = final_text {
             let chars = cut_at_continue_tag(&text, &final_text)?;
             text = text.chars().take(chars).collect();
@@ -178,6 +163,73 @@ impl ChatTemplate {
         }
         Ok(Rendered { text, generation_spans: spans })
     }
+
+    /// Renders the first `n` messages of `input` with the context variables `vars` (later
+    /// ones win on a clash, as `apply_chat_template`'s keyword arguments do).
+    pub(crate) fn render_input(
+        &self,
+        input: &TemplateInput,
+        n: usize,
+        add_generation_prompt: bool,
+        vars: &[(String, minijinja::Value)],
+    ) -> Result<Rendered, TemplateError> {
+        if input.has_sentinel {
+            return Err(TemplateError::Render {
+                message: "a message contains U+FDD0 or U+FDD1, which sft reserves for {% generation %} spans".into(),
+            });
+        }
+        let messages = minijinja::Value::from(input.messages[..n.min(input.messages.len())].to_vec());
+        let fixed = [
+            ("messages", messages),
+            ("tools", input.tools.clone()),
+            ("documents", input.documents.clone()),
+            ("add_generation_prompt", minijinja::Value::from(add_generation_prompt)),
+        ];
+        let ctx: std::collections::BTreeMap<&str, minijinja::Value> =
+            fixed.into_iter().chain(vars.iter().map(|(k, v)| (k.as_str(), v.clone()))).collect();
+        let template = self.env.get_template(ROOT).map_err(|e| TemplateError::Render { message: describe(&e) })?;
+        let raw = template.render(ctx).map_err(|e| TemplateError::Render { message: describe(&e) })?;
+        let (text, generation_spans) = if self.has_generation { extract_spans(&raw) } else { (raw, Vec::new()) };
+        Ok(Rendered { text, generation_spans })
+    }
+}
+
+/// A conversation's messages, tools and documents as template values, converted once so that
+/// its prefixes render without converting them again.
+pub(crate) struct TemplateInput {
+    messages: Vec<minijinja::Value>,
+    tools: minijinja::Value,
+    documents: minijinja::Value,
+    /// Whether a message holds a generation sentinel (refused by templates that use them).
+    has_sentinel: bool,
+}
+
+impl TemplateInput {
+    /// Converts messages already through [`prepare_message`].
+    fn new(messages: &[Json], tools: Option<&Json>, documents: Option<&Json>, has_generation: bool) -> Self {
+        let value = |v: Option<&Json>| v.map_or(minijinja::Value::from(()), to_value);
+        TemplateInput {
+            messages: messages.iter().map(to_value).collect(),
+            tools: value(tools),
+            documents: value(documents),
+            has_sentinel: has_generation && messages.iter().any(has_sentinel),
+        }
+    }
+
+    /// The input for `conv` as `template` sees it.
+    pub(crate) fn of(conv: &Conversation, template: &ChatTemplate) -> Self {
+        let messages: Vec<Json> = conv.messages.iter().map(|m| prepare_fields(&m.fields)).collect();
+        TemplateInput::new(&messages, conv.tools.as_ref(), conv.documents.as_ref(), template.has_generation)
+    }
+}
+
+/// The context variables beside the messages: special tokens, then keyword arguments.
+pub(crate) fn context_vars(template_vars: &Map<String, Json>, kwargs: &Map<String, Json>) -> Vec<(String, minijinja::Value)> {
+    template_vars.iter().chain(kwargs).map(|(k, v)| (k.clone(), to_value(v))).collect()
+}
+
+fn to_value(v: &Json) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(v))
 }
 
 /// minijinja's error on one line: what went wrong (a `raise_exception` message as is), the

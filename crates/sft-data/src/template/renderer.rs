@@ -1,11 +1,15 @@
 //! A [`Renderer`]: a tokenizer's template set plus the context values it always passes (special
 //! tokens, extra keyword arguments), and the assistant spans of a rendered conversation.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde_json::{Map, Value as Json};
 
-use super::{load_template, special_tokens, RenderArgs, Rendered, TemplateChoice, TemplateError, TemplateSet};
+use super::{
+    context_vars, load_template, special_tokens, ChatTemplate, RenderArgs, Rendered, TemplateChoice, TemplateError, TemplateInput,
+    TemplateSet,
+};
 use crate::conversation::Conversation;
 
 /// Renders conversations for one tokenizer and template choice.
@@ -14,6 +18,8 @@ pub struct Renderer {
     templates: TemplateSet,
     template_vars: Map<String, Json>,
     kwargs: Map<String, Json>,
+    /// `template_vars` then `kwargs` as template values, converted once.
+    vars: Vec<(String, minijinja::Value)>,
 }
 
 /// One assistant turn in a rendered text: its character span `[start, end)` and, when known,
@@ -49,7 +55,8 @@ impl Renderer {
         if let Some(eos) = &templates.eos_override {
             template_vars.insert("eos_token".into(), Json::String(eos.clone()));
         }
-        Ok(Renderer { templates, template_vars, kwargs })
+        let vars = context_vars(&template_vars, &kwargs);
+        Ok(Renderer { templates, template_vars, kwargs, vars })
     }
 
     /// The templates in use.
@@ -79,7 +86,22 @@ impl Renderer {
     /// Renders `conv` like `apply_chat_template(..., tokenize=False)`.
     pub fn render(&self, conv: &Conversation, add_generation_prompt: bool, continue_final_message: bool) -> Result<Rendered, TemplateError> {
         let template = self.templates.select(conv.tools.is_some());
-        template.render(conv, &self.args(add_generation_prompt, continue_final_message))
+        if continue_final_message {
+            return template.render(conv, &self.args(add_generation_prompt, continue_final_message));
+        }
+        let input = TemplateInput::of(conv, template);
+        template.render_input(&input, conv.messages.len(), add_generation_prompt, &self.vars)
+    }
+
+    /// [`render`](Self::render) without a generation prompt, and the
+    /// [`assistant_spans`](Self::assistant_spans) of that render (the inner error), converting
+    /// the conversation for the template once and reusing the render as the last prefix.
+    pub fn render_with_spans(&self, conv: &Conversation) -> Result<(Rendered, Result<Spans, TemplateError>), TemplateError> {
+        let template = self.templates.select(conv.tools.is_some());
+        let input = TemplateInput::of(conv, template);
+        let rendered = template.render_input(&input, conv.messages.len(), false, &self.vars)?;
+        let spans = self.spans(template, conv, &input, &rendered, true);
+        Ok((rendered, spans))
     }
 
     /// The assistant spans of `rendered` (the render of `conv` without a generation prompt):
@@ -93,16 +115,23 @@ impl Renderer {
     pub fn assistant_spans(&self, conv: &Conversation, rendered: &Rendered) -> Result<Spans, TemplateError> {
         let template = self.templates.select(conv.tools.is_some());
         if template.has_generation_tags() {
-            // Blocks pair with assistant messages in order when there is one per message.
-            let assistants: Vec<usize> =
-                conv.messages.iter().enumerate().filter(|(_, m)| m.is_assistant()).map(|(i, _)| i).collect();
-            let paired = assistants.len() == rendered.generation_spans.len();
-            return Ok(rendered
-                .generation_spans
-                .iter()
-                .enumerate()
-                .map(|(k, &(start, end))| AssistantSpan { message: paired.then(|| assistants[k]), start, end })
-                .collect());
+            return Ok(generation_spans(conv, rendered));
+        }
+        self.spans(template, conv, &TemplateInput::of(conv, template), rendered, false)
+    }
+
+    /// [`assistant_spans`](Self::assistant_spans) with the template input at hand; `plain` when
+    /// `rendered` is the render of all messages without a generation prompt (the last prefix).
+    fn spans(
+        &self,
+        template: &ChatTemplate,
+        conv: &Conversation,
+        input: &TemplateInput,
+        rendered: &Rendered,
+        plain: bool,
+    ) -> Result<Spans, TemplateError> {
+        if template.has_generation_tags() {
+            return Ok(generation_spans(conv, rendered));
         }
         let full = &rendered.text;
         let mut spans = Vec::new();
@@ -110,13 +139,15 @@ impl Renderer {
             if !message.is_assistant() {
                 continue;
             }
-            let prefix_of = |n: usize, agp: bool| -> Result<String, TemplateError> {
-                let part = Conversation { messages: conv.messages[..n].to_vec(), ..conv.clone() };
-                Ok(template.render(&part, &self.args(agp, false))?.text)
+            let prefix_of = |n: usize, agp: bool| -> Result<Cow<'_, str>, TemplateError> {
+                if plain && !agp && n == conv.messages.len() {
+                    return Ok(Cow::Borrowed(full.as_str()));
+                }
+                Ok(Cow::Owned(template.render_input(input, n, agp, &self.vars)?.text))
             };
             let before = prefix_of(i, true)?;
             let through = prefix_of(i + 1, false)?;
-            if !full.starts_with(&before) || !full.starts_with(&through) || through.len() < before.len() {
+            if !full.starts_with(before.as_ref()) || !full.starts_with(through.as_ref()) || through.len() < before.len() {
                 return Err(TemplateError::Render {
                     message: format!(
                         "cannot locate assistant message {} by prefix rendering: template {} renders it differently \
@@ -133,6 +164,19 @@ impl Renderer {
         }
         Ok(spans)
     }
+}
+
+/// The `{% generation %}` spans of `rendered`; they pair with assistant messages in order when
+/// there is one per message.
+fn generation_spans(conv: &Conversation, rendered: &Rendered) -> Spans {
+    let assistants: Vec<usize> = conv.messages.iter().enumerate().filter(|(_, m)| m.is_assistant()).map(|(i, _)| i).collect();
+    let paired = assistants.len() == rendered.generation_spans.len();
+    rendered
+        .generation_spans
+        .iter()
+        .enumerate()
+        .map(|(k, &(start, end))| AssistantSpan { message: paired.then(|| assistants[k]), start, end })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! sft-data's integration tests, one module per stage: data readers (good files and the
-//! bad-input corpus), template parity with transformers, built-in templates, the encode and pack stages.
+//! bad-input corpus), template parity with transformers, built-in templates, the encode and pack stages, the tokenizer fast path.
 
 mod builtin_templates;
 mod common;
@@ -9,3 +9,4 @@ mod encode;
 mod encode_parity;
 mod pack;
 mod render_parity;
+mod tokens;
