@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{logged_losses, root, sft, stderr, tiny_run};
 
@@ -36,9 +36,12 @@ fn spawn_train(yaml: &Path, resume: bool, fault: &str) -> Child {
     cmd.env("SFT_FAULT", fault).spawn().expect("run sft train")
 }
 
-/// A temporary checkpoint directory being written, if any.
-fn partial_save(out: &Path) -> bool {
-    std::fs::read_dir(out).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+/// Whether a temporary checkpoint directory was written to at or after `since` (one left by an
+/// earlier kill does not count).
+fn partial_save(out: &Path, since: SystemTime) -> bool {
+    std::fs::read_dir(out).into_iter().flatten().flatten().any(|e| {
+        e.file_name().to_string_lossy().ends_with(".partial") && e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since)
+    })
 }
 
 /// Waits for `child` until `kill_now` says so (then SIGKILLs it: `Child::kill` sends SIGKILL)
@@ -78,13 +81,14 @@ fn training_sigkilled_at_random_points_and_during_saves_resumes_to_the_same_weig
     for attempt in 0.. {
         assert!(attempt < 12, "the run never finished");
         let resume = sft_train::checkpoint::latest(&out_dir).is_some();
+        let spawned = SystemTime::now();
         let mut child = spawn_train(&yaml, resume, &fault);
         // Even attempts kill inside the next save; odd ones after a random 0.2-2 s. The first
         // four attempts kill; then the run is left to finish.
         let finished = if attempt >= 4 {
             run_until(&mut child, || false)
         } else if attempt % 2 == 0 {
-            let hit = run_until(&mut child, || partial_save(&out_dir));
+            let hit = run_until(&mut child, || partial_save(&out_dir, spawned));
             mid_save_kills += usize::from(!hit);
             hit
         } else {
@@ -101,6 +105,7 @@ fn training_sigkilled_at_random_points_and_during_saves_resumes_to_the_same_weig
         }
     }
     assert!(kills >= 3 && mid_save_kills >= 1, "{kills} kills, {mid_save_kills} during a save");
+    assert!(!partial_save(&out_dir, SystemTime::UNIX_EPOCH), "a finished run leaves no temporary directory");
     let last = out_dir.join("checkpoint-8");
     assert!(weights(&last) == want, "after {kills} kills the resumed weights differ from the uninterrupted run");
     assert_eq!(logged_losses(&last), want_losses);
