@@ -27,13 +27,18 @@ impl Rng {
     }
 }
 
-fn spawn_train(yaml: &Path, resume: bool, fault: &str) -> Child {
+/// `sft train YAML [--resume]` with the `SFT_FAULT` hook set to `fault`.
+fn train_command(yaml: &Path, resume: bool, fault: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sft"));
-    cmd.args(["train", yaml.to_str().expect("utf-8 path")]).current_dir(root()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(["train", yaml.to_str().expect("utf-8 path")]).current_dir(root()).env("SFT_FAULT", fault);
     if resume {
         cmd.arg("--resume");
     }
-    cmd.env("SFT_FAULT", fault).spawn().expect("run sft train")
+    cmd
+}
+
+fn spawn_train(yaml: &Path, resume: bool, fault: &str) -> Child {
+    train_command(yaml, resume, fault).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run sft train")
 }
 
 /// Whether a temporary checkpoint directory was written to at or after `since` (one left by an
@@ -114,12 +119,7 @@ fn training_sigkilled_at_random_points_and_during_saves_resumes_to_the_same_weig
     // stays intact and loadable, nothing torn is left, and resuming ends where it should.
     let full = tiny_run("crash-disk-full", "");
     let (yaml, out_dir) = (full.join("train.yaml"), full.join("out"));
-    let run = Command::new(env!("CARGO_BIN_EXE_sft"))
-        .args(["train", yaml.to_str().expect("path")])
-        .current_dir(root())
-        .env("SFT_FAULT", "disk-full:4")
-        .output()
-        .expect("run");
+    let run = train_command(&yaml, false, "disk-full:4").output().expect("run");
     assert!(!run.status.success());
     let err = stderr(&run);
     assert!(err.contains("saving checkpoint-4 failed") && err.contains("no space left on device"), "{err}");
@@ -138,12 +138,7 @@ fn training_sigkilled_at_random_points_and_during_saves_resumes_to_the_same_weig
 fn a_loss_that_stops_being_finite_stops_the_run_with_a_checkpoint_and_a_hint() {
     let dir = tiny_run("non-finite", "");
     // The loss of the fourth step (0-based 3) turns NaN, as an overflow would make it.
-    let out = Command::new(env!("CARGO_BIN_EXE_sft"))
-        .args(["train", dir.join("train.yaml").to_str().expect("path")])
-        .current_dir(root())
-        .env("SFT_FAULT", "nan-loss:3")
-        .output()
-        .expect("run");
+    let out = train_command(&dir.join("train.yaml"), false, "nan-loss:3").output().expect("run");
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(!err.contains("panicked"), "{err}");
