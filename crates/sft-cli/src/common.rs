@@ -100,11 +100,8 @@ impl DataArgs {
             if dataset.detected { "detected" } else { "given" },
             dataset.conversations.len()
         );
-        if !dataset.skipped.is_empty() {
-            eprintln!("{}: skipped {} bad rows:", self.data(), dataset.skipped.len());
-            for (at, reason) in &dataset.skipped {
-                eprintln!("  {at}: {reason}");
-            }
+        if let Some(report) = dataset.skipped_report(self.data()) {
+            eprintln!("{report}");
         }
         Ok(Loaded { dataset, renderer, tokenizer })
     }

@@ -180,6 +180,18 @@ impl ModelConfig {
     }
 }
 
+/// Upper bounds far above any released model, so that a config from the internet can not make
+/// loading allocate without bound before the weights are checked against it.
+const LIMITS: &[(&str, usize)] = &[
+    ("vocab_size", 1 << 22),
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 19),
+    ("num_hidden_layers", 1 << 10),
+    ("num_attention_heads", 1 << 10),
+    ("num_key_value_heads", 1 << 10),
+    ("head_dim", 1 << 12),
+];
+
 struct Ctx<'a> {
     path: &'a Path,
 }
@@ -192,7 +204,10 @@ impl Ctx<'_> {
     fn need(&self, v: Option<usize>, key: &str) -> Result<usize, ModelError> {
         match v {
             Some(0) => Err(self.err(key, "must be at least 1")),
-            Some(n) => Ok(n),
+            Some(n) => match LIMITS.iter().find(|(k, _)| *k == key) {
+                Some((_, max)) if n > *max => Err(self.err(key, format!("{n} is implausibly large (at most {max})"))),
+                _ => Ok(n),
+            },
             None => Err(self.err(key, "missing")),
         }
     }
@@ -308,6 +323,10 @@ impl HfConfig {
             }
             return Ok(types.clone());
         }
+        let pattern = match self.sliding_window_pattern {
+            Some(0) => return Err(cx.err("sliding_window_pattern", "must be at least 1")),
+            other => other.unwrap_or(6),
+        };
         let kind = |sliding: bool| if sliding { "sliding_attention" } else { "full_attention" }.to_string();
         Ok((0..n)
             .map(|i| match family {
@@ -316,7 +335,7 @@ impl HfConfig {
                     kind(self.use_sliding_window.unwrap_or(false) && i >= self.max_window_layers.unwrap_or(0))
                 }
                 Family::Gemma2 => kind(i % 2 == 0),
-                Family::Gemma3 => kind((i + 1) % self.sliding_window_pattern.unwrap_or(6) != 0),
+                Family::Gemma3 => kind((i + 1) % pattern != 0),
                 _ => kind(false),
             })
             .collect())
@@ -453,6 +472,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("rope_scaling.rope_type: \"yarn\" is not supported"), "{e}");
+    }
+
+    /// Issue 9: a hostile config.json fails before anything config-sized is allocated.
+    #[test]
+    fn implausible_sizes_and_a_zero_pattern_are_errors_not_allocations_or_panics() {
+        let e = resolve(r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1000000000000000, "num_attention_heads": 2}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.json: num_hidden_layers: 1000000000000000 is implausibly large (at most 1024)"), "{e}");
+        let e = resolve(&format!(r#"{{"model_type": "llama", {BASE}, "head_dim": 1099511627776}}"#)).unwrap_err().to_string();
+        assert!(e.contains("head_dim: 1099511627776 is implausibly large"), "{e}");
+        let e = resolve(&format!(r#"{{"model_type": "gemma3_text", {BASE}, "sliding_window": 4, "sliding_window_pattern": 0}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sliding_window_pattern: must be at least 1"), "{e}");
     }
 
     #[test]

@@ -105,8 +105,9 @@ fn shard_paths(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Ok(paths)
 }
 
-/// Checks the safetensors header before mapping: an 8-byte length that fits the file and a
-/// JSON header (so a truncated or lying file is an error naming it, not a crash).
+/// Checks the safetensors header before mapping: an 8-byte length that fits the file, a JSON
+/// object, and every tensor's dtype, shape and data offsets agreeing with each other and with
+/// the file (so a truncated or lying file is an error naming it and the tensor, not a crash).
 fn check_header(path: &Path) -> Result<(), ModelError> {
     use std::io::Read;
     let err = |message: String| ModelError::Safetensors { path: path.into(), message };
@@ -118,5 +119,47 @@ fn check_header(path: &Path) -> Result<(), ModelError> {
     if n > size.saturating_sub(8) || n > 100 << 20 {
         return Err(err(format!("header length {n} does not fit the file of {size} bytes")));
     }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|source| ModelError::Io { path: path.into(), source })?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| err(format!("the header is not a JSON object: {e}")))?;
+    let data_len = size - 8 - n;
+    for (name, entry) in header.iter().filter(|(name, _)| *name != "__metadata__") {
+        check_entry(entry, data_len).map_err(|message| err(format!("tensor {name}: {message}")))?;
+    }
     Ok(())
+}
+
+/// One header entry: `{"dtype", "shape", "data_offsets"}` inside `data_len` bytes of data.
+fn check_entry(entry: &serde_json::Value, data_len: u64) -> Result<(), String> {
+    let dtype = entry.get("dtype").and_then(|d| d.as_str()).ok_or("dtype is missing")?;
+    let shape: Vec<u64> = entry
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .and_then(|dims| dims.iter().map(|d| d.as_u64()).collect())
+        .ok_or("shape is not a list of sizes")?;
+    let offsets: Vec<u64> = entry
+        .get("data_offsets")
+        .and_then(|o| o.as_array())
+        .and_then(|o| o.iter().map(|d| d.as_u64()).collect())
+        .filter(|o: &Vec<u64>| o.len() == 2)
+        .ok_or("data_offsets is not a pair of offsets")?;
+    let (start, end) = (offsets[0], offsets[1]);
+    if start > end || end > data_len {
+        return Err(format!("data_offsets [{start}, {end}] do not fit the {data_len} bytes of data (a truncated file?)"));
+    }
+    let bits: u64 = match dtype {
+        "F64" | "I64" | "U64" => 64,
+        "F32" | "I32" | "U32" => 32,
+        "F16" | "BF16" | "I16" | "U16" => 16,
+        "F8_E4M3" | "F8_E5M2" | "I8" | "U8" | "BOOL" => 8,
+        // Packed and future types: the safetensors reader checks them.
+        _ => return Ok(()),
+    };
+    let bytes = shape.iter().try_fold(bits, |acc, &d| acc.checked_mul(d)).map(|b| b.div_ceil(8));
+    match bytes {
+        Some(b) if b == end - start => Ok(()),
+        Some(b) => Err(format!("shape {shape:?} of {dtype} is {b} bytes, but data_offsets [{start}, {end}] hold {}", end - start)),
+        None => Err(format!("shape {shape:?} is too large")),
+    }
 }

@@ -101,29 +101,22 @@ pub fn latest(output_dir: &Path) -> Option<PathBuf> {
     list(output_dir).pop().map(|(_, p)| p)
 }
 
-/// Writes checkpoint `state.global_step` atomically and removes the oldest beyond `limit`.
+/// Writes checkpoint `state.global_step` atomically and removes the oldest beyond `limit`. A
+/// save that fails (a full disk, say) removes its temporary directory and leaves every earlier
+/// checkpoint as it was; the error names the newest complete one.
 pub fn save(output_dir: &Path, state: &TrainerState, contents: &Contents<'_>, limit: Option<usize>) -> Result<PathBuf, TrainError> {
     std::fs::create_dir_all(output_dir).map_err(io(output_dir))?;
-    let final_dir = dir_of(output_dir, state.global_step);
-    let tmp = output_dir.join(format!(".checkpoint-{}.partial", state.global_step));
+    let step = state.global_step;
+    let tmp = output_dir.join(format!(".checkpoint-{step}.partial"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    write_weights(&tmp, contents)?;
-    save_tensors(&tmp.join("optimizer.safetensors"), &contents.optimizer)?;
-    let state_json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Io { path: tmp.clone(), source: e.into() })?;
-    write_synced(&tmp.join("training_config.yaml"), contents.config_yaml.as_bytes())?;
-    for name in TOKENIZER_FILES {
-        let src = contents.tokenizer.join(name);
-        if src.is_file() {
-            let bytes = std::fs::read(&src).map_err(io(&src))?;
-            write_synced(&tmp.join(name), &bytes)?;
-        }
+    if let Err(source) = write_all(&tmp, state, contents) {
+        // Best effort: a torn directory is never taken for a checkpoint anyway.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(TrainError::Save { step, latest: latest(output_dir), cause: Box::new(source) });
     }
-    write_synced(&tmp.join("chat_template.jinja"), contents.chat_template.as_bytes())?;
-    // trainer_state.json last: a directory without it is never taken for a checkpoint.
-    write_synced(&tmp.join("trainer_state.json"), &state_json)?;
+    let final_dir = dir_of(output_dir, step);
     if final_dir.exists() {
         // The same step saved again (a resumed run): the new one replaces it.
         std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
@@ -138,6 +131,26 @@ pub fn save(output_dir: &Path, state: &TrainerState, contents: &Contents<'_>, li
         }
     }
     Ok(final_dir)
+}
+
+/// Every file of a checkpoint, into the temporary directory `tmp`.
+fn write_all(tmp: &Path, state: &TrainerState, contents: &Contents<'_>) -> Result<(), TrainError> {
+    std::fs::create_dir_all(tmp).map_err(io(tmp))?;
+    write_weights(tmp, contents)?;
+    crate::fault::after_weights(state.global_step, tmp)?;
+    save_tensors(&tmp.join("optimizer.safetensors"), &contents.optimizer)?;
+    let state_json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Io { path: tmp.into(), source: e.into() })?;
+    write_synced(&tmp.join("training_config.yaml"), contents.config_yaml.as_bytes())?;
+    for name in TOKENIZER_FILES {
+        let src = contents.tokenizer.join(name);
+        if src.is_file() {
+            let bytes = std::fs::read(&src).map_err(io(&src))?;
+            write_synced(&tmp.join(name), &bytes)?;
+        }
+    }
+    write_synced(&tmp.join("chat_template.jinja"), contents.chat_template.as_bytes())?;
+    // trainer_state.json last: a directory without it is never taken for a checkpoint.
+    write_synced(&tmp.join("trainer_state.json"), &state_json)
 }
 
 fn write_weights(dir: &Path, c: &Contents<'_>) -> Result<(), TrainError> {

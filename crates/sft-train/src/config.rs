@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sft_data::data::OnBadRow;
 use sft_data::encode::{AppendEos, EncodeOptions, Markers, Masking, Truncation};
 use sft_model::lora::{LoraSettings, Targets};
 use sft_model::quant::BaseFormat;
@@ -40,6 +41,8 @@ pub struct RawTrainConfig {
     pub datasets: Vec<RawDataset>,
     #[serde(default)]
     pub eval_dataset: Option<RawDataset>,
+    #[serde(default = "defaults::on_bad_row")]
+    pub on_bad_row: String,
     #[serde(default)]
     pub eval_split: Option<f64>,
     #[serde(default = "defaults::output_dir")]
@@ -125,6 +128,9 @@ mod defaults {
 
     use serde_json::Value;
 
+    pub fn on_bad_row() -> String {
+        "fail".into()
+    }
     pub fn output_dir() -> PathBuf {
         "outputs".into()
     }
@@ -195,7 +201,7 @@ mod defaults {
 
 /// The keys the file may have (for suggestions).
 const KEYS: &[&str] = &[
-    "model", "tokenizer", "chat_template", "template_kwargs", "datasets", "eval_dataset", "eval_split", "output_dir",
+    "model", "tokenizer", "chat_template", "template_kwargs", "datasets", "eval_dataset", "eval_split", "on_bad_row", "output_dir",
     "finetuning", "masking", "instruction_part", "response_part", "append_eos", "max_seq_length", "truncation",
     "packing", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "max_grad_norm", "adam_beta1",
@@ -241,6 +247,8 @@ pub struct TrainConfig {
     pub eval_dataset: Option<RawDataset>,
     /// Fraction of the training rows held out when there is no eval file.
     pub eval_split: Option<f64>,
+    /// Fail on the first bad data row (default), or skip bad rows, counted and listed.
+    pub on_bad_row: OnBadRow,
     /// Where checkpoints go.
     pub output_dir: PathBuf,
     /// Full or LoRA.
@@ -315,12 +323,21 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig, TrainError
             return Err(TrainError::Config { path: path.into(), key: name.into(), message: format!("unknown key{hint}") });
         }
     }
-    let raw: RawTrainConfig = serde_yaml::from_value(value).map_err(|e| TrainError::Config {
+    let raw: RawTrainConfig = serde_yaml::from_value(value.clone()).map_err(|e| TrainError::Config {
         path: path.into(),
         key: String::new(),
-        message: e.to_string(),
+        message: keyed_message(&value).unwrap_or_else(|| e.to_string()),
     })?;
     raw.resolve(path)
+}
+
+/// The deserialization error of `value` with the key it is at (`from_value` does not track
+/// it; reading the same YAML back as text does). The line and column refer to that text, not
+/// the user's file, so they are dropped.
+fn keyed_message(value: &serde_yaml::Value) -> Option<String> {
+    let text = serde_yaml::to_string(value).ok()?;
+    let e = serde_yaml::from_str::<RawTrainConfig>(&text).err()?.to_string();
+    Some(e.rsplit_once(" at line ").map_or(e.clone(), |(message, _)| message.to_string()))
 }
 
 /// The known key nearest to `name` by edit distance, when close enough.
@@ -401,6 +418,7 @@ impl RawTrainConfig {
             (true, Method::Lora(_), "nf4") => BaseFormat::Nf4 { double_quant: self.bnb_4bit_use_double_quant },
             (true, _, other) => return Err(err("bnb_4bit_quant_type", &format!("{other:?} is not supported; use \"nf4\""))),
         };
+        let on_bad_row = self.on_bad_row.parse().map_err(|message: String| err("on_bad_row", &message))?;
         Ok(TrainConfig {
             source: path.into(),
             model: self.model.clone(),
@@ -410,6 +428,7 @@ impl RawTrainConfig {
             datasets: self.datasets.clone(),
             eval_dataset: self.eval_dataset.clone(),
             eval_split: self.eval_split,
+            on_bad_row,
             output_dir: self.output_dir.clone(),
             method,
             encode,

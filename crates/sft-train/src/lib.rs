@@ -7,6 +7,7 @@
 pub mod batches;
 pub mod checkpoint;
 pub mod config;
+mod fault;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
@@ -78,8 +79,22 @@ pub enum TrainError {
         /// The cause.
         source: candle_core::Error,
     },
+    /// A checkpoint could not be saved; its temporary directory was removed and the earlier
+    /// checkpoints are untouched.
+    #[error("saving checkpoint-{step} failed: {cause}; {}", match latest {
+        Some(dir) => format!("the newest complete checkpoint, {}, is intact (resume with --resume)", dir.display()),
+        None => "no earlier checkpoint exists".to_string(),
+    })]
+    Save {
+        /// The step being saved.
+        step: usize,
+        /// The newest complete checkpoint left.
+        latest: Option<PathBuf>,
+        /// The cause.
+        cause: Box<TrainError>,
+    },
     /// The loss or the gradients stopped being finite.
-    #[error("step {step}: {what} is not finite; a checkpoint was saved at {}", saved.display())]
+    #[error("step {step}: {what} is not finite; a checkpoint of the last good step was saved at {} (lower learning_rate, or clip with max_grad_norm)", saved.display())]
     NonFinite {
         /// The optimizer step.
         step: usize,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use serde_json::json;
-use sft_data::data::{read_dataset, OnBadRow, ReadOptions, ShareGptOptions};
+use sft_data::data::{read_dataset, ReadOptions, ShareGptOptions};
 use sft_data::encode::{encode_all, Example};
 use sft_data::prepared::{DataFingerprint, ManifestKey, PreparedDataset, Settings, MANIFEST};
 use sft_data::template::{Clock, Renderer, TemplateChoice};
@@ -175,7 +175,7 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
             let store = model.backward(&scaled)?;
             accumulate(&mut grads, &store, &model)?;
         }
-        let loss = loss_sum / targets.max(1) as f64;
+        let loss = crate::fault::loss(step, loss_sum / targets.max(1) as f64);
         let norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         if !loss.is_finite() || !norm.is_finite() {
             let saved = save(&state, &model, &optimizer)?;
@@ -287,8 +287,11 @@ fn prepare(cfg: &TrainConfig) -> Result<Data, TrainError> {
                 message: format!("{e}"),
             })?),
         };
-        let opts = ReadOptions { format, sharegpt: ShareGptOptions::default(), on_bad_row: OnBadRow::Fail };
+        let opts = ReadOptions { format, sharegpt: ShareGptOptions::default(), on_bad_row: cfg.on_bad_row };
         let dataset = read_dataset(&ds.path.to_string_lossy(), &opts)?;
+        if let Some(report) = dataset.skipped_report(&ds.path.to_string_lossy()) {
+            eprintln!("{report}");
+        }
         let encoded = encode_all(&dataset.conversations, &cfg.encode, &renderer, &tokenizer)?;
         for ex in encoded.excluded.iter().take(10) {
             eprintln!("{}: excluded {ex}", ds.path.display());

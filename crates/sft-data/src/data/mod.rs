@@ -81,6 +81,21 @@ pub struct Dataset {
     pub skipped: Vec<(RowRef, String)>,
 }
 
+impl Dataset {
+    /// The skipped rows as lines for a summary: `NAME: skipped N bad rows:`, then one
+    /// `  file:row: reason` line each; `None` when no row was skipped.
+    pub fn skipped_report(&self, name: &str) -> Option<String> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        let mut text = format!("{name}: skipped {} bad rows:", self.skipped.len());
+        for (at, reason) in &self.skipped {
+            text.push_str(&format!("\n  {at}: {reason}"));
+        }
+        Some(text)
+    }
+}
+
 /// Reads and converts every row of `path` (`-` for stdin).
 ///
 /// With [`OnBadRow::Fail`] the first bad row is the error; with [`OnBadRow::Skip`] bad rows go
@@ -197,6 +212,9 @@ mod tests {
         assert_eq!(d.conversations.iter().map(|c| c.source.row).collect::<Vec<_>>(), [1, 4]);
         assert_eq!(d.skipped.iter().map(|(r, _)| r.row).collect::<Vec<_>>(), [2, 3]);
         assert!(d.skipped[1].1.starts_with("invalid JSON"), "{}", d.skipped[1].1);
+        let report = d.skipped_report("t.jsonl").unwrap();
+        assert!(report.starts_with("t.jsonl: skipped 2 bad rows:\n  t.jsonl:2: missing key"), "{report}");
+        assert!(report.contains("\n  t.jsonl:3: invalid JSON"), "{report}");
     }
 
     #[test]

@@ -157,7 +157,19 @@ fn json_message(e: &serde_json::Error) -> String {
     text.strip_suffix(&suffix).map(str::to_string).unwrap_or(text)
 }
 
+/// The parquet crate panics on some malformed files (fuzzing found a division by zero in its
+/// byte-array reader), so a panic while decoding is caught and reported as a corrupt file.
 fn parse_parquet(path: &str, bytes: Vec<u8>) -> Result<Vec<Result<RawRow, DataError>>, DataError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_parquet(path, bytes))).unwrap_or_else(|panic| {
+        let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        Err(DataError::Parquet {
+            path: path.to_string(),
+            message: format!("the decoder failed ({})", why.unwrap_or_else(|| "a panic".into())),
+        })
+    })
+}
+
+fn decode_parquet(path: &str, bytes: Vec<u8>) -> Result<Vec<Result<RawRow, DataError>>, DataError> {
     let fail = |message: String| DataError::Parquet {
         path: path.to_string(),
         message: message.strip_prefix("Parquet error: ").map(str::to_string).unwrap_or(message),
@@ -260,6 +272,15 @@ mod tests {
         assert!(got.rows[1].as_ref().unwrap_err().to_string().starts_with("a.json:2: row is a number"));
         let err = parse_bytes("a.json", b"[\n{\"a\":1},\n{\"a\" 2}]".to_vec()).unwrap_err();
         assert!(err.to_string().starts_with("a.json:3:6: invalid JSON"), "{err}");
+    }
+
+    /// Issue 9, found by the data_reader fuzz target: this file makes the parquet crate divide
+    /// by zero; it must be an error naming the file.
+    #[test]
+    fn a_parquet_file_that_panics_the_decoder_is_an_error() {
+        let bytes = include_bytes!("../../tests/fixtures/data/parquet_panics_decoder.parquet");
+        let err = parse_bytes("f.parquet", bytes.to_vec()).unwrap_err().to_string();
+        assert!(err.starts_with("f.parquet: cannot read Parquet: the decoder failed") && err.contains("corrupt"), "{err}");
     }
 
     #[test]
