@@ -137,8 +137,8 @@ impl Attention {
                     *x = (*x / c).tanh() * c;
                 }
             }
-            if self.spec.softcap.is_some() {
-                tanhs.extend(row[..to].iter().enumerate().map(|(j, x)| if j >= from { x / self.spec.softcap.unwrap_or(1.0) } else { 0.0 }));
+            if let Some(c) = self.spec.softcap {
+                tanhs.extend(row[..to].iter().enumerate().map(|(j, x)| if j >= from { x / c } else { 0.0 }));
                 tanhs.extend(std::iter::repeat_n(0.0, nk - to));
             }
             let norm = match lse {

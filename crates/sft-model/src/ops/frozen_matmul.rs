@@ -55,6 +55,17 @@ pub fn qmatmul(x: &Tensor, weight: &Arc<QuantWeight>) -> Result<Tensor> {
 
 struct QMatMul(Arc<QuantWeight>);
 
+/// `dy·W` for `dy` `[n, out]` and the quantized `[out, in]` weight, a tile of rows at a time.
+pub(crate) fn qmatmul_input_grad(grad: &Tensor, weight: &Arc<QuantWeight>) -> Result<Tensor> {
+    let op = QMatMul(weight.clone());
+    let mut dx = Tensor::zeros((grad.dim(0)?, weight.dims().1), grad.dtype(), grad.device())?;
+    for tile in op.tiles() {
+        let (first, w) = tile?;
+        dx = (dx + grad.narrow(1, first, w.dim(0)?)?.matmul(&w)?)?;
+    }
+    Ok(dx)
+}
+
 impl QMatMul {
     /// Row ranges of the weight, each at most [`TILE_FLOATS`] values, dequantized as tensors.
     fn tiles(&self) -> impl Iterator<Item = Result<(usize, Tensor)>> + '_ {
@@ -94,13 +105,8 @@ impl CustomOp1 for QMatMul {
         Ok((CpuStorage::F32(y), Shape::from((n, out))))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let mut dx = Tensor::zeros(x.shape(), x.dtype(), x.device())?;
-        for tile in self.tiles() {
-            let (first, w) = tile?;
-            dx = (dx + grad.narrow(1, first, w.dim(0)?)?.matmul(&w)?)?;
-        }
-        Ok(Some(dx))
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        qmatmul_input_grad(grad, &self.0).map(Some)
     }
 }
 

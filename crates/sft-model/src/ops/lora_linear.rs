@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
+use super::frozen_matmul::qmatmul_input_grad;
 use super::{cpu_f32, frozen_matmul, qmatmul};
 use crate::lora::Dropout;
 use crate::quant::QuantWeight;
@@ -98,13 +99,7 @@ impl CustomOp3 for LoraLinear {
         }
         let dbase = match &self.weight {
             LinearWeight::Dense(w) => grad.matmul(&w.detach())?,
-            LinearWeight::Quant(q) => {
-                // The input gradient of the quantized op, through its own backward.
-                let probe = candle_core::Var::from_tensor(&x)?;
-                let out = qmatmul(probe.as_tensor(), q)?;
-                let g = (out * &grad)?.sum_all()?.backward()?;
-                g.get(probe.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("qmatmul: no input gradient".into()))?
-            }
+            LinearWeight::Quant(q) => qmatmul_input_grad(&grad, q)?,
         };
         let da = gb.t()?.matmul(&dropped)?; // [r, in]
         let db = (grad.t()?.matmul(&dropped.matmul(&a.t()?)?)? * self.scaling)?; // [out, r]
