@@ -22,6 +22,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures"))
+from prefix_spans import prefix_spans  # noqa: E402
+
 # ---------------------------------------------------------------- data generation
 
 EN_WORDS = (
@@ -285,19 +288,14 @@ def ref_prepare_row(tok, row):
     """Python reference for `sft prepare` (masking assistant, tokenizer's own template, no EOS appended):
     returns {"input_ids", "labels"}, or a string saying why the row is excluded."""
     msgs, tools = row["messages"], row.get("tools")
+    render = lambda m, agp: tok.apply_chat_template(m, tools=tools, tokenize=False, add_generation_prompt=agp)  # noqa: E731
     try:
-        full = tok.apply_chat_template(msgs, tools=tools, tokenize=False)
-        spans = []
-        for i, m in enumerate(msgs):
-            if m["role"] != "assistant":
-                continue
-            before = tok.apply_chat_template(msgs[:i], tools=tools, tokenize=False, add_generation_prompt=True)
-            through = tok.apply_chat_template(msgs[:i + 1], tools=tools, tokenize=False)
-            if not (full.startswith(before) and full.startswith(through)):
-                return "assistant turn not locatable by prefix rendering"
-            spans.append((len(before), len(through)))
+        found = prefix_spans(render, msgs)
     except Exception as e:  # noqa: BLE001 - the template raised: the row is excluded (sft does the same)
         return f"chat template failed ({type(e).__name__})"
+    if found is None:
+        return "assistant turn not locatable by prefix rendering"
+    full, spans = found
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [-100] * len(ids)
@@ -458,7 +456,8 @@ def cmd_bench(a):
               "render + prefix renders, tokenize, write the prepared dataset); 'sft 1-thr' = RAYON_NUM_THREADS=1.")
         print("py: per row apply_chat_template(tokenize=False) for the full text and, per assistant message i, "
               "messages[:i] (+generation prompt) and messages[:i+1] for its char span\n"
-              "(excluded if either is not a prefix of the full text, or the template raises), then "
+              "(a turn the template renders differently once later messages follow, like Qwen3's dropped reasoning, ends where the render of
+messages[:k] minus that of messages[:i]+messages[i+1:k] ends: tests/fixtures/prefix_spans.py; excluded if no prefix fits, or the template raises), then "
               "tokenizer(text, add_special_tokens=False, return_offsets_mapping=True), labels = ids of tokens\n"
               "overlapping a span, -100 elsewhere; tokenizer loaded beforehand (untimed). conv/s counts all input rows, "
               "excluded ones included. mismatch = examples whose input_ids or labels differ.")

@@ -59,8 +59,8 @@ impl DataArgs {
         self.data_arg.as_deref().or(self.data_flag.as_deref()).unwrap_or("-")
     }
 
-    /// Reads the data, loads the template and (when `need_tokenizer`) the tokenizer.
-    pub fn load(&self, need_tokenizer: bool) -> anyhow::Result<Loaded> {
+    /// The read options, template choice and template kwargs the flags give.
+    fn settings(&self) -> anyhow::Result<(ReadOptions, TemplateChoice, Map<String, Value>)> {
         let format = match self.format.as_str() {
             "auto" => None,
             other => Some(other.parse::<Format>().map_err(|e| anyhow::anyhow!("--format: {e}"))?),
@@ -81,7 +81,12 @@ impl DataArgs {
             ),
         };
         let choice = TemplateChoice { template: self.chat_template.clone(), map_eos_token: self.map_eos_token, clock };
-        let opts = ReadOptions { format, sharegpt: ShareGptOptions::default(), on_bad_row };
+        Ok((ReadOptions { format, sharegpt: ShareGptOptions::default(), on_bad_row }, choice, kwargs))
+    }
+
+    /// Reads the data, loads the template and (when `need_tokenizer`) the tokenizer.
+    pub fn load(&self, need_tokenizer: bool) -> anyhow::Result<Loaded> {
+        let (opts, choice, kwargs) = self.settings()?;
         // Loading the tokenizer takes as long as reading a mid-sized data file: do both at once
         // (errors are reported in the order the steps are listed).
         let (tokenizer, (renderer, dataset)) = rayon::join(
@@ -93,17 +98,34 @@ impl DataArgs {
             bail!("tokenizing needs --tokenizer DIR (a directory with tokenizer.json)");
         }
         let (tokenizer, dataset) = (tokenizer?, dataset?);
+        self.report(&dataset, dataset.conversations.len());
+        Ok(Loaded { dataset, renderer, tokenizer })
+    }
+
+    /// Loads the template and the tokenizer, not the data (for reading it a chunk at a time
+    /// with the read options returned).
+    pub fn load_tools(&self) -> anyhow::Result<(Renderer, TextTokenizer, ReadOptions)> {
+        let (opts, choice, kwargs) = self.settings()?;
+        let Some(dir) = self.tokenizer.as_deref() else {
+            bail!("tokenizing needs --tokenizer DIR (a directory with tokenizer.json)");
+        };
+        let (tokenizer, renderer) = rayon::join(|| TextTokenizer::from_dir(dir), || Renderer::new(Some(dir), &choice, kwargs));
+        let renderer = renderer?;
+        Ok((renderer, tokenizer?, opts))
+    }
+
+    /// Prints the data file's format and row count, and the rows skipped as unreadable.
+    pub fn report(&self, dataset: &Dataset, rows: usize) {
         eprintln!(
             "{}: {} format ({}), {} rows",
             self.data(),
             dataset.format,
             if dataset.detected { "detected" } else { "given" },
-            dataset.conversations.len()
+            rows
         );
         if let Some(report) = dataset.skipped_report(self.data()) {
             eprintln!("{report}");
         }
-        Ok(Loaded { dataset, renderer, tokenizer })
     }
 }
 

@@ -10,13 +10,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
-use sft_data::encode::{encode_all, EncodeOptions, Encoded};
-use sft_data::pack::{fill_ratio, pack, PackedSequence};
-use sft_data::prepared::{
-    write, Counts, DataFingerprint, Manifest, ManifestKey, Records, Settings,
-};
+use sft_data::encode::{EncodeError, EncodeOptions};
+use sft_data::prepared::{build, BuildError, BuildInputs, Built, DataFingerprint, ManifestKey, PreparedDataset, Settings};
 
-use crate::common::{DataArgs, EncodeArgs, Loaded};
+use crate::common::{DataArgs, EncodeArgs};
 
 /// How many excluded rows the summary lists before counting the rest.
 const LISTED_EXCLUDED: usize = 20;
@@ -78,72 +75,38 @@ impl PrepareArgs {
     }
 }
 
-/// What a prepared dataset is made from: hashes of the tokenizer and the template in use (with
-/// its variables, `--template-kwargs` and `--now`), the settings and the data file's
-/// fingerprint (taken before reading it). `sft train` builds the same key to check a prepared
-/// dataset with [`sft_data::prepared::PreparedDataset::is_stale`].
-pub(crate) fn manifest_key(
-    data: &DataArgs,
-    loaded: &Loaded,
-    settings: Settings,
-    fingerprint: DataFingerprint,
-) -> anyhow::Result<ManifestKey> {
-    let dir = data.tokenizer.as_deref().context("prepare needs --tokenizer DIR")?;
-    Ok(ManifestKey::new(dir, &loaded.renderer, settings, data.now.as_deref(), fingerprint)?)
-}
-
-/// Runs `sft prepare`.
+/// Runs `sft prepare`: the data file is read, encoded and stored a chunk of rows at a time
+/// (see [`sft_data::prepared::build`]). The manifest key holds what the dataset is made from:
+/// hashes of the tokenizer and the template in use (with its variables, `--template-kwargs` and
+/// `--now`), the settings and the data file's fingerprint (taken before reading it); `sft
+/// train` builds the same key to check a prepared dataset with
+/// [`sft_data::prepared::PreparedDataset::is_stale`].
 pub fn run(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
     let job = args.job()?;
     let (data, options, packing) = (&job.data, &job.options, job.packing);
-    if data.tokenizer.is_none() {
+    let Some(dir) = data.tokenizer.as_deref() else {
         bail!("prepare needs --tokenizer DIR (a directory with tokenizer.json)");
-    }
+    };
     let fingerprint = DataFingerprint::of(data.data())?;
-    let loaded = data.load(true)?;
-    let tokenizer = loaded.tokenizer.as_ref().context("prepare needs --tokenizer DIR")?;
-    let encoded = encode_all(&loaded.dataset.conversations, options, &loaded.renderer, tokenizer)
-        .with_context(|| format!("{}: nothing to prepare", data.data()))?;
-    let packed = match (packing, options.max_seq_length) {
-        (true, Some(max)) => Some(pack(&encoded.examples, max)?),
-        _ => None,
-    };
-    let records = match &packed {
-        Some(seqs) => Records::Packed(seqs),
-        None => Records::Examples(&encoded.examples),
-    };
-    let counts = counts(&loaded, &encoded, &records);
-    let key = manifest_key(data, &loaded, Settings::new(options, packing), fingerprint)?;
-    let manifest = Manifest::new(key, counts);
-    write(&args.out, &manifest, records).with_context(|| format!("writing {}", args.out.display()))?;
+    let (renderer, tokenizer, read) = data.load_tools()?;
+    let key = ManifestKey::new(dir, &renderer, Settings::new(options, packing), data.now.as_deref(), fingerprint)?;
+    let inputs = BuildInputs { data: data.data(), read: &read, options, packing, renderer: &renderer, tokenizer: &tokenizer, keep_excluded: LISTED_EXCLUDED };
+    let built = build(&inputs, &args.out, key).map_err(|e| match e {
+        BuildError::Encode(e @ EncodeError::NothingLeft { .. }) => anyhow::Error::new(e).context(format!("{}: nothing to prepare", data.data())),
+        BuildError::Prepared(e) => anyhow::Error::new(e).context(format!("writing {}", args.out.display())),
+        other => other.into(),
+    })?;
+    data.report(&built.dataset, built.stats.rows);
     if let Some(path) = &args.emit_jsonl {
-        emit_jsonl(path, records).with_context(|| format!("--emit-jsonl {}", path.display()))?;
+        let stored = PreparedDataset::open(&args.out)?;
+        emit_jsonl(path, &stored).with_context(|| format!("--emit-jsonl {}", path.display()))?;
     }
-    summarize(args, &job, &encoded, packed.as_deref(), &manifest.counts);
+    summarize(args, &job, &built);
     Ok(ExitCode::SUCCESS)
 }
 
-fn counts(loaded: &Loaded, encoded: &Encoded, records: &Records<'_>) -> Counts {
-    let mut excluded = std::collections::BTreeMap::new();
-    for ex in &encoded.excluded {
-        *excluded.entry(ex.reason.kind().to_string()).or_insert(0) += 1;
-    }
-    let s = &encoded.stats;
-    Counts {
-        rows: s.rows,
-        bad_rows_skipped: loaded.dataset.skipped.len(),
-        examples: s.examples,
-        excluded,
-        sequences: records.len(),
-        tokens: records.tokens(),
-        trained_tokens: s.trained_tokens,
-        truncated_rows: s.truncated_rows,
-        trained_tokens_lost: s.trained_tokens_lost,
-    }
-}
-
 /// One JSON line per record.
-fn emit_jsonl(path: &Path, records: Records<'_>) -> anyhow::Result<()> {
+fn emit_jsonl(path: &Path, records: &PreparedDataset) -> anyhow::Result<()> {
     let mut out = BufWriter::new(File::create(path)?);
     for i in 0..records.len() {
         let Some(r) = records.get(i) else { break };
@@ -157,29 +120,31 @@ fn emit_jsonl(path: &Path, records: Records<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summarize(args: &PrepareArgs, job: &Job, encoded: &Encoded, packed: Option<&[PackedSequence]>, counts: &Counts) {
+fn summarize(args: &PrepareArgs, job: &Job, built: &Built) {
     let name = job.data.data();
-    let s = &encoded.stats;
-    eprintln!("{name}: {} rows read, {} examples, {} rows excluded", s.rows, s.examples, encoded.excluded.len());
+    let (s, counts, excluded) = (&built.stats, &built.manifest.counts, &built.excluded);
+    let n_excluded: usize = s.excluded.values().sum();
+    eprintln!("{name}: {} rows read, {} examples, {} rows excluded", s.rows, s.examples, n_excluded);
     for (kind, n) in &counts.excluded {
         eprintln!("  excluded, {kind}: {n}");
     }
-    for ex in encoded.excluded.iter().take(LISTED_EXCLUDED) {
+    for ex in excluded.iter().take(LISTED_EXCLUDED) {
         eprintln!("    {ex}");
     }
-    if encoded.excluded.len() > LISTED_EXCLUDED {
-        eprintln!("    ... and {} more", encoded.excluded.len() - LISTED_EXCLUDED);
+    if n_excluded > excluded.len() {
+        eprintln!("    ... and {} more", n_excluded - excluded.len());
     }
     eprintln!("{name}: {} tokens, {} trained", s.tokens, s.trained_tokens);
     if s.truncated_rows > 0 {
         eprintln!("{name}: {} rows truncated, losing {} trained tokens", s.truncated_rows, s.trained_tokens_lost);
     }
-    if let (Some(seqs), Some(max)) = (packed, job.options.max_seq_length) {
+    if let (true, Some(max)) = (job.packing, job.options.max_seq_length) {
+        let room = (counts.sequences * max).max(1);
         eprintln!(
             "{name}: packed {} examples into {} sequences of up to {max} tokens ({:.1}% full)",
             s.examples,
-            seqs.len(),
-            100.0 * fill_ratio(seqs, max)
+            counts.sequences,
+            100.0 * counts.tokens as f64 / room as f64
         );
     }
     if let Some(warning) = s.eos_warning() {

@@ -7,7 +7,7 @@
 //! as `boundaries` (flash-attention's `cu_seqlens`: row starts, then the end), so attention
 //! can stay within a row.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use thiserror::Error;
 
@@ -84,26 +84,27 @@ pub fn plan(examples: &[Example], max: usize) -> Result<Vec<Vec<usize>>, PackErr
             return Err(PackError::Mismatch { row: e.source.clone(), ids: e.input_ids.len(), labels: e.labels.len() });
         }
     }
-    let mut order: Vec<usize> = (0..examples.len()).collect();
+    let lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+    Ok(plan_lengths(&lengths, max))
+}
+
+/// [`plan`] over lengths alone (each at most `max`, which is at least 1): what packing a
+/// dataset too large to hold needs.
+pub fn plan_lengths(lengths: &[usize], max: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
     // Stable: equal lengths keep input order.
-    order.sort_by_key(|&i| std::cmp::Reverse(examples[i].input_ids.len()));
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     let mut bins: Vec<Vec<usize>> = Vec::new();
-    // Open bins by remaining room: room -> bin indices (oldest first).
-    let mut by_room: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    // Open bins as (remaining room, bin index): the first at or above a length is the tightest
+    // fit, and among equal rooms the oldest bin.
+    let mut open: BTreeSet<(usize, usize)> = BTreeSet::new();
     let mut room: Vec<usize> = Vec::new();
     for i in order {
-        let len = examples[i].input_ids.len();
-        let best = by_room.range(len..).next().map(|(&r, b)| (r, b[0]));
-        let bin = match best {
-            Some((r, bin)) => {
-                let list = by_room.get_mut(&r).map(|l| {
-                    l.remove(0);
-                    l.is_empty()
-                });
-                if list == Some(true) {
-                    by_room.remove(&r);
-                }
-                bin
+        let len = lengths[i];
+        let bin = match open.range((len, 0)..).next().copied() {
+            Some(key) => {
+                open.remove(&key);
+                key.1
             }
             None => {
                 bins.push(Vec::new());
@@ -112,14 +113,12 @@ pub fn plan(examples: &[Example], max: usize) -> Result<Vec<Vec<usize>>, PackErr
             }
         };
         bins[bin].push(i);
-        room[bin] -= len;
+        room[bin] = room[bin].saturating_sub(len);
         if room[bin] > 0 {
-            let list = by_room.entry(room[bin]).or_default();
-            let at = list.partition_point(|&b| b < bin);
-            list.insert(at, bin);
+            open.insert((room[bin], bin));
         }
     }
-    Ok(bins)
+    bins
 }
 
 /// Packs `examples` into sequences of at most `max` tokens by best-fit decreasing; the result

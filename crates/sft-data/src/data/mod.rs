@@ -22,6 +22,7 @@ pub mod openai;
 pub mod reader;
 pub mod sharegpt;
 
+use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::conversation::{drop_null_keys, Conversation, RowRef};
@@ -29,7 +30,7 @@ use detect::Plan;
 
 pub use detect::{Format, ParseFormatError};
 pub use error::{DataError, RowError};
-pub use reader::{read_rows, FileKind, RawRow, RawRows};
+pub use reader::{read_rows, FileKind, RawRow, RawRows, RowStream};
 pub use sharegpt::ShareGptOptions;
 
 /// What to do with a row that cannot be read or converted.
@@ -109,50 +110,105 @@ pub fn read_dataset(path: &str, opts: &ReadOptions) -> Result<Dataset, DataError
 /// Converts rows already read (e.g. with [`reader::parse_bytes`]) as [`read_dataset`] does;
 /// `path` names them in errors.
 pub fn convert_rows(path: &str, raw: RawRows, opts: &ReadOptions) -> Result<Dataset, DataError> {
-    opts.sharegpt.validate().map_err(|message| DataError::InvalidOptions { path: path.to_string(), message })?;
-    if raw.rows.is_empty() {
-        return Err(DataError::NoRows { path: path.to_string() });
+    let mut converter = RowConverter::new(path, opts)?;
+    let conversations = converter.convert(raw.rows)?;
+    converter.finish(raw.kind, conversations)
+}
+
+/// Converts a file's rows chunk by chunk (see [`reader::RowStream`]), as [`read_dataset`] does
+/// all at once: the format is chosen from the first readable row, bad rows fail or are
+/// skipped by [`ReadOptions::on_bad_row`].
+pub struct RowConverter<'a> {
+    path: &'a str,
+    opts: &'a ReadOptions,
+    plan: Option<Plan>,
+    rows: usize,
+    converted: usize,
+    skipped: Vec<(RowRef, String)>,
+    first_error: Option<String>,
+}
+
+impl<'a> RowConverter<'a> {
+    /// A converter for the rows of `path`; errors when `opts` are invalid.
+    pub fn new(path: &'a str, opts: &'a ReadOptions) -> Result<Self, DataError> {
+        opts.sharegpt.validate().map_err(|message| DataError::InvalidOptions { path: path.to_string(), message })?;
+        Ok(RowConverter { path, opts, plan: None, rows: 0, converted: 0, skipped: Vec::new(), first_error: None })
     }
-    let mut plan: Option<Plan> = None;
-    let mut conversations = Vec::with_capacity(raw.rows.len());
-    let mut skipped = Vec::new();
-    let mut first_error: Option<DataError> = None;
-    for row in raw.rows {
-        let result = row.and_then(|raw_row| {
-            let RawRow { source, value } = raw_row;
-            let value = drop_null_keys(&value);
-            let plan = match &plan {
-                Some(plan) => plan,
-                None => plan.insert(match opts.format {
-                    Some(format) => Plan::explicit(format, &value, &opts.sharegpt),
-                    None => Plan::detect(&value, &opts.sharegpt).ok_or_else(|| DataError::UnknownFormat {
-                        at: source.clone(),
+
+    /// Converts the next rows, in order (in parallel once the format is known).
+    pub fn convert(&mut self, rows: Vec<Result<RawRow, DataError>>) -> Result<Vec<Conversation>, DataError> {
+        self.rows += rows.len();
+        let mut out = Vec::with_capacity(rows.len());
+        let mut rows = rows.into_iter();
+        // Up to the first readable row, one at a time: it decides the format.
+        while self.plan.is_none() {
+            let Some(row) = rows.next() else { return Ok(out) };
+            let result = row.and_then(|raw| {
+                let value = drop_null_keys(&raw.value);
+                let plan = match self.opts.format {
+                    Some(format) => Plan::explicit(format, &value, &self.opts.sharegpt),
+                    None => Plan::detect(&value, &self.opts.sharegpt).ok_or_else(|| DataError::UnknownFormat {
+                        at: raw.source.clone(),
                         keys: value.keys().cloned().collect(),
-                        sharegpt_key: opts.sharegpt.messages_key.clone(),
+                        sharegpt_key: self.opts.sharegpt.messages_key.clone(),
                     })?,
-                }),
-            };
-            convert(plan, &value, &source).map_err(|error| DataError::Row { at: source, error })
-        });
+                };
+                let plan = self.plan.insert(plan);
+                convert(plan, &value, &raw.source).map_err(|error| DataError::Row { at: raw.source, error })
+            });
+            self.keep(result, &mut out)?;
+        }
+        let Some(plan) = &self.plan else { return Ok(out) };
+        let results: Vec<Result<Conversation, DataError>> = rows
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|row| {
+                row.and_then(|raw| {
+                    let value = drop_null_keys(&raw.value);
+                    convert(plan, &value, &raw.source).map_err(|error| DataError::Row { at: raw.source, error })
+                })
+            })
+            .collect();
+        for result in results {
+            self.keep(result, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Keeps a converted row, or fails / records the skip for a bad one.
+    fn keep(&mut self, result: Result<Conversation, DataError>, out: &mut Vec<Conversation>) -> Result<(), DataError> {
         match result {
-            Ok(conversation) => conversations.push(conversation),
-            Err(DataError::Row { at, error }) if opts.on_bad_row == OnBadRow::Skip => {
-                if first_error.is_none() {
-                    first_error = Some(DataError::Row { at: at.clone(), error: error.clone() });
+            Ok(conversation) => {
+                self.converted += 1;
+                out.push(conversation);
+            }
+            Err(DataError::Row { at, error }) if self.opts.on_bad_row == OnBadRow::Skip => {
+                let text = error.to_string();
+                if self.first_error.is_none() {
+                    self.first_error = Some(DataError::Row { at: at.clone(), error }.to_string());
                 }
-                skipped.push((at, error.to_string()));
+                self.skipped.push((at, text));
             }
             Err(e) => return Err(e),
         }
+        Ok(())
     }
-    let Some(plan) = plan.filter(|_| !conversations.is_empty()) else {
-        return Err(DataError::AllRowsBad {
-            path: path.to_string(),
-            skipped: skipped.len(),
-            first: first_error.map(|e| e.to_string()).unwrap_or_default(),
-        });
-    };
-    Ok(Dataset { format: plan.format(), detected: opts.format.is_none(), file_kind: raw.kind, conversations, skipped })
+
+    /// Ends the file: a [`Dataset`] holding `conversations` (those kept, or none when they were
+    /// streamed elsewhere). Errors when the file had no rows or no row could be converted.
+    pub fn finish(self, kind: FileKind, conversations: Vec<Conversation>) -> Result<Dataset, DataError> {
+        if self.rows == 0 {
+            return Err(DataError::NoRows { path: self.path.to_string() });
+        }
+        let Some(plan) = self.plan.filter(|_| self.converted > 0) else {
+            return Err(DataError::AllRowsBad {
+                path: self.path.to_string(),
+                skipped: self.skipped.len(),
+                first: self.first_error.unwrap_or_default(),
+            });
+        };
+        Ok(Dataset { format: plan.format(), detected: self.opts.format.is_none(), file_kind: kind, conversations, skipped: self.skipped })
+    }
 }
 
 /// Converts one raw row in a known format (nulls are dropped first). For a single row outside

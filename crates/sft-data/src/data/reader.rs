@@ -5,10 +5,11 @@
 //! JSONL): the `PAR1` magic means Parquet, a first non-whitespace `[` means one JSON array, and
 //! anything else is read as JSONL. A UTF-8 byte-order mark is ignored.
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 
 use arrow::array::RecordBatch;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
@@ -77,6 +78,109 @@ pub fn parse_bytes(path: &str, bytes: Vec<u8>) -> Result<RawRows, DataError> {
         FileKind::Jsonl => parse_jsonl(path, strip_bom(&bytes)),
     };
     Ok(RawRows { kind, rows })
+}
+
+/// A chunk of JSONL holds about this many bytes (lines are never split).
+const CHUNK_BYTES: usize = 16 << 20;
+/// … and at most this many lines.
+const CHUNK_LINES: usize = 8192;
+
+/// The rows of a file a chunk at a time, in file order, so that memory stays bounded however
+/// large the file is: JSONL a block of lines at a time (parsed in parallel), Parquet a record
+/// batch at a time. A JSON array is one value and is read whole, as is anything from stdin
+/// that is not JSONL.
+pub struct RowStream {
+    path: String,
+    kind: FileKind,
+    source: Source,
+}
+
+enum Source {
+    Lines { reader: Box<dyn BufRead + Send>, line_no: usize, first: bool },
+    Batches { reader: ParquetRecordBatchReader, rows: usize },
+    Whole(Vec<Result<RawRow, DataError>>),
+    Done,
+}
+
+impl RowStream {
+    /// Opens `path` (`-` means stdin) and decides how it stores rows (see the module docs).
+    pub fn open(path: &str) -> Result<Self, DataError> {
+        let io = |e| DataError::io(path, e);
+        let mut reader: Box<dyn BufRead + Send> = if path == "-" {
+            Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))
+        } else {
+            Box::new(BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?))
+        };
+        let kind = sniff(reader.fill_buf().map_err(io)?);
+        let source = match (kind, path) {
+            (FileKind::Jsonl, _) => Source::Lines { reader, line_no: 0, first: true },
+            (FileKind::Parquet, p) if p != "-" => {
+                let file = File::open(path).map_err(io)?;
+                let fail = |e: parquet::errors::ParquetError| parquet_error(path, e.to_string());
+                let reader = guard_parquet(path, || ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build()).map_err(fail))?;
+                Source::Batches { reader, rows: 0 }
+            }
+            _ => {
+                let mut bytes = Vec::new();
+                reader.read_to_end(&mut bytes).map_err(io)?;
+                Source::Whole(parse_bytes(path, bytes)?.rows)
+            }
+        };
+        Ok(RowStream { path: path.to_string(), kind, source })
+    }
+
+    /// How the file stores its rows.
+    pub fn kind(&self) -> FileKind {
+        self.kind
+    }
+
+    /// The next rows (each a row or that row's error, as in [`RawRows`]), `None` at the end.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<Result<RawRow, DataError>>>, DataError> {
+        let path = self.path.as_str();
+        match &mut self.source {
+            Source::Lines { reader, line_no, first } => {
+                let mut buf = Vec::new();
+                let mut lines: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+                while buf.len() < CHUNK_BYTES && lines.len() < CHUNK_LINES {
+                    let start = buf.len();
+                    if reader.read_until(b'\n', &mut buf).map_err(|e| DataError::io(path, e))? == 0 {
+                        break;
+                    }
+                    *line_no += 1;
+                    let mut from = start;
+                    if std::mem::take(first) && buf[start..].starts_with(b"\xEF\xBB\xBF") {
+                        from += 3;
+                    }
+                    let end = if buf.last() == Some(&b'\n') { buf.len() - 1 } else { buf.len() };
+                    if !buf[from..end].iter().all(u8::is_ascii_whitespace) {
+                        lines.push((*line_no, from..end));
+                    }
+                }
+                if lines.is_empty() {
+                    self.source = Source::Done;
+                    return Ok(None);
+                }
+                Ok(Some(lines.into_par_iter().map(|(n, range)| parse_line(path, n, &buf[range])).collect()))
+            }
+            Source::Batches { reader, rows } => {
+                let next = guard_parquet(path, || reader.next().transpose().map_err(|e| parquet_error(path, e.to_string())))?;
+                let Some(batch) = next else {
+                    self.source = Source::Done;
+                    return Ok(None);
+                };
+                let values = batch_to_json(&batch).map_err(|m| parquet_error(path, m))?;
+                let first = *rows;
+                *rows += values.len();
+                Ok(Some(values.into_iter().enumerate().map(|(i, v)| object(path, first + i + 1, v)).collect()))
+            }
+            Source::Whole(rows) => {
+                let rows = std::mem::take(rows);
+                self.source = Source::Done;
+                Ok(Some(rows))
+            }
+            Source::Done => Ok(None),
+        }
+    }
 }
 
 /// Decides how `bytes` store rows (see the module docs).
@@ -160,7 +264,13 @@ fn json_message(e: &serde_json::Error) -> String {
 /// The parquet crate panics on some malformed files (fuzzing found a division by zero in its
 /// byte-array reader), so a panic while decoding is caught and reported as a corrupt file.
 fn parse_parquet(path: &str, bytes: Vec<u8>) -> Result<Vec<Result<RawRow, DataError>>, DataError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_parquet(path, bytes))).unwrap_or_else(|panic| {
+    guard_parquet(path, || decode_parquet(path, bytes))
+}
+
+/// Runs a step of the Parquet decoder, turning a panic inside it (malformed files can trigger
+/// them) into an error naming the file.
+fn guard_parquet<T>(path: &str, step: impl FnOnce() -> Result<T, DataError>) -> Result<T, DataError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).unwrap_or_else(|panic| {
         let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
         Err(DataError::Parquet {
             path: path.to_string(),
@@ -169,11 +279,15 @@ fn parse_parquet(path: &str, bytes: Vec<u8>) -> Result<Vec<Result<RawRow, DataEr
     })
 }
 
-fn decode_parquet(path: &str, bytes: Vec<u8>) -> Result<Vec<Result<RawRow, DataError>>, DataError> {
-    let fail = |message: String| DataError::Parquet {
+fn parquet_error(path: &str, message: String) -> DataError {
+    DataError::Parquet {
         path: path.to_string(),
         message: message.strip_prefix("Parquet error: ").map(str::to_string).unwrap_or(message),
-    };
+    }
+}
+
+fn decode_parquet(path: &str, bytes: Vec<u8>) -> Result<Vec<Result<RawRow, DataError>>, DataError> {
+    let fail = |message: String| parquet_error(path, message);
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
         .and_then(|builder| builder.build())
         .map_err(|e| fail(e.to_string()))?;
@@ -188,8 +302,6 @@ fn decode_parquet(path: &str, bytes: Vec<u8>) -> Result<Vec<Result<RawRow, DataE
     Ok(rows)
 }
 
-/// Converts a record batch to one JSON value per row with arrow-json's line-delimited writer
-/// (null fields are left out, like [`drop_null_keys`](crate::conversation::drop_null_keys) does).
 fn batch_to_json(batch: &RecordBatch) -> Result<Vec<Value>, String> {
     let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
     writer.write(batch).map_err(|e| e.to_string())?;
@@ -303,5 +415,59 @@ mod tests {
     fn missing_file_names_the_path() {
         let err = read_rows("/nonexistent/dir/train.jsonl").unwrap_err();
         assert!(err.to_string().starts_with("/nonexistent/dir/train.jsonl: no such file"), "{err}");
+    }
+
+    /// Every chunk of a stream, concatenated.
+    fn streamed(path: &str) -> Vec<Result<RawRow, DataError>> {
+        let mut stream = RowStream::open(path).unwrap();
+        let mut rows = Vec::new();
+        while let Some(chunk) = stream.next_chunk().unwrap() {
+            rows.extend(chunk);
+        }
+        rows
+    }
+
+    fn same(a: &[Result<RawRow, DataError>], b: &[Result<RawRow, DataError>]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            match (x, y) {
+                (Ok(x), Ok(y)) => assert_eq!(x, y),
+                (Err(x), Err(y)) => assert_eq!(x.to_string(), y.to_string()),
+                _ => panic!("{x:?} vs {y:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_reads_the_rows_a_whole_read_does() {
+        let dir = std::env::temp_dir().join(format!("sft-stream-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // JSONL over several chunks: a BOM, blank and bad lines, no final newline.
+        let mut text = String::from("\u{feff}");
+        for i in 0..(2 * CHUNK_LINES + 10) {
+            text.push_str(&match i % 500 {
+                7 => "\n".to_string(),
+                9 => "[1]\n".to_string(),
+                _ => format!("{{\"i\": {i}}}\n"),
+            });
+        }
+        text.push_str("{\"last\": true}");
+        let jsonl = dir.join("rows.jsonl");
+        std::fs::write(&jsonl, &text).unwrap();
+        let path = jsonl.to_str().unwrap();
+        same(&streamed(path), &read_rows(path).unwrap().rows);
+        // Parquet: several record batches.
+        let n = 2_500i64;
+        let ids: ArrayRef = Arc::new(Int64Array::from((0..n).collect::<Vec<_>>()));
+        let text: ArrayRef = Arc::new(StringArray::from((0..n).map(|i| format!("row {i}")).collect::<Vec<_>>()));
+        let batch = RecordBatch::try_from_iter([("id", ids), ("text", text)]).unwrap();
+        let parquet = dir.join("rows.parquet");
+        std::fs::write(&parquet, write_parquet(&[batch]).unwrap()).unwrap();
+        let path = parquet.to_str().unwrap();
+        let mut stream = RowStream::open(path).unwrap();
+        assert_eq!(stream.kind(), FileKind::Parquet);
+        assert!(stream.next_chunk().unwrap().unwrap().len() < n as usize, "one batch at a time");
+        same(&streamed(path), &read_rows(path).unwrap().rows);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

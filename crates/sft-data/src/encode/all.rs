@@ -1,6 +1,8 @@
 //! Encoding a whole data set: rows in parallel (rayon), results in input order, and the counts
 //! a run reports.
 
+use std::collections::BTreeMap;
+
 use rayon::prelude::*;
 
 use super::error::{EncodeError, ExcludeReason, Excluded};
@@ -39,6 +41,8 @@ pub struct EncodeStats {
     pub dropped: usize,
     /// Examples where no trained position holds the EOS: the model never learns to stop.
     pub eos_never_trained: usize,
+    /// Rows left out, by reason ([`ExcludeReason::kind`]).
+    pub excluded: BTreeMap<&'static str, usize>,
 }
 
 impl EncodeStats {
@@ -63,11 +67,51 @@ pub fn encode_all(
     tokenizer: &TextTokenizer,
 ) -> Result<Encoded, EncodeError> {
     let encoder = Encoder::new(renderer, tokenizer, options)?;
-    let outcomes: Vec<Result<Outcome, EncodeError>> = conversations.par_iter().map(|c| encoder.encode(c)).collect();
-    let mut stats = EncodeStats { rows: conversations.len(), ..Default::default() };
-    let (mut examples, mut excluded) = (Vec::new(), Vec::new());
-    for outcome in outcomes {
-        match outcome? {
+    let mut tally = Tally::default();
+    let mut examples = Vec::new();
+    for outcome in encoder.encode_many(conversations) {
+        examples.extend(tally.add(outcome?));
+    }
+    let (stats, excluded) = tally.finish()?;
+    Ok(Encoded { examples, excluded, stats })
+}
+
+impl Encoder<'_> {
+    /// Encodes `conversations` in parallel; the outcomes in input order.
+    pub fn encode_many(&self, conversations: &[Conversation]) -> Vec<Result<Outcome, EncodeError>> {
+        conversations.par_iter().map(|c| self.encode(c)).collect()
+    }
+}
+
+/// Counts outcomes in input order, keeping the excluded rows (all of them, or the first few
+/// so that memory stays bounded on a huge file): what [`encode_all`] reports, for callers that
+/// encode a chunk at a time.
+#[derive(Debug)]
+pub struct Tally {
+    stats: EncodeStats,
+    excluded: Vec<Excluded>,
+    keep: usize,
+    /// The first excluded row, always kept for the error when nothing is left.
+    first_of_kind: Vec<Excluded>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally::keeping(usize::MAX)
+    }
+}
+
+impl Tally {
+    /// A tally that keeps the first `keep` excluded rows (and counts all of them).
+    pub fn keeping(keep: usize) -> Self {
+        Tally { stats: EncodeStats::default(), excluded: Vec::new(), keep, first_of_kind: Vec::new() }
+    }
+
+    /// Counts one row's outcome; its example, if it has one.
+    pub fn add(&mut self, outcome: Outcome) -> Option<Example> {
+        let stats = &mut self.stats;
+        stats.rows += 1;
+        match outcome {
             Outcome::Example(row) => {
                 stats.examples += 1;
                 stats.tokens += row.example.input_ids.len();
@@ -77,34 +121,49 @@ pub fn encode_all(
                     stats.trained_tokens_lost += lost;
                 }
                 stats.eos_never_trained += usize::from(!row.eos_trained);
-                examples.push(row.example);
+                Some(row.example)
             }
             Outcome::Excluded(ex) => {
                 stats.dropped += usize::from(matches!(ex.reason, ExcludeReason::TooLong { .. }));
-                excluded.push(ex);
+                let seen = stats.excluded.entry(ex.reason.kind()).or_insert(0);
+                *seen += 1;
+                if *seen == 1 && self.excluded.len() >= self.keep {
+                    self.first_of_kind.push(ex.clone());
+                }
+                if self.excluded.len() < self.keep {
+                    self.excluded.push(ex);
+                }
+                None
             }
         }
     }
-    if examples.is_empty() {
-        return Err(EncodeError::NothingLeft { rows: conversations.len(), summary: summarize(&excluded) });
+
+    /// The counts and the excluded rows kept; an error when no example was kept.
+    pub fn finish(self) -> Result<(EncodeStats, Vec<Excluded>), EncodeError> {
+        if self.stats.examples == 0 {
+            return Err(EncodeError::NothingLeft { rows: self.stats.rows, summary: summarize(&self.stats, &self.excluded, &self.first_of_kind) });
+        }
+        Ok((self.stats, self.excluded))
     }
-    Ok(Encoded { examples, excluded, stats })
 }
 
 /// `3 longer than max_seq_length (first d.jsonl:4: ...), 1 no trained token (...)`, by first
-/// occurrence; `no rows` when there are none.
-pub(crate) fn summarize(excluded: &[Excluded]) -> String {
-    let mut groups: Vec<(&'static str, usize, &Excluded)> = Vec::new();
-    for ex in excluded {
-        match groups.iter_mut().find(|(kind, _, _)| *kind == ex.reason.kind()) {
-            Some(group) => group.1 += 1,
-            None => groups.push((ex.reason.kind(), 1, ex)),
+/// occurrence (found in `kept`, else in `firsts`); `no rows` when there are none.
+pub(crate) fn summarize(stats: &EncodeStats, kept: &[Excluded], firsts: &[Excluded]) -> String {
+    let mut groups: Vec<(&'static str, &Excluded)> = Vec::new();
+    for ex in kept.iter().chain(firsts) {
+        if !groups.iter().any(|(kind, _)| *kind == ex.reason.kind()) {
+            groups.push((ex.reason.kind(), ex));
         }
     }
     if groups.is_empty() {
         return "no rows".into();
     }
-    groups.iter().map(|(kind, n, first)| format!("{n} {kind} (first {first})")).collect::<Vec<_>>().join("; ")
+    groups
+        .iter()
+        .map(|(kind, first)| format!("{} {kind} (first {first})", stats.excluded.get(kind).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
@@ -117,15 +176,20 @@ mod tests {
     }
 
     #[test]
-    fn summary_counts_reasons_in_first_seen_order() {
-        let s = summarize(&[
+    fn summary_counts_reasons_in_first_seen_order_keeping_one_row() {
+        let mut tally = Tally::keeping(1);
+        for e in [
             ex(2, ExcludeReason::TooLong { tokens: 9, max: 4 }),
             ex(3, ExcludeReason::NoTrainedTokens),
             ex(5, ExcludeReason::TooLong { tokens: 7, max: 4 }),
-        ]);
-        assert!(s.starts_with("2 longer than max_seq_length (truncation drop) (first d.jsonl:2: excluded: 9 tokens"), "{s}");
+        ] {
+            tally.add(Outcome::Excluded(e));
+        }
+        let s = tally.finish().unwrap_err().to_string();
+        // Only one row is kept, but every reason still names its first row and all are counted.
+        assert!(s.contains("all 3 rows were excluded (2 longer than max_seq_length (truncation drop) (first d.jsonl:2: excluded: 9 tokens"), "{s}");
         assert!(s.contains("; 1 no trained token (first d.jsonl:3"), "{s}");
-        assert_eq!(summarize(&[]), "no rows");
+        assert_eq!(summarize(&EncodeStats::default(), &[], &[]), "no rows");
     }
 
     #[test]

@@ -34,7 +34,7 @@ mod length;
 mod mask;
 mod markers;
 
-pub use all::{encode_all, EncodeStats, Encoded};
+pub use all::{encode_all, EncodeStats, Encoded, Tally};
 pub use eos::AppendEos;
 pub use error::{EncodeError, ExcludeReason, Excluded};
 pub use length::Truncation;

@@ -13,13 +13,15 @@
 //! never sees half a dataset; [`PreparedDataset::open`] checks every file against the manifest
 //! and [`PreparedDataset::is_stale`] says why it no longer fits the current inputs.
 
+mod build;
 mod manifest;
 mod store;
 
 pub use manifest::{
     file_sha256, template_sha256, Counts, DataFingerprint, Manifest, ManifestKey, Settings, FORMAT_VERSION,
 };
-pub use store::{write, PreparedDataset, Record};
+pub use build::{build, BuildError, BuildInputs, Built};
+pub use store::{write, PreparedDataset, Record, StoreWriter};
 
 use thiserror::Error;
 

@@ -1,6 +1,7 @@
 //! Writing a prepared dataset beside its target and renaming it into place; reading one back
 //! with every file checked against the manifest.
 
+use std::borrow::Cow;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -8,8 +9,8 @@ use std::path::{Path, PathBuf};
 use super::manifest::{Manifest, ManifestKey, FORMAT_VERSION};
 use super::{PreparedError, Records, MANIFEST};
 
-const TOKENS: &str = "tokens.bin";
-const LABELS: &str = "labels.bin";
+pub(super) const TOKENS: &str = "tokens.bin";
+pub(super) const LABELS: &str = "labels.bin";
 const INDEX: &str = "index.bin";
 const POSITIONS: &str = "positions.bin";
 
@@ -25,27 +26,128 @@ pub struct Record<'a> {
 }
 
 /// Writes `records` as a prepared dataset at `out`, with `manifest` (whose `sequences` and
-/// `tokens` counts are set from the records). The files are written into a hidden sibling
-/// directory which then replaces `out`; `out` may be missing, empty, or a prepared dataset
-/// (one with `manifest.json`), anything else is refused.
+/// `tokens` counts are set from the records); see [`StoreWriter`].
 pub fn write(out: &Path, manifest: &Manifest, records: Records<'_>) -> Result<(), PreparedError> {
-    let out = target(out)?;
-    let parent = out.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    fs::create_dir_all(&parent).map_err(|e| PreparedError::io(&parent, e))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "prepared".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| PreparedError::io(&tmp, e))?;
+    let mut writer = StoreWriter::create(out, matches!(records, Records::Packed(_)))?;
+    for i in 0..records.len() {
+        let Some(r) = records.get(i) else { break };
+        writer.push(r)?;
     }
-    fs::create_dir(&tmp).map_err(|e| PreparedError::io(&tmp, e))?;
-    let mut manifest = manifest.clone();
-    manifest.counts.sequences = records.len();
-    manifest.counts.tokens = records.tokens();
-    if let Err(e) = write_files(&tmp, &manifest, records) {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
+    writer.finish(manifest)
+}
+
+/// Writes a prepared dataset a record at a time, so it never has to be held in memory. The
+/// files go into a hidden sibling directory of `out` which replaces `out` on
+/// [`finish`](Self::finish); `out` may be missing, empty, or a prepared dataset (one with
+/// `manifest.json`), anything else is refused. Dropped unfinished, it removes what it wrote.
+#[derive(Debug)]
+pub struct StoreWriter {
+    out: PathBuf,
+    tmp: PathBuf,
+    files: Option<Files>,
+}
+
+#[derive(Debug)]
+struct Files {
+    tokens: Sink,
+    labels: Sink,
+    index: Sink,
+    positions: Option<Sink>,
+    /// Tokens written so far.
+    start: u64,
+    records: usize,
+}
+
+impl StoreWriter {
+    /// Starts a dataset for `out`; `packed` datasets carry position ids.
+    pub fn create(out: &Path, packed: bool) -> Result<Self, PreparedError> {
+        let out = target(out)?;
+        let parent = out.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        fs::create_dir_all(&parent).map_err(|e| PreparedError::io(&parent, e))?;
+        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "prepared".into());
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| PreparedError::io(&tmp, e))?;
+        }
+        fs::create_dir(&tmp).map_err(|e| PreparedError::io(&tmp, e))?;
+        let mut writer = StoreWriter { out, tmp, files: None };
+        let files = Files {
+            tokens: Sink::create(&writer.tmp.join(TOKENS))?,
+            labels: Sink::create(&writer.tmp.join(LABELS))?,
+            index: Sink::create(&writer.tmp.join(INDEX))?,
+            positions: if packed { Some(Sink::create(&writer.tmp.join(POSITIONS))?) } else { None },
+            start: 0,
+            records: 0,
+        };
+        writer.files = Some(files);
+        Ok(writer)
     }
-    swap_in(&tmp, &out)
+
+    /// Appends one record.
+    pub fn push(&mut self, r: Record<'_>) -> Result<(), PreparedError> {
+        let Some(f) = self.files.as_mut() else { return Ok(()) };
+        let n = r.input_ids.len();
+        let positions_fit = match (&f.positions, r.position_ids) {
+            (Some(_), Some(p)) => p.len() == n,
+            (None, None) => true,
+            _ => false,
+        };
+        if r.labels.len() != n || !positions_fit {
+            let message = "input ids, labels and position ids differ in length (or position ids are missing)".into();
+            return Err(PreparedError::Record { record: f.records, message });
+        }
+        f.tokens.put(&le_bytes(r.input_ids))?;
+        f.labels.put(&le_bytes(r.labels))?;
+        if let (Some(sink), Some(pos)) = (f.positions.as_mut(), r.position_ids) {
+            sink.put(&le_bytes(pos))?;
+        }
+        f.index.put(&f.start.to_le_bytes())?;
+        f.index.put(&(n as u64).to_le_bytes())?;
+        f.start += n as u64;
+        f.records += 1;
+        Ok(())
+    }
+
+    /// Records pushed so far.
+    pub fn records(&self) -> usize {
+        self.files.as_ref().map_or(0, |f| f.records)
+    }
+
+    /// Tokens pushed so far.
+    pub fn tokens(&self) -> usize {
+        self.files.as_ref().map_or(0, |f| f.start as usize)
+    }
+
+    /// Flushes the files, writes `manifest` (its `sequences` and `tokens` counts set from what
+    /// was pushed) and moves the dataset into place.
+    pub fn finish(mut self, manifest: &Manifest) -> Result<(), PreparedError> {
+        let Some(f) = self.files.take() else { return Ok(()) };
+        let mut manifest = manifest.clone();
+        manifest.counts.sequences = f.records;
+        manifest.counts.tokens = f.start as usize;
+        f.tokens.finish()?;
+        f.labels.finish()?;
+        f.index.finish()?;
+        if let Some(p) = f.positions {
+            p.finish()?;
+        }
+        let path = self.tmp.join(MANIFEST);
+        let text = serde_json::to_string_pretty(&manifest)
+            .map_err(|source| PreparedError::Manifest { path: path.display().to_string(), source })?;
+        fs::write(&path, text + "\n").map_err(|e| PreparedError::io(&path, e))?;
+        let result = swap_in(&self.tmp, &self.out);
+        // Whatever happened, the temporary directory is gone (moved into place or removed).
+        self.tmp = PathBuf::new();
+        result
+    }
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() && self.tmp.exists() {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
 }
 
 /// `out` made absolute when it exists (so `.` has a name); refuses what may not be replaced.
@@ -94,47 +196,17 @@ fn swap_in(tmp: &Path, out: &Path) -> Result<(), PreparedError> {
     fs::remove_dir_all(&old).map_err(|e| PreparedError::io(&old, e))
 }
 
-fn write_files(dir: &Path, manifest: &Manifest, records: Records<'_>) -> Result<(), PreparedError> {
-    let packed = matches!(records, Records::Packed(_));
-    let mut tokens = Sink::create(&dir.join(TOKENS))?;
-    let mut labels = Sink::create(&dir.join(LABELS))?;
-    let mut index = Sink::create(&dir.join(INDEX))?;
-    let mut positions = if packed { Some(Sink::create(&dir.join(POSITIONS))?) } else { None };
-    let mut start = 0u64;
-    for i in 0..records.len() {
-        let Some(r) = records.get(i) else { break };
-        let n = r.input_ids.len();
-        if r.labels.len() != n || r.position_ids.is_some_and(|p| p.len() != n) {
-            return Err(PreparedError::Record { record: i, message: "input ids, labels and position ids differ in length".into() });
-        }
-        for &t in r.input_ids {
-            tokens.put(&t.to_le_bytes())?;
-        }
-        for &l in r.labels {
-            labels.put(&l.to_le_bytes())?;
-        }
-        if let (Some(sink), Some(pos)) = (positions.as_mut(), r.position_ids) {
-            for &p in pos {
-                sink.put(&p.to_le_bytes())?;
-            }
-        }
-        index.put(&start.to_le_bytes())?;
-        index.put(&(n as u64).to_le_bytes())?;
-        start += n as u64;
+/// 32-bit words (`u32` or `i32`) as little-endian bytes.
+fn le_bytes<T: bytemuck::Pod>(words: &[T]) -> Cow<'_, [u8]> {
+    let bytes: &[u8] = bytemuck::cast_slice(words);
+    if cfg!(target_endian = "little") {
+        return Cow::Borrowed(bytes);
     }
-    tokens.finish()?;
-    labels.finish()?;
-    index.finish()?;
-    if let Some(p) = positions {
-        p.finish()?;
-    }
-    let path = dir.join(MANIFEST);
-    let text = serde_json::to_string_pretty(manifest)
-        .map_err(|source| PreparedError::Manifest { path: path.display().to_string(), source })?;
-    fs::write(&path, text + "\n").map_err(|e| PreparedError::io(&path, e))
+    Cow::Owned(bytes.chunks_exact(4).flat_map(|c| [c[3], c[2], c[1], c[0]]).collect())
 }
 
 /// A buffered file that names itself in errors.
+#[derive(Debug)]
 struct Sink {
     path: PathBuf,
     out: BufWriter<File>,
@@ -157,15 +229,54 @@ impl Sink {
     }
 }
 
-/// A prepared dataset read into memory, every file checked against the manifest.
-#[derive(Debug, Clone)]
+/// A prepared dataset, its token files memory-mapped (pages are read as records are used), every
+/// file checked against the manifest.
+#[derive(Debug)]
 pub struct PreparedDataset {
     dir: PathBuf,
     manifest: Manifest,
-    tokens: Vec<u32>,
-    labels: Vec<i32>,
-    positions: Option<Vec<u32>>,
+    tokens: Words,
+    labels: Words,
+    positions: Option<Words>,
     index: Vec<(usize, usize)>,
+}
+
+/// A file of little-endian 32-bit words: mapped into memory, or read and converted where
+/// that is not possible (an empty file, a big-endian machine).
+#[derive(Debug)]
+enum Words {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u32>),
+}
+
+impl Words {
+    /// Opens `path`, which must hold `count` words.
+    fn open(path: &Path, count: u64) -> Result<Self, PreparedError> {
+        let expected = count * 4;
+        let file = File::open(path).map_err(|e| PreparedError::io(path, e))?;
+        let found = file.metadata().map_err(|e| PreparedError::io(path, e))?.len();
+        if found != expected {
+            return Err(PreparedError::Size { path: path.display().to_string(), expected, found });
+        }
+        if count > 0 && cfg!(target_endian = "little") {
+            // SAFETY: the map is read-only; the dataset directory is only ever replaced by a
+            // rename (see `swap_in`), never rewritten in place, so the mapped pages stay valid.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| PreparedError::io(path, e))?;
+            if map.len() as u64 == expected && bytemuck::try_cast_slice::<u8, u32>(&map).is_ok() {
+                return Ok(Words::Mapped(map));
+            }
+        }
+        let bytes = read_bytes(path, expected)?;
+        Ok(Words::Read(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+    }
+
+    fn words(&self) -> &[u32] {
+        match self {
+            // A page-aligned map of a whole number of words (checked in `open`).
+            Words::Mapped(map) => bytemuck::try_cast_slice(map).unwrap_or(&[]),
+            Words::Read(words) => words,
+        }
+    }
 }
 
 impl PreparedDataset {
@@ -176,10 +287,10 @@ impl PreparedDataset {
         let manifest = read_manifest(dir)?;
         let n_tokens = manifest.counts.tokens as u64;
         let n_records = manifest.counts.sequences as u64;
-        let tokens = read_words(&dir.join(TOKENS), n_tokens * 4)?;
-        let labels = read_words(&dir.join(LABELS), n_tokens * 4)?.into_iter().map(|w| w as i32).collect();
+        let tokens = Words::open(&dir.join(TOKENS), n_tokens)?;
+        let labels = Words::open(&dir.join(LABELS), n_tokens)?;
         let positions = match manifest.key.settings.packing {
-            true => Some(read_words(&dir.join(POSITIONS), n_tokens * 4)?),
+            true => Some(Words::open(&dir.join(POSITIONS), n_tokens)?),
             false => None,
         };
         let index_path = dir.join(INDEX);
@@ -232,9 +343,12 @@ impl PreparedDataset {
         let &(start, len) = self.index.get(i)?;
         let range = start..start + len;
         Some(Record {
-            input_ids: &self.tokens[range.clone()],
-            labels: &self.labels[range.clone()],
-            position_ids: self.positions.as_ref().map(|p| &p[range]),
+            input_ids: self.tokens.words().get(range.clone())?,
+            labels: bytemuck::cast_slice(self.labels.words().get(range.clone())?),
+            position_ids: match &self.positions {
+                Some(p) => Some(p.words().get(range)?),
+                None => None,
+            },
         })
     }
 
@@ -273,11 +387,6 @@ fn read_bytes(path: &Path, expected: u64) -> Result<Vec<u8>, PreparedError> {
         return Err(PreparedError::Size { path: path.display().to_string(), expected, found });
     }
     Ok(bytes)
-}
-
-fn read_words(path: &Path, expected: u64) -> Result<Vec<u32>, PreparedError> {
-    let bytes = read_bytes(path, expected)?;
-    Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 #[cfg(test)]

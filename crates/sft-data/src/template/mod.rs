@@ -221,6 +221,20 @@ impl TemplateInput {
         let messages: Vec<Json> = conv.messages.iter().map(|m| prepare_fields(&m.fields)).collect();
         TemplateInput::new(&messages, conv.tools.as_ref(), conv.documents.as_ref(), template.has_generation)
     }
+
+    /// How many messages it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// The same input without message `i`.
+    pub(crate) fn without(&self, i: usize) -> Self {
+        let mut messages = self.messages.clone();
+        if i < messages.len() {
+            messages.remove(i);
+        }
+        TemplateInput { messages, tools: self.tools.clone(), documents: self.documents.clone(), has_sentinel: self.has_sentinel }
+    }
 }
 
 /// The context variables beside the messages: special tokens, then keyword arguments.

@@ -109,9 +109,10 @@ impl Renderer {
     /// message prefixes: an assistant turn starts where the render of the messages before it
     /// with `add_generation_prompt=true` ends, and ends where the render of the messages up to it
     /// ends (so the end-of-turn token and the newline after it train, as in TRL's training
-    /// templates and Unsloth's `train_on_responses_only`). A template that renders earlier turns differently
-    /// once later turns follow (one that drops past reasoning, say) cannot be split this way,
-    /// and gets an error that says so.
+    /// templates and Unsloth's `train_on_responses_only`). A template that renders an earlier
+    /// turn differently once later turns follow (Qwen3 drops past reasoning) gets that turn's
+    /// text as the full render has it (see [`end_once_followed`](Self::end_once_followed)); a
+    /// turn that cannot be separated either way is an error that says so.
     pub fn assistant_spans(&self, conv: &Conversation, rendered: &Rendered) -> Result<Spans, TemplateError> {
         let template = self.templates.select(conv.tools.is_some());
         if template.has_generation_tags() {
@@ -147,22 +148,52 @@ impl Renderer {
             };
             let before = prefix_of(i, true)?;
             let through = prefix_of(i + 1, false)?;
-            if !full.starts_with(before.as_ref()) || !full.starts_with(through.as_ref()) || through.len() < before.len() {
+            let end = if full.starts_with(before.as_ref()) && full.starts_with(through.as_ref()) && through.len() >= before.len() {
+                Some(through.len())
+            } else if full.starts_with(before.as_ref()) {
+                self.end_once_followed(template, input, i, full, before.len())
+            } else {
+                None
+            };
+            let Some(end) = end else {
                 return Err(TemplateError::Render {
                     message: format!(
-                        "cannot locate assistant message {} by prefix rendering: template {} renders it differently \
-                         once later messages follow; use a template with {{% generation %}} tags (e.g. TRL's \
-                         *_training.jinja) or marker-based masking",
+                        "cannot locate assistant message {} by prefix rendering: template {} renders it, or what comes \
+                         before it, differently in a prefix than in the whole conversation; use a template with {{% generation %}} tags (e.g. \
+                         TRL's *_training.jinja) or marker-based masking",
                         i + 1,
                         template.name()
                     ),
                 });
-            }
+            };
             let start = before.chars().count();
-            let end = through.chars().count();
+            let end = start + full[before.len()..end].chars().count();
             spans.push(AssistantSpan { message: Some(i), start, end });
         }
         Ok(spans)
+    }
+
+    /// Where assistant message `i` ends in `full` (a byte offset) when the template renders it
+    /// differently as the last message than once later messages follow (Qwen3 drops the
+    /// reasoning of earlier turns): the shortest render of messages `..k` (k > i + 1) that is a
+    /// prefix of `full`, less the text that messages `i+1..k` add when rendered without
+    /// message `i` in between. `None` when no such k separates the turn.
+    fn end_once_followed(&self, template: &ChatTemplate, input: &TemplateInput, i: usize, full: &str, start: usize) -> Option<usize> {
+        let n = input.len();
+        let base = template.render_input(input, i, false, &self.vars).ok()?.text;
+        let skipped = input.without(i);
+        for k in i + 2..=n {
+            let with = if k == n { full.to_string() } else { template.render_input(input, k, false, &self.vars).ok()?.text };
+            if !full.starts_with(&with) {
+                continue;
+            }
+            let Ok(without) = template.render_input(&skipped, k - 1, false, &self.vars) else { continue };
+            let Some(after) = without.text.strip_prefix(base.as_str()) else { continue };
+            if with.ends_with(after) && with.len() - after.len() >= start {
+                return Some(with.len() - after.len());
+            }
+        }
+        None
     }
 }
 
@@ -207,20 +238,33 @@ mod tests {
         assert_eq!(spans_text(&r, &c).unwrap(), vec!["b<|im_end|>\n", "d<|im_end|>\n"]);
     }
 
-    #[test]
-    fn a_template_that_rewrites_earlier_turns_is_reported() {
-        let dir = std::env::temp_dir().join(format!("sft-renderer-test-{}", std::process::id()));
+    /// A template file in a fresh temporary directory, and a renderer for it.
+    fn file_renderer(name: &str, source: &str) -> (std::path::PathBuf, Renderer) {
+        let dir = std::env::temp_dir().join(format!("sft-renderer-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("drops.jinja");
-        // Like Qwen3: earlier assistant turns lose their reasoning once a later turn follows.
-        std::fs::write(
-            &path,
-            "{% for m in messages %}{% if m.role == 'assistant' and not loop.last %}{{ m.content.split('</think>')[-1] }}{% else %}{{ m.content }}{% endif %}|{% endfor %}",
-        )
-        .unwrap();
+        let path = dir.join("t.jinja");
+        std::fs::write(&path, source).unwrap();
         let choice = TemplateChoice { template: Some(path.display().to_string()), ..Default::default() };
-        let r = Renderer::new(None, &choice, Map::new()).unwrap();
-        let c = conv(&[("user", "q"), ("assistant", "<think>r</think>a"), ("user", "q2"), ("assistant", "b")]);
+        (dir, Renderer::new(None, &choice, Map::new()).unwrap())
+    }
+
+    #[test]
+    fn earlier_turns_a_template_rewrites_are_found_as_the_whole_render_has_them() {
+        // Like Qwen3: earlier assistant turns lose their reasoning once a later turn follows.
+        let (dir, r) = file_renderer(
+            "drops",
+            "{% for m in messages %}{% if m.role == 'assistant' and not loop.last %}{{ m.content.split('</think>')[-1] }}{% else %}{{ m.content }}{% endif %}|{% endfor %}",
+        );
+        let c = conv(&[("user", "q"), ("assistant", "<think>r</think>a"), ("user", "q2"), ("assistant", "<think>s</think>b")]);
+        assert_eq!(spans_text(&r, &c).unwrap(), vec!["a|", "<think>s</think>b|"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_template_that_rewrites_what_comes_before_a_turn_is_reported() {
+        // The message count up front changes every prefix.
+        let (dir, r) = file_renderer("counts", "{{ messages|length }}:{% for m in messages %}{{ m.content }}|{% endfor %}");
+        let c = conv(&[("user", "q"), ("assistant", "a"), ("user", "q2"), ("assistant", "b")]);
         let err = spans_text(&r, &c).unwrap_err().to_string();
         assert!(err.contains("assistant message 2") && err.contains("generation"), "{err}");
         std::fs::remove_dir_all(&dir).ok();

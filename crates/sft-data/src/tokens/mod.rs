@@ -122,10 +122,7 @@ impl TextTokenizer {
 
     /// The id of a token string, if the vocabulary has it.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        match &self.fast {
-            Some(fast) => fast.token_to_id(token),
-            None => self.hf().ok()?.token_to_id(token),
-        }
+        self.fast.as_ref().and_then(|f| f.added_token_id(token)).or_else(|| self.hf().ok()?.token_to_id(token))
     }
 
     /// Text of `ids` (special tokens left out when `skip_special`), as transformers' `decode`.

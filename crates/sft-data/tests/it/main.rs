@@ -1,6 +1,7 @@
 //! sft-data's integration tests, one module per stage: data readers (good files and the
-//! bad-input corpus), template parity with transformers, built-in templates, the encode and pack stages, the tokenizer fast path.
+//! bad-input corpus), template parity with transformers, built-in templates, the encode and pack stages, building prepared datasets a chunk at a time, the tokenizer fast path.
 
+mod build;
 mod builtin_templates;
 mod common;
 mod data_bad;

@@ -34,8 +34,9 @@ pub(super) struct ByteLevelBpe {
     added: AddedTokens,
     splitter: PieceSplitter,
     model: BytePairs,
-    /// Added tokens and the model's vocabulary, by token string.
-    ids: AHashMap<String, u32>,
+    /// Added tokens by string (the vocabulary's are looked up through the tokenizers crate:
+    /// a map of 150k owned strings costs more to build than the rest of loading).
+    added_ids: AHashMap<String, u32>,
     adds_special_tokens: bool,
 }
 
@@ -43,26 +44,21 @@ impl ByteLevelBpe {
     /// `None` when `json` (a `tokenizer.json`) is not of the supported shape.
     pub(super) fn from_json(json: &str) -> Option<Self> {
         let plan = serde_json::from_str::<HfTokenizerFile>(json).ok()?.into_plan()?;
-        let (model, mut ids) = rayon::join(
-            || BytePairs::new(&plan.vocab, &plan.merges, plan.ignore_merges),
-            || plan.vocab.iter().map(|(token, &id)| (token.0.to_string(), id)).collect::<AHashMap<_, _>>(),
-        );
-        let model = model?;
-        // Added tokens win over the vocabulary, as the tokenizers crate looks them up.
-        ids.extend(plan.added_raw.iter().chain(&plan.added_normalized).cloned());
+        let model = BytePairs::new(&plan.vocab, &plan.merges, plan.ignore_merges)?;
+        let added_ids = plan.added_raw.iter().chain(&plan.added_normalized).cloned().collect();
         Some(ByteLevelBpe {
             nfc: plan.nfc,
             added: AddedTokens::new(plan.added_raw, plan.added_normalized)?,
             splitter: PieceSplitter::new(&plan.pattern)?,
             model,
-            ids,
+            added_ids,
             adds_special_tokens: plan.adds_special_tokens,
         })
     }
 
-    /// The id of a token string (an added token's, else the vocabulary's).
-    pub(super) fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.ids.get(token).copied()
+    /// The id of an added token (they win over the vocabulary, as in the tokenizers crate).
+    pub(super) fn added_token_id(&self, token: &str) -> Option<u32> {
+        self.added_ids.get(token).copied()
     }
 
     /// Whether the post-processor may add special tokens around a text.
