@@ -456,8 +456,9 @@ def cmd_bench(a):
               "render + prefix renders, tokenize, write the prepared dataset); 'sft 1-thr' = RAYON_NUM_THREADS=1.")
         print("py: per row apply_chat_template(tokenize=False) for the full text and, per assistant message i, "
               "messages[:i] (+generation prompt) and messages[:i+1] for its char span\n"
-              "(a turn the template renders differently once later messages follow, like Qwen3's dropped reasoning, ends where the render of
-messages[:k] minus that of messages[:i]+messages[i+1:k] ends: tests/fixtures/prefix_spans.py; excluded if no prefix fits, or the template raises), then "
+              "(a turn the template renders differently once later messages follow, like Qwen3's dropped reasoning, ends where the render of\n"
+              "messages[:k] minus that of messages[:i]+messages[i+1:k] ends: tests/fixtures/prefix_spans.py; excluded if no prefix fits, or the "
+              "template raises), then "
               "tokenizer(text, add_special_tokens=False, return_offsets_mapping=True), labels = ids of tokens\n"
               "overlapping a span, -100 elsewhere; tokenizer loaded beforehand (untimed). conv/s counts all input rows, "
               "excluded ones included. mismatch = examples whose input_ids or labels differ.")

@@ -8,6 +8,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ahash::AHashMap;
+use rayon::prelude::*;
 
 use super::config::{byte_chars, Text};
 
@@ -59,29 +60,46 @@ impl BytePairs {
             byte_of.insert(*c, b as u8);
             byte_ids[b] = *vocab.get(c.to_string().as_str())?;
         }
-        let max_id = vocab.values().copied().max().unwrap_or(0) as usize;
-        let mut lens = vec![0u32; max_id + 1];
-        for (token, &id) in vocab {
-            lens[id as usize] = token.0.chars().count() as u32;
-        }
-        let mut merge_map = AHashMap::with_capacity(merges.len());
-        let mut joined = String::new();
-        for (rank, (a, b)) in merges.iter().enumerate() {
-            joined.clear();
-            joined.push_str(a);
-            joined.push_str(b);
-            let (ia, ib, new) = (*vocab.get(a.as_ref())?, *vocab.get(b.as_ref())?, *vocab.get(joined.as_str())?);
-            merge_map.insert((ia, ib), (rank as u32, new));
-        }
-        let whole = ignore_merges.then(|| {
-            vocab
-                .iter()
-                .filter_map(|(token, &id)| {
-                    let bytes: Option<Vec<u8>> = token.0.chars().map(|c| byte_of.get(&c).copied()).collect();
-                    Some((bytes?.into_boxed_slice(), id))
+        // Three independent passes over 150k-entry tables: run them side by side.
+        let lens = || {
+            let max_id = vocab.values().copied().max().unwrap_or(0) as usize;
+            let mut lens = vec![0u32; max_id + 1];
+            for (token, &id) in vocab {
+                lens[id as usize] = token.0.chars().count() as u32;
+            }
+            lens
+        };
+        let merge_map = || -> Option<AHashMap<(u32, u32), (u32, u32)>> {
+            let pairs: Option<Vec<((u32, u32), (u32, u32))>> = merges
+                .par_iter()
+                .enumerate()
+                .map_init(String::new, |joined, (rank, (a, b))| {
+                    joined.clear();
+                    joined.push_str(a);
+                    joined.push_str(b);
+                    let (ia, ib, new) = (*vocab.get(a.as_ref())?, *vocab.get(b.as_ref())?, *vocab.get(joined.as_str())?);
+                    Some(((ia, ib), (rank as u32, new)))
                 })
-                .collect()
-        });
+                .collect();
+            let pairs = pairs?;
+            let mut map = AHashMap::with_capacity(pairs.len());
+            // In rank order, so a pair listed twice keeps its last rank (as before).
+            map.extend(pairs);
+            Some(map)
+        };
+        let whole = || {
+            ignore_merges.then(|| {
+                vocab
+                    .iter()
+                    .filter_map(|(token, &id)| {
+                        let bytes: Option<Vec<u8>> = token.0.chars().map(|c| byte_of.get(&c).copied()).collect();
+                        Some((bytes?.into_boxed_slice(), id))
+                    })
+                    .collect()
+            })
+        };
+        let (merge_map, (lens, whole)) = rayon::join(merge_map, || rayon::join(lens, whole));
+        let merge_map = merge_map?;
         let id = NEXT_MODEL.fetch_add(1, Ordering::Relaxed);
         Some(BytePairs { id, byte_ids, merges: merge_map, whole, lens })
     }
