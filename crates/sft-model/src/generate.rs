@@ -58,9 +58,13 @@ pub fn generate(
     for _ in 0..max_new_tokens {
         // On a worker of the thread pool, so the kernels' parallel loops start without a
         // cross-thread hand-off each (one per token instead of hundreds).
-        let logits = rayon::scope(|_| model.forward_cached(&fresh, &mut cache))?;
-        let mut logits = logits.to_vec1::<f32>().during(|| "reading logits".into())?;
-        let next = choose(&mut logits, &ids, sampling, &mut rng);
+        let next = if sampling.temperature <= 0.0 && sampling.repetition_penalty == 1.0 {
+            rayon::scope(|_| model.next_greedy(&fresh, &mut cache))?
+        } else {
+            let logits = rayon::scope(|_| model.forward_cached(&fresh, &mut cache))?;
+            let mut logits = logits.to_vec1::<f32>().during(|| "reading logits".into())?;
+            choose(&mut logits, &ids, sampling, &mut rng)
+        };
         fresh = vec![next];
         ids.push(next);
         out.push(next);
@@ -70,6 +74,11 @@ pub fn generate(
         }
     }
     Ok((out, Finish::Length))
+}
+
+/// The index of the largest logit (the first among equal ones; 0 when none is above -inf).
+pub(crate) fn argmax(logits: &[f32]) -> usize {
+    logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
 }
 
 /// Picks the next token from one row of logits.
@@ -85,7 +94,6 @@ fn choose(logits: &mut [f32], context: &[u32], s: &Sampling, rng: &mut SplitMix)
             }
         }
     }
-    let argmax = |l: &[f32]| l.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
     if s.temperature <= 0.0 {
         return argmax(logits) as u32;
     }

@@ -4,6 +4,7 @@
 //! count, as transformers' causal-LM loss does.
 
 mod batch;
+mod greedy;
 mod kv_cache;
 mod layer;
 mod params;
@@ -11,7 +12,7 @@ mod recompute;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -21,6 +22,7 @@ pub use params::Trainable;
 
 use crate::config::ModelConfig;
 use crate::error::TensorContext;
+use crate::generate::argmax;
 use crate::lora::{Dropout, LoraSettings};
 use crate::ops::{linear_cross_entropy, qmatmul, rms_norm, CrossEntropy, RopeTable};
 use crate::quant::{BaseFormat, QuantWeight};
@@ -29,6 +31,7 @@ use crate::ModelError;
 pub use kv_cache::KvCache;
 use layer::{Context, Layer};
 use crate::rng::SplitMix;
+use greedy::GreedyScreen;
 use params::{BaseSource, Builder};
 use recompute::{Pending, Recompute};
 
@@ -42,6 +45,9 @@ pub struct Model {
     lm_head: Option<Tensor>,
     /// The output layer in bf16 for decoding (bf16 base format only).
     decode_head: Option<Arc<QuantWeight>>,
+    /// Greedy decoding's bf16 screen of the f32 output layer, made on first use (`None` when
+    /// the exact argmax cannot be screened this way).
+    greedy: OnceLock<Option<GreedyScreen>>,
     params: Vec<(String, Var)>,
     lora: Option<LoraSettings>,
     /// Linear weights held in a compact format, and their bytes.
@@ -179,6 +185,7 @@ impl Model {
             norm,
             lm_head,
             decode_head,
+            greedy: OnceLock::new(),
             params: b.params,
             lora,
             quantized: b.quantized,
@@ -269,6 +276,39 @@ impl Model {
     /// Runs `ids` (the next tokens of one sequence) with the cache of the tokens before them and
     /// returns the logits of the last one, `[vocab]`; the cache then covers `ids` too.
     pub fn forward_cached(&self, ids: &[u32], cache: &mut Cache) -> Result<Tensor, ModelError> {
+        let last = self.cached_last(ids, cache)?;
+        self.head(&last).during(|| "output layer".into())
+    }
+
+    /// [`forward_cached`](Self::forward_cached) for greedy decoding: the id with the largest
+    /// logit (the first among equal ones), exactly as the full logits give it, but found
+    /// reading most of the output layer in bf16 (see `greedy.rs`) when the layer is frozen
+    /// f32 without a final soft-cap.
+    pub fn next_greedy(&self, ids: &[u32], cache: &mut Cache) -> Result<u32, ModelError> {
+        let last = self.cached_last(ids, cache)?;
+        let weight = self.output_weight();
+        let screenable = self.decode_head.is_none() && self.config.final_softcap.is_none() && !weight.track_op() && !last.track_op();
+        if screenable {
+            let x = last.flatten_all().and_then(|t| t.to_vec1::<f32>()).during(|| "reading the last hidden state".into())?;
+            let w = weight.flatten_all().during(|| "output layer".into())?;
+            let (storage, layout) = w.storage_and_layout();
+            if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+                if let Ok(data) = cpu.as_slice::<f32>() {
+                    let w = &data[start..end];
+                    let screen = self.greedy.get_or_init(|| Some(GreedyScreen::new(w, x.len())));
+                    if let Some(id) = screen.as_ref().and_then(|s| s.argmax(w, &x)) {
+                        return Ok(id as u32);
+                    }
+                }
+            }
+        }
+        let logits = self.head(&last).and_then(|z| z.to_vec1::<f32>()).during(|| "output layer".into())?;
+        Ok(argmax(&logits) as u32)
+    }
+
+    /// The last new token's hidden state after the final norm, `[1, hidden]`, with the cache
+    /// extended by `ids`.
+    fn cached_last(&self, ids: &[u32], cache: &mut Cache) -> Result<Tensor, ModelError> {
         let cfg = &self.config;
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
             return Err(ModelError::Batch(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab_size)));
@@ -291,19 +331,23 @@ impl Model {
             for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
                 h = layer.forward(&h, cfg, &cx, Some(lc))?;
             }
-            let last = rms_norm(&h.narrow(0, n - 1, 1)?, &self.norm, cfg.rms_norm_eps, cfg.norm_offset)?;
-            let mut z = match &self.decode_head {
-                Some(head) => qmatmul(&last, head)?,
-                None => layer::project(&last, self.output_weight())?,
-            };
-            if let Some(cap) = cfg.final_softcap {
-                z = ((z / cap)?.tanh()? * cap)?;
-            }
-            z.flatten_all()
+            rms_norm(&h.narrow(0, n - 1, 1)?, &self.norm, cfg.rms_norm_eps, cfg.norm_offset)
         };
-        let logits = run().during(|| "cached forward".into())?;
+        let last = run().during(|| "cached forward".into())?;
         cache.tokens += n;
-        Ok(logits)
+        Ok(last)
+    }
+
+    /// The logits `[vocab]` of a final hidden state `[1, hidden]`.
+    fn head(&self, last: &Tensor) -> candle_core::Result<Tensor> {
+        let mut z = match &self.decode_head {
+            Some(head) => qmatmul(last, head)?,
+            None => layer::project(last, self.output_weight())?,
+        };
+        if let Some(cap) = self.config.final_softcap {
+            z = ((z / cap)?.tanh()? * cap)?;
+        }
+        z.flatten_all()
     }
 
     /// RoPE tables for new tokens at `positions` (the cache does the masking).
