@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 use sft_data::encode::{EncodeError, EncodeOptions};
+use sft_data::pack::fill_ratio;
 use sft_data::prepared::{build, BuildError, BuildInputs, Built, DataFingerprint, ManifestKey, PreparedDataset, Settings};
 
 use crate::common::{DataArgs, EncodeArgs};
@@ -139,12 +140,11 @@ fn summarize(args: &PrepareArgs, job: &Job, built: &Built) {
         eprintln!("{name}: {} rows truncated, losing {} trained tokens", s.truncated_rows, s.trained_tokens_lost);
     }
     if let (true, Some(max)) = (job.packing, job.options.max_seq_length) {
-        let room = (counts.sequences * max).max(1);
         eprintln!(
             "{name}: packed {} examples into {} sequences of up to {max} tokens ({:.1}% full)",
             s.examples,
             counts.sequences,
-            100.0 * counts.tokens as f64 / room as f64
+            100.0 * fill_ratio(counts.tokens, counts.sequences, max)
         );
     }
     if let Some(warning) = s.eos_warning() {

@@ -142,10 +142,10 @@ fn concat<'a>(examples: impl Iterator<Item = &'a Example>) -> PackedSequence {
     seq
 }
 
-/// How full the sequences are: tokens over `sequences × max`, 0 to 1.
-pub fn fill_ratio(sequences: &[PackedSequence], max: usize) -> f64 {
-    let tokens: usize = sequences.iter().map(PackedSequence::len).sum();
-    match sequences.len() * max {
+/// How full `sequences` packed sequences holding `tokens` tokens are: tokens over
+/// `sequences × max`, 0 to 1.
+pub fn fill_ratio(tokens: usize, sequences: usize, max: usize) -> f64 {
+    match sequences * max {
         0 => 0.0,
         room => tokens as f64 / room as f64,
     }
@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(s.boundaries, vec![0, 3, 5]);
         assert_eq!(s.labels, vec![-100, 1, -100, -100, 1]);
         assert_eq!(s.rows.iter().map(|r| r.row).collect::<Vec<_>>(), vec![2, 1]);
-        assert!((fill_ratio(&seqs, 8) - 5.0 / 8.0).abs() < 1e-9);
+        assert!((fill_ratio(seqs.iter().map(PackedSequence::len).sum(), seqs.len(), 8) - 5.0 / 8.0).abs() < 1e-9);
     }
 
     #[test]

@@ -138,11 +138,7 @@ impl Model {
         let n = batch.batch * batch.seq;
         let run = || -> candle_core::Result<Tensor> {
             let last = h.narrow(0, n - 1, 1)?;
-            let mut z = last.matmul(&self.output_weight().t()?)?;
-            if let Some(cap) = self.config().final_softcap {
-                z = ((z / cap)?.tanh()? * cap)?;
-            }
-            z.flatten_all()
+            self.final_softcap(last.matmul(&self.output_weight().t()?)?)?.flatten_all()
         };
         run().during(|| "lm_head".into())
     }

@@ -4,13 +4,13 @@
 //! scratch dataset beside the output, then packed from it into the output.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::store::{LABELS, TOKENS};
+use super::store::{hidden_sibling, le_words, DirGuard, LABELS, TOKENS};
 use super::{Counts, Manifest, ManifestKey, PreparedError, Record, StoreWriter};
 use crate::data::{DataError, Dataset, ReadOptions, RowConverter, RowStream};
 use crate::encode::{EncodeError, EncodeOptions, EncodeStats, Encoder, Excluded, Tally};
@@ -77,8 +77,8 @@ pub fn build(inputs: &BuildInputs<'_>, out: &Path, key: ManifestKey) -> Result<B
     if max == Some(0) {
         return Err(PackError::ZeroLimit.into());
     }
-    let scratch = max.map(|_| Scratch::beside(out));
-    let mut writer = StoreWriter::create(scratch.as_ref().map_or(out, |s| s.path.as_path()), false)?;
+    let scratch = max.map(|_| scratch_beside(out));
+    let mut writer = StoreWriter::create(scratch.as_ref().map_or(out, |s| s.0.as_path()), false)?;
     let mut converter = RowConverter::new(inputs.data, inputs.read)?;
     let mut stream = RowStream::open(inputs.data)?;
     let encoder = Encoder::new(inputs.renderer, inputs.tokenizer, inputs.options)?;
@@ -104,7 +104,7 @@ pub fn build(inputs: &BuildInputs<'_>, out: &Path, key: ManifestKey) -> Result<B
             examples_key.settings.packing = false;
             writer.finish(&Manifest::new(examples_key, counts.clone()))?;
             let mut packed = StoreWriter::create(out, true)?;
-            pack_into(&scratch.path, &lengths, &plan_lengths(&lengths, max), &mut packed)?;
+            pack_into(&scratch.0, &lengths, &plan_lengths(&lengths, max), &mut packed)?;
             counts.sequences = packed.records();
             counts.tokens = packed.tokens();
             let manifest = Manifest::new(key, counts);
@@ -163,7 +163,7 @@ impl WordFile {
         self.bytes.resize(len * 4, 0);
         self.file.seek(SeekFrom::Start(start * 4)).map_err(|e| PreparedError::io(&self.path, e))?;
         self.file.read_exact(&mut self.bytes).map_err(|e| PreparedError::io(&self.path, e))?;
-        out.extend(self.bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        out.extend(le_words(&self.bytes));
         Ok(())
     }
 }
@@ -184,22 +184,8 @@ fn counts(dataset: &Dataset, stats: &EncodeStats) -> Counts {
     }
 }
 
-/// The unpacked examples of a packed build, in a hidden directory beside the output, removed
-/// when done (or on failure).
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn beside(out: &Path) -> Self {
-        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "prepared".into());
-        let parent = out.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        Scratch { path: parent.join(format!(".{name}.examples-{}", std::process::id())) }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
+/// Where a packed build keeps its unpacked examples: a hidden directory beside the output,
+/// removed when done (or on failure).
+fn scratch_beside(out: &Path) -> DirGuard {
+    DirGuard(hidden_sibling(out, "examples"))
 }

@@ -9,7 +9,7 @@
 //! - `manifest.json`: the [`Manifest`]: format and sft versions, what the data was made from
 //!   (tokenizer and template hashes, settings, data file size and mtime) and the counts.
 //!
-//! [`write`] builds the directory beside its target and renames it into place, so a reader
+//! [`StoreWriter`] builds the directory beside its target and renames it into place, so a reader
 //! never sees half a dataset; [`PreparedDataset::open`] checks every file against the manifest
 //! and [`PreparedDataset::is_stale`] says why it no longer fits the current inputs.
 
@@ -21,56 +21,12 @@ pub use manifest::{
     file_sha256, template_sha256, Counts, DataFingerprint, Manifest, ManifestKey, Settings, FORMAT_VERSION,
 };
 pub use build::{build, BuildError, BuildInputs, Built};
-pub use store::{write, PreparedDataset, Record, StoreWriter};
+pub use store::{PreparedDataset, Record, StoreWriter};
 
 use thiserror::Error;
 
-use crate::encode::Example;
-use crate::pack::PackedSequence;
-
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
-
-/// What goes into a prepared dataset.
-#[derive(Debug, Clone, Copy)]
-pub enum Records<'a> {
-    /// One record per example.
-    Examples(&'a [Example]),
-    /// One record per packed sequence, with position ids.
-    Packed(&'a [PackedSequence]),
-}
-
-impl Records<'_> {
-    /// How many records.
-    pub fn len(&self) -> usize {
-        match self {
-            Records::Examples(e) => e.len(),
-            Records::Packed(p) => p.len(),
-        }
-    }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Record `i`, when there is one.
-    pub fn get(&self, i: usize) -> Option<Record<'_>> {
-        match self {
-            Records::Examples(e) => {
-                e.get(i).map(|e| Record { input_ids: &e.input_ids, labels: &e.labels, position_ids: None })
-            }
-            Records::Packed(p) => p
-                .get(i)
-                .map(|s| Record { input_ids: &s.input_ids, labels: &s.labels, position_ids: Some(&s.position_ids) }),
-        }
-    }
-
-    /// Tokens over all records.
-    pub fn tokens(&self) -> usize {
-        (0..self.len()).filter_map(|i| self.get(i)).map(|r| r.input_ids.len()).sum()
-    }
-}
 
 /// Why a prepared dataset cannot be written or read.
 #[derive(Debug, Error)]

@@ -7,7 +7,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::manifest::{Manifest, ManifestKey, FORMAT_VERSION};
-use super::{PreparedError, Records, MANIFEST};
+use super::{PreparedError, MANIFEST};
 
 pub(super) const TOKENS: &str = "tokens.bin";
 pub(super) const LABELS: &str = "labels.bin";
@@ -25,17 +25,6 @@ pub struct Record<'a> {
     pub position_ids: Option<&'a [u32]>,
 }
 
-/// Writes `records` as a prepared dataset at `out`, with `manifest` (whose `sequences` and
-/// `tokens` counts are set from the records); see [`StoreWriter`].
-pub fn write(out: &Path, manifest: &Manifest, records: Records<'_>) -> Result<(), PreparedError> {
-    let mut writer = StoreWriter::create(out, matches!(records, Records::Packed(_)))?;
-    for i in 0..records.len() {
-        let Some(r) = records.get(i) else { break };
-        writer.push(r)?;
-    }
-    writer.finish(manifest)
-}
-
 /// Writes a prepared dataset a record at a time, so it never has to be held in memory. The
 /// files go into a hidden sibling directory of `out` which replaces `out` on
 /// [`finish`](Self::finish); `out` may be missing, empty, or a prepared dataset (one with
@@ -43,12 +32,7 @@ pub fn write(out: &Path, manifest: &Manifest, records: Records<'_>) -> Result<()
 #[derive(Debug)]
 pub struct StoreWriter {
     out: PathBuf,
-    tmp: PathBuf,
-    files: Option<Files>,
-}
-
-#[derive(Debug)]
-struct Files {
+    tmp: DirGuard,
     tokens: Sink,
     labels: Sink,
     index: Sink,
@@ -62,90 +46,107 @@ impl StoreWriter {
     /// Starts a dataset for `out`; `packed` datasets carry position ids.
     pub fn create(out: &Path, packed: bool) -> Result<Self, PreparedError> {
         let out = target(out)?;
-        let parent = out.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        fs::create_dir_all(&parent).map_err(|e| PreparedError::io(&parent, e))?;
-        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "prepared".into());
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        let tmp = hidden_sibling(&out, "tmp");
+        if let Some(parent) = tmp.parent() {
+            fs::create_dir_all(parent).map_err(|e| PreparedError::io(parent, e))?;
+        }
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| PreparedError::io(&tmp, e))?;
         }
         fs::create_dir(&tmp).map_err(|e| PreparedError::io(&tmp, e))?;
-        let mut writer = StoreWriter { out, tmp, files: None };
-        let files = Files {
-            tokens: Sink::create(&writer.tmp.join(TOKENS))?,
-            labels: Sink::create(&writer.tmp.join(LABELS))?,
-            index: Sink::create(&writer.tmp.join(INDEX))?,
-            positions: if packed { Some(Sink::create(&writer.tmp.join(POSITIONS))?) } else { None },
+        // From here on a failure removes the directory again.
+        let tmp = DirGuard(tmp);
+        Ok(StoreWriter {
+            tokens: Sink::create(&tmp.0.join(TOKENS))?,
+            labels: Sink::create(&tmp.0.join(LABELS))?,
+            index: Sink::create(&tmp.0.join(INDEX))?,
+            positions: if packed { Some(Sink::create(&tmp.0.join(POSITIONS))?) } else { None },
+            out,
+            tmp,
             start: 0,
             records: 0,
-        };
-        writer.files = Some(files);
-        Ok(writer)
+        })
     }
 
     /// Appends one record.
     pub fn push(&mut self, r: Record<'_>) -> Result<(), PreparedError> {
-        let Some(f) = self.files.as_mut() else { return Ok(()) };
         let n = r.input_ids.len();
-        let positions_fit = match (&f.positions, r.position_ids) {
+        let positions_fit = match (&self.positions, r.position_ids) {
             (Some(_), Some(p)) => p.len() == n,
             (None, None) => true,
             _ => false,
         };
         if r.labels.len() != n || !positions_fit {
             let message = "input ids, labels and position ids differ in length (or position ids are missing)".into();
-            return Err(PreparedError::Record { record: f.records, message });
+            return Err(PreparedError::Record { record: self.records, message });
         }
-        f.tokens.put(&le_bytes(r.input_ids))?;
-        f.labels.put(&le_bytes(r.labels))?;
-        if let (Some(sink), Some(pos)) = (f.positions.as_mut(), r.position_ids) {
+        self.tokens.put(&le_bytes(r.input_ids))?;
+        self.labels.put(&le_bytes(r.labels))?;
+        if let (Some(sink), Some(pos)) = (self.positions.as_mut(), r.position_ids) {
             sink.put(&le_bytes(pos))?;
         }
-        f.index.put(&f.start.to_le_bytes())?;
-        f.index.put(&(n as u64).to_le_bytes())?;
-        f.start += n as u64;
-        f.records += 1;
+        self.index.put(&self.start.to_le_bytes())?;
+        self.index.put(&(n as u64).to_le_bytes())?;
+        self.start += n as u64;
+        self.records += 1;
         Ok(())
     }
 
     /// Records pushed so far.
     pub fn records(&self) -> usize {
-        self.files.as_ref().map_or(0, |f| f.records)
+        self.records
     }
 
     /// Tokens pushed so far.
     pub fn tokens(&self) -> usize {
-        self.files.as_ref().map_or(0, |f| f.start as usize)
+        self.start as usize
     }
 
     /// Flushes the files, writes `manifest` (its `sequences` and `tokens` counts set from what
     /// was pushed) and moves the dataset into place.
-    pub fn finish(mut self, manifest: &Manifest) -> Result<(), PreparedError> {
-        let Some(f) = self.files.take() else { return Ok(()) };
+    pub fn finish(self, manifest: &Manifest) -> Result<(), PreparedError> {
+        let StoreWriter { out, tmp, tokens, labels, index, positions, start, records } = self;
         let mut manifest = manifest.clone();
-        manifest.counts.sequences = f.records;
-        manifest.counts.tokens = f.start as usize;
-        f.tokens.finish()?;
-        f.labels.finish()?;
-        f.index.finish()?;
-        if let Some(p) = f.positions {
+        manifest.counts.sequences = records;
+        manifest.counts.tokens = start as usize;
+        tokens.finish()?;
+        labels.finish()?;
+        index.finish()?;
+        if let Some(p) = positions {
             p.finish()?;
         }
-        let path = self.tmp.join(MANIFEST);
+        let path = tmp.0.join(MANIFEST);
         let text = serde_json::to_string_pretty(&manifest)
             .map_err(|source| PreparedError::Manifest { path: path.display().to_string(), source })?;
         fs::write(&path, text + "\n").map_err(|e| PreparedError::io(&path, e))?;
-        let result = swap_in(&self.tmp, &self.out);
-        // Whatever happened, the temporary directory is gone (moved into place or removed).
-        self.tmp = PathBuf::new();
-        result
+        // `swap_in` moves the directory into place or removes it: nothing is left to guard.
+        swap_in(&tmp.release(), &out)
     }
 }
 
-impl Drop for StoreWriter {
+/// `.NAME.WHAT-PID` beside `out` (named `NAME`): hidden, and this process's own.
+pub(super) fn hidden_sibling(out: &Path, what: &str) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "prepared".into());
+    let parent = out.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    parent.join(format!(".{name}.{what}-{}", std::process::id()))
+}
+
+/// A directory removed when dropped (a dataset being written, a scratch copy), unless
+/// [`release`](Self::release)d.
+#[derive(Debug)]
+pub(super) struct DirGuard(pub(super) PathBuf);
+
+impl DirGuard {
+    /// The path, no longer removed on drop.
+    pub(super) fn release(mut self) -> PathBuf {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for DirGuard {
     fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() && self.tmp.exists() {
-            let _ = fs::remove_dir_all(&self.tmp);
+        if !self.0.as_os_str().is_empty() {
+            let _ = fs::remove_dir_all(&self.0);
         }
     }
 }
@@ -203,6 +204,11 @@ fn le_bytes<T: bytemuck::Pod>(words: &[T]) -> Cow<'_, [u8]> {
         return Cow::Borrowed(bytes);
     }
     Cow::Owned(bytes.chunks_exact(4).flat_map(|c| [c[3], c[2], c[1], c[0]]).collect())
+}
+
+/// Little-endian bytes as 32-bit words (a trailing partial word is ignored).
+pub(super) fn le_words(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 /// A buffered file that names itself in errors.
@@ -266,8 +272,7 @@ impl Words {
                 return Ok(Words::Mapped(map));
             }
         }
-        let bytes = read_bytes(path, expected)?;
-        Ok(Words::Read(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+        Ok(Words::Read(le_words(&read_bytes(path, expected)?).collect()))
     }
 
     fn words(&self) -> &[u32] {
@@ -395,7 +400,31 @@ mod tests {
     use crate::conversation::RowRef;
     use crate::encode::{EncodeOptions, Example};
     use crate::pack::pack;
+    use crate::pack::PackedSequence;
     use crate::prepared::{Counts, DataFingerprint, Settings};
+
+    /// What the tests store: examples, or packed sequences with their position ids.
+    enum Records<'a> {
+        Examples(&'a [Example]),
+        Packed(&'a [PackedSequence]),
+    }
+
+    fn write(out: &Path, manifest: &Manifest, records: Records<'_>) -> Result<(), PreparedError> {
+        let mut writer = StoreWriter::create(out, matches!(records, Records::Packed(_)))?;
+        match records {
+            Records::Examples(e) => {
+                for e in e {
+                    writer.push(Record { input_ids: &e.input_ids, labels: &e.labels, position_ids: None })?;
+                }
+            }
+            Records::Packed(p) => {
+                for s in p {
+                    writer.push(Record { input_ids: &s.input_ids, labels: &s.labels, position_ids: Some(&s.position_ids) })?;
+                }
+            }
+        }
+        writer.finish(manifest)
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sft-prepared-{}-{name}", std::process::id()));

@@ -340,14 +340,19 @@ impl Model {
 
     /// The logits `[vocab]` of a final hidden state `[1, hidden]`.
     fn head(&self, last: &Tensor) -> candle_core::Result<Tensor> {
-        let mut z = match &self.decode_head {
+        let z = match &self.decode_head {
             Some(head) => qmatmul(last, head)?,
             None => layer::project(last, self.output_weight())?,
         };
-        if let Some(cap) = self.config.final_softcap {
-            z = ((z / cap)?.tanh()? * cap)?;
+        self.final_softcap(z)?.flatten_all()
+    }
+
+    /// Gemma 2's `final_logit_softcapping` (`cap · tanh(z / cap)`) on logits `z`, when set.
+    pub(crate) fn final_softcap(&self, z: Tensor) -> candle_core::Result<Tensor> {
+        match self.config.final_softcap {
+            Some(cap) => (z / cap)?.tanh()? * cap,
+            None => Ok(z),
         }
-        z.flatten_all()
     }
 
     /// RoPE tables for new tokens at `positions` (the cache does the masking).
@@ -375,10 +380,7 @@ impl Model {
     pub fn logits(&self, batch: &Batch) -> Result<Tensor, ModelError> {
         let h = self.hidden(batch)?;
         let run = || -> candle_core::Result<Tensor> {
-            let mut z = h.matmul(&self.output_weight().t()?)?;
-            if let Some(cap) = self.config.final_softcap {
-                z = ((z / cap)?.tanh()? * cap)?;
-            }
+            let z = self.final_softcap(h.matmul(&self.output_weight().t()?)?)?;
             z.reshape((batch.batch, batch.seq, self.config.vocab_size))
         };
         run().during(|| "lm_head".into())

@@ -13,7 +13,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, MATVEC_MAX_ROWS};
+use super::{cpu_f32, linear_dims, MATVEC_MAX_ROWS};
 use crate::quant::QuantWeight;
 
 /// Most f32 values of a dequantized tile (16 MiB).
@@ -33,12 +33,7 @@ impl CustomOp2 for FrozenMatMul {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (&[n, inp], &[out, w_in]) = (l1.dims(), l2.dims()) else {
-            candle_core::bail!("frozen_matmul: expects x [n, in] and weight [out, in], got {:?} and {:?}", l1.dims(), l2.dims());
-        };
-        if inp != w_in {
-            candle_core::bail!("frozen_matmul: x {:?} does not fit weight {:?}", l1.dims(), l2.dims());
-        }
+        let (n, inp, out) = linear_dims("frozen_matmul", l1, l2)?;
         let y = s1.matmul(s2, (1, n, out, inp), l1, &l2.transpose(0, 1)?)?;
         Ok((y, Shape::from((n, out))))
     }

@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_f32;
+use super::{cpu_f32, linear_dims};
 
 /// The most rows of `x` the kernel takes; larger inputs go through the GEMM.
 pub const MATVEC_MAX_ROWS: usize = 8;
@@ -30,11 +30,9 @@ impl CustomOp2 for MatVec {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu_f32(s1, l1, self.name())?;
         let w = cpu_f32(s2, l2, self.name())?;
-        let (&[n, inp], &[out, w_in]) = (l1.dims(), l2.dims()) else {
-            candle_core::bail!("matvec: expects x [n, in] and weight [out, in], got {:?} and {:?}", l1.dims(), l2.dims());
-        };
-        if inp != w_in || n == 0 || n > MATVEC_MAX_ROWS {
-            candle_core::bail!("matvec: x {:?} does not fit weight {:?} (at most {MATVEC_MAX_ROWS} rows)", l1.dims(), l2.dims());
+        let (n, inp, out) = linear_dims("matvec", l1, l2)?;
+        if n == 0 || n > MATVEC_MAX_ROWS {
+            candle_core::bail!("matvec: x {:?} has {n} rows; the kernel takes 1 to {MATVEC_MAX_ROWS}", l1.dims());
         }
         // Output blocks in [out, n] order (each task writes its own rows), transposed at the end.
         let block = out.div_ceil(TASKS_PER_THREAD * rayon::current_num_threads()).max(8);

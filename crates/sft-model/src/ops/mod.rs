@@ -36,6 +36,16 @@ fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a
     }
 }
 
+/// `(n, in, out)` of `x` `[n, in]` times `weight` `[out, in]` transposed; an error naming `op`
+/// when the shapes are not of that form.
+fn linear_dims(op: &str, x: &Layout, weight: &Layout) -> Result<(usize, usize, usize)> {
+    match (x.dims(), weight.dims()) {
+        (&[n, inp], &[out, w_in]) if inp == w_in => Ok((n, inp, out)),
+        (&[_, _], &[_, _]) => candle_core::bail!("{op}: x {:?} does not fit weight {:?}", x.dims(), weight.dims()),
+        (xd, wd) => candle_core::bail!("{op}: expects x [n, in] and weight [out, in], got {xd:?} and {wd:?}"),
+    }
+}
+
 /// Runs `f` over a tensor's f32 data (made contiguous first; CPU only).
 fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;

@@ -25,13 +25,16 @@ thread_local! {
     static CACHE: RefCell<(u64, AHashMap<Box<[u8]>, Box<[u32]>>)> = RefCell::new((u64::MAX, AHashMap::new()));
 }
 
+/// (left id, right id) → (rank, merged id).
+type Merges = AHashMap<(u32, u32), (u32, u32)>;
+
 /// A byte-level BPE model.
 pub(super) struct BytePairs {
     id: u64,
     /// The id of each single byte.
     byte_ids: [u32; 256],
     /// (left, right) → (rank, merged id).
-    merges: AHashMap<(u32, u32), (u32, u32)>,
+    merges: Merges,
     /// Whole pieces found in the vocabulary (only with `ignore_merges`).
     whole: Option<AHashMap<Box<[u8]>, u32>>,
     /// The byte length of each id's token.
@@ -69,8 +72,8 @@ impl BytePairs {
             }
             lens
         };
-        let merge_map = || -> Option<AHashMap<(u32, u32), (u32, u32)>> {
-            let pairs: Option<Vec<((u32, u32), (u32, u32))>> = merges
+        let merge_map = || -> Option<Merges> {
+            let pairs: Option<Vec<_>> = merges
                 .par_iter()
                 .enumerate()
                 .map_init(String::new, |joined, (rank, (a, b))| {
