@@ -183,8 +183,15 @@ impl Renderer {
         let base = template.render_input(input, i, false, &self.vars).ok()?.text;
         let skipped = input.without(i);
         for k in i + 2..=n {
-            let with = if k == n { full.to_string() } else { template.render_input(input, k, false, &self.vars).ok()?.text };
-            if !full.starts_with(&with) {
+            // A render that fails tries the next k, as the Python reference does.
+            let with = match k == n {
+                true => Cow::Borrowed(full),
+                false => match template.render_input(input, k, false, &self.vars) {
+                    Ok(r) => Cow::Owned(r.text),
+                    Err(_) => continue,
+                },
+            };
+            if !full.starts_with(with.as_ref()) {
                 continue;
             }
             let Ok(without) = template.render_input(&skipped, k - 1, false, &self.vars) else { continue };
@@ -257,6 +264,19 @@ mod tests {
         );
         let c = conv(&[("user", "q"), ("assistant", "<think>r</think>a"), ("user", "q2"), ("assistant", "<think>s</think>b")]);
         assert_eq!(spans_text(&r, &c).unwrap(), vec!["a|", "<think>s</think>b|"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_prefix_the_template_refuses_is_passed_over_for_a_longer_one() {
+        // Drops earlier reasoning, and refuses a conversation that ends with "q2" unless a
+        // generation prompt follows.
+        let (dir, r) = file_renderer(
+            "refuses",
+            "{% if messages[-1].content == 'q2' and not add_generation_prompt %}{{ raise_exception('ends with q2') }}{% endif %}{% for m in messages %}{% if m.role == 'assistant' and not loop.last %}{{ m.content.split('</think>')[-1] }}{% else %}{{ m.content }}{% endif %}|{% endfor %}",
+        );
+        let c = conv(&[("user", "q"), ("assistant", "<think>r</think>a"), ("user", "q2"), ("assistant", "b")]);
+        assert_eq!(spans_text(&r, &c).unwrap(), vec!["a|", "b|"]);
         std::fs::remove_dir_all(&dir).ok();
     }
 
