@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use crate::ops::dot;
-use crate::quant::to_bf16;
+use crate::quant::{from_bf16, to_bf16, BaseFormat, QuantWeight};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 2048;
@@ -20,51 +20,44 @@ const ROWS_PER_TASK: usize = 2048;
 /// A bf16 screen of an output layer `[rows, cols]`.
 #[derive(Debug)]
 pub(crate) struct GreedyScreen {
-    bits: Vec<u16>,
+    screen: QuantWeight,
     /// ‖x‖·`slack[r]` bounds |z_r − ẑ_r|.
     slack: Vec<f32>,
-    cols: usize,
 }
 
 impl GreedyScreen {
-    /// The screen of `w` (`rows × cols`, row-major).
-    pub(crate) fn new(w: &[f32], cols: usize) -> Self {
+    /// The screen of `w` (`rows × cols`, row-major); `None` if bf16 packing gives none.
+    pub(crate) fn new(w: &[f32], cols: usize) -> Option<Self> {
+        let rows = w.len() / cols.max(1);
+        let screen = QuantWeight::new(w, rows, cols, BaseFormat::Bf16)?;
         let n = cols as f64;
         let u = f64::from(f32::EPSILON) / 2.0;
         let gamma = n * u / (1.0 - n * u);
-        let rows: Vec<(Vec<u16>, f32)> = w
+        let slack = w
             .par_chunks(cols)
             .map(|row| {
-                let bits: Vec<u16> = row.iter().map(|&v| to_bf16(v)).collect();
                 let (mut norm, mut rounded, mut err) = (0f64, 0f64, 0f64);
-                for (&v, &b) in row.iter().zip(&bits) {
-                    let r = f64::from(f32::from_bits(u32::from(b) << 16));
-                    norm += f64::from(v) * f64::from(v);
+                for &v in row {
+                    let (v, r) = (f64::from(v), f64::from(from_bf16(to_bf16(v))));
+                    norm += v * v;
                     rounded += r * r;
-                    err += (f64::from(v) - r) * (f64::from(v) - r);
+                    err += (v - r) * (v - r);
                 }
-                let slack = (err.sqrt() + gamma * (norm.sqrt() + rounded.sqrt())) * 1.01;
-                (bits, slack as f32)
+                ((err.sqrt() + gamma * (norm.sqrt() + rounded.sqrt())) * 1.01) as f32
             })
             .collect();
-        let mut bits = Vec::with_capacity(w.len());
-        let mut slack = Vec::with_capacity(rows.len());
-        for (b, s) in rows {
-            bits.extend(b);
-            slack.push(s);
-        }
-        GreedyScreen { bits, slack, cols }
+        Some(GreedyScreen { screen, slack })
     }
 
     /// The argmax of `w·x` as the full f32 output layer computes it (`w` the rows the screen was
     /// made from); `None` when `x` is not finite or does not fit.
     pub(crate) fn argmax(&self, w: &[f32], x: &[f32]) -> Option<usize> {
-        let cols = self.cols;
-        if x.len() != cols || w.len() != self.bits.len() || !x.iter().all(|v| v.is_finite()) {
+        let (rows, cols) = self.screen.dims();
+        if x.len() != cols || w.len() != rows * cols || !x.iter().all(|v| v.is_finite()) {
             return None;
         }
         let x_norm = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32;
-        let screened: Vec<f32> = self.bits.par_chunks(cols * ROWS_PER_TASK).flat_map_iter(|block| block.chunks(cols).map(|row| dot(row, x))).collect();
+        let screened: Vec<f32> = (0..rows).into_par_iter().with_min_len(ROWS_PER_TASK).map(|r| self.screen.dot_row(r, x)).collect();
         // The best lower bound; every row whose upper bound reaches it may be the maximum.
         let floor = screened.iter().zip(&self.slack).map(|(&z, &s)| z - x_norm * s).fold(f32::NEG_INFINITY, f32::max);
         if !floor.is_finite() {
@@ -117,7 +110,7 @@ mod tests {
             w.copy_within(src..src + cols, dst);
         }
         w[1200 * cols + 5] += 1e-6;
-        let screen = GreedyScreen::new(&w, cols);
+        let screen = GreedyScreen::new(&w, cols).unwrap();
         for seed in 0..200 {
             let mut x = values(cols, 1000 + seed);
             if seed % 2 == 0 {

@@ -295,7 +295,7 @@ impl Model {
             if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
                 if let Ok(data) = cpu.as_slice::<f32>() {
                     let w = &data[start..end];
-                    let screen = self.greedy.get_or_init(|| Some(GreedyScreen::new(w, x.len())));
+                    let screen = self.greedy.get_or_init(|| GreedyScreen::new(w, x.len()));
                     if let Some(id) = screen.as_ref().and_then(|s| s.argmax(w, &x)) {
                         return Ok(id as u32);
                     }
