@@ -88,8 +88,9 @@ fn training_sigkilled_at_random_points_and_during_saves_resumes_to_the_same_weig
         let resume = sft_train::checkpoint::latest(&out_dir).is_some();
         let spawned = SystemTime::now();
         let mut child = spawn_train(&yaml, resume, &fault);
-        // Even attempts kill inside the next save; odd ones after a random 0.2-2 s. The first
-        // four attempts kill; then the run is left to finish.
+        // Even attempts kill inside the next save; odd ones after a random 0.2-2 s (or in the
+        // last save, whichever comes first). The first four attempts kill; then the run is left
+        // to finish.
         let finished = if attempt >= 4 {
             run_until(&mut child, || false)
         } else if attempt % 2 == 0 {
@@ -97,8 +98,12 @@ fn training_sigkilled_at_random_points_and_during_saves_resumes_to_the_same_weig
             mid_save_kills += usize::from(!hit);
             hit
         } else {
+            // At the random point, or at the latest inside the last save (paused by the fault):
+            // on a fast machine a resumed run can end before the random point comes.
             let deadline = Instant::now() + Duration::from_millis(200 + rng.next() % 1800);
-            run_until(&mut child, || Instant::now() >= deadline)
+            let last_save = out_dir.join(".checkpoint-8.partial");
+            let saving_last = || std::fs::metadata(&last_save).and_then(|m| m.modified()).is_ok_and(|t| t >= spawned);
+            run_until(&mut child, || Instant::now() >= deadline || saving_last())
         };
         if finished {
             break;
