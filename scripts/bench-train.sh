@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): training-step speed and peak memory of sft vs transformers (+PEFT) on a
 # random SmolLM2-135M-shaped Llama, seq 512 x batch 2, half of each sequence masked; LoRA r=16 on
-# all linear layers, and full fine-tuning. Each run is its own process (peak RSS per process).
+# all linear layers, and full fine-tuning; LoRA also with bf16 base weights multiplied in bf16
+# (sft: `bf16: true`, AMX tiles where the CPU has them; transformers: torch.autocast bf16).
+# Each run is its own process (peak RSS per process).
 # Prints tokens/s, peak RSS, the ratios, and the achieved GFLOP/s against the measured f32 GEMM
 # speed. Needs .venv (scripts/setup-reference-venv.sh). Keep the machine quiet while it runs.
 # Usage: scripts/bench-train.sh [STEPS] (default 3 timed steps after one warm-up step)
@@ -13,11 +15,12 @@ for mode in lora full; do
   target/release/examples/bench_train "$MODEL" $mode "$STEPS" $SEQ $BATCH > "$OUT/sft-$mode.json"
   "$PY" scripts/bench_train.py "$MODEL" $mode "$STEPS" $SEQ $BATCH 2>/dev/null > "$OUT/hf-$mode.json"
 done
+target/release/examples/bench_train "$MODEL" lora-bf16 "$STEPS" $SEQ $BATCH > "$OUT/sft-lora-bf16.json"
 "$PY" scripts/bench_train.py "$MODEL" lora "$STEPS" $SEQ $BATCH --autocast-bf16 2>/dev/null > "$OUT/hf-lora-bf16.json"
 "$PY" - "$OUT" $SEQ $BATCH <<'PY'
 import json, sys
 out, seq, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-r = {k: json.load(open(f"{out}/{k}.json")) for k in ["sft-lora", "hf-lora", "sft-full", "hf-full", "hf-lora-bf16"]}
+r = {k: json.load(open(f"{out}/{k}.json")) for k in ["sft-lora", "hf-lora", "sft-full", "hf-full", "hf-lora-bf16", "sft-lora-bf16"]}
 # Nominal FLOPs of a step (as transformers does it: every row through lm_head): 2 per MAC forward,
 # 2 for the input gradient, 2 more for weight gradients under full fine-tuning; attention QK and PV.
 d, f, L, v, h = 576, 1536, 30, 49152, 9
@@ -36,8 +39,14 @@ for mode in ["lora", "full"]:
         name = f"{'sft' if who == 'sft' else 'transformers' + ('+PEFT' if mode == 'lora' else '')} {mode}"
         ratio = "" if who == "hf" else f"{x['tokens_per_s'] / r[f'hf-{mode}']['tokens_per_s']:>12.2f}x{x['peak_rss_mib'] / r[f'hf-{mode}']['peak_rss_mib']:>10.2f}x"
         print(f"{name:26}{x['tokens_per_s']:>10.1f}{x['peak_rss_mib']:>14.0f}{g:>9.0f}{ratio}")
-x = r["hf-lora-bf16"]
-print(f"{'transformers+PEFT lora bf16 autocast':26}{x['tokens_per_s']:>10.1f}{x['peak_rss_mib']:>14.0f}")
+hf32, hf16 = r["hf-lora"], r["hf-lora-bf16"]
+for name, x in [("sft lora bf16", r["sft-lora-bf16"]), ("transformers+PEFT lora bf16 autocast", hf16)]:
+    print(f"{name:26}{x['tokens_per_s']:>10.1f}{x['peak_rss_mib']:>14.0f}{'':9}{x['tokens_per_s'] / hf32['tokens_per_s']:>12.2f}x{x['peak_rss_mib'] / hf32['peak_rss_mib']:>10.2f}x")
+s16 = r["sft-lora-bf16"]
+print(f"(bf16 rows: ratios against transformers+PEFT f32.) sft bf16 vs transformers bf16 autocast: "
+      f"{s16['tokens_per_s'] / hf16['tokens_per_s']:.2f}x tokens/s, {s16['peak_rss_mib'] / hf16['peak_rss_mib']:.2f}x peak RSS")
+gap = max(abs(a - b) for a, b in zip(s16["losses"], r["sft-lora"]["losses"]))
+print(f"sft LoRA losses per step, f32 {[round(v, 4) for v in r['sft-lora']['losses']]}, bf16 {[round(v, 4) for v in s16['losses']]}: largest gap {gap:.4f}")
 PY
 # Gradient checkpointing: peak memory of one LoRA step on a 2,048-token sequence, without and with.
 for gc in "" gc; do

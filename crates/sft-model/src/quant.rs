@@ -39,6 +39,9 @@ pub enum BaseFormat {
     F32,
     /// bfloat16 (rounded to nearest even), computed in f32.
     Bf16,
+    /// bfloat16 weights multiplied by inputs rounded to bf16, summed in f32, on AMX tiles where
+    /// the CPU has them (`bf16: true` training); [`BaseFormat::Bf16`] elsewhere and for a few rows.
+    Bf16Matmul,
     /// 4-bit NormalFloat; `double_quant` also quantizes the block scales to 8 bits.
     Nf4 {
         /// Quantize the scales too (QLoRA's double quantization).
@@ -52,6 +55,8 @@ pub struct QuantWeight {
     rows: usize,
     cols: usize,
     data: Packed,
+    /// Products of many rows in bf16 ([`BaseFormat::Bf16Matmul`]).
+    bf16_matmul: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -131,7 +136,7 @@ impl QuantWeight {
     pub fn new(w: &[f32], rows: usize, cols: usize, format: BaseFormat) -> Option<Self> {
         let data = match format {
             BaseFormat::F32 => return None,
-            BaseFormat::Bf16 => Packed::Bf16(w.par_iter().map(|&x| to_bf16(x)).collect()),
+            BaseFormat::Bf16 | BaseFormat::Bf16Matmul => Packed::Bf16(w.par_iter().map(|&x| to_bf16(x)).collect()),
             BaseFormat::Nf4 { double_quant } => {
                 let absmax: Vec<f32> = w.par_chunks(NF4_BLOCK).map(|b| b.iter().fold(0f32, |m, x| m.max(x.abs()))).collect();
                 let codes: Vec<u8> = w
@@ -147,12 +152,21 @@ impl QuantWeight {
                 Packed::Nf4 { codes, scales }
             }
         };
-        Some(Self { rows, cols, data })
+        Some(Self { rows, cols, data, bf16_matmul: format == BaseFormat::Bf16Matmul })
     }
 
     /// `[rows, cols]`.
     pub fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
+    }
+
+    /// The bf16 bits, row-major, when products of many rows are to be taken in bf16
+    /// ([`BaseFormat::Bf16Matmul`]).
+    pub(crate) fn bf16_matmul(&self) -> Option<&[u16]> {
+        match &self.data {
+            Packed::Bf16(v) if self.bf16_matmul => Some(v),
+            _ => None,
+        }
     }
 
     /// Bytes held.

@@ -1,8 +1,9 @@
 //! Benchmark helper for scripts/bench-train.sh (not a test): the time of one training step
 //! (forward, masked loss, backward, AdamW) on synthetic sequences, and the peak resident memory.
-//! Usage: bench_train MODEL_DIR lora|full STEPS SEQ BATCH [gc] → one JSON line on stdout
-//! (`gc`: gradient checkpointing):
-//! {"step_seconds": [...], "tokens_per_s", "peak_rss_mib", "matmul_gflops", "trainable"}.
+//! Usage: bench_train MODEL_DIR lora|lora-bf16|full STEPS SEQ BATCH [gc] → one JSON line on
+//! stdout (`lora-bf16`: `bf16: true`, base weights in bf16 multiplied in bf16; `gc`: gradient
+//! checkpointing):
+//! {"step_seconds": [...], "losses": [...], "tokens_per_s", "peak_rss_mib", "matmul_gflops", "trainable"}.
 //! Every sequence has its first half masked (-100) and trains on the second half; ids are a
 //! fixed pseudo-random function of the position, as in scripts/bench_train.py.
 
@@ -12,6 +13,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use sft_model::lora::{LoraSettings, Targets};
 use sft_model::model::{Batch, Model, Sequence, Trainable};
+use sft_model::quant::BaseFormat;
 use sft_train::optim::{AdamW, AdamWConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,18 +23,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         all => (false, all),
     };
     let [_, dir, mode, steps, seq, batch] = args else {
-        return Err("usage: bench_train MODEL_DIR lora|full STEPS SEQ BATCH [gc]".into());
+        return Err("usage: bench_train MODEL_DIR lora|lora-bf16|full STEPS SEQ BATCH [gc]".into());
     };
     let (steps, seq, batch): (usize, usize, usize) = (steps.parse()?, seq.parse()?, batch.parse()?);
-    let trainable = match mode.as_str() {
-        "full" => Trainable::Full,
-        "lora" => Trainable::NewLora {
-            settings: LoraSettings { r: 16, alpha: 32.0, use_rslora: false, dropout: 0.0, targets: Targets::AllLinear },
-            seed: 0,
-        },
-        other => return Err(format!("mode {other:?}: expected lora or full").into()),
+    let lora = Trainable::NewLora {
+        settings: LoraSettings { r: 16, alpha: 32.0, use_rslora: false, dropout: 0.0, targets: Targets::AllLinear },
+        seed: 0,
     };
-    let mut model = Model::load(&PathBuf::from(dir), &trainable)?;
+    let (trainable, format) = match mode.as_str() {
+        "full" => (Trainable::Full, BaseFormat::F32),
+        "lora" => (lora, BaseFormat::F32),
+        "lora-bf16" => (lora, BaseFormat::Bf16Matmul),
+        other => return Err(format!("mode {other:?}: expected lora, lora-bf16 or full").into()),
+    };
+    let mut model = Model::load_as(&PathBuf::from(dir), &trainable, format)?;
     model.set_gradient_checkpointing(checkpointing);
     let vocab = model.config().vocab_size as u64;
     let rows: Vec<(Vec<u32>, Vec<i32>)> = (0..batch)
@@ -46,13 +50,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = Batch::new(&sequences, 0)?;
     let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
-    let mut times = vec![];
+    let (mut times, mut losses) = (vec![], vec![]);
     // One untimed warm-up step, then `steps` timed ones.
     for step in 0..=steps {
         let start = Instant::now();
         // The graph (activations) goes before the optimizer step, as in the trainer.
         let grads: Vec<Tensor> = {
-            let store = model.backward(&model.loss(&data)?.mean()?)?;
+            let loss = model.loss(&data)?.mean()?;
+            losses.push(loss.to_scalar::<f32>()?);
+            let store = model.backward(&loss)?;
             model
                 .params()
                 .iter()
@@ -67,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let trainable: usize = model.params().iter().map(|(_, v)| v.elem_count()).sum();
     let line = serde_json::json!({
-        "step_seconds": times, "tokens_per_s": (seq * batch) as f64 / mean, "peak_rss_mib": peak_rss_mib(),
+        "step_seconds": times, "losses": losses, "tokens_per_s": (seq * batch) as f64 / mean, "peak_rss_mib": peak_rss_mib(),
         "matmul_gflops": matmul_gflops(seq * batch, model.config().hidden_size, model.config().intermediate_size)?,
         "trainable": trainable,
     });

@@ -112,6 +112,10 @@ pub struct RawTrainConfig {
     /// Recompute each layer in the backward pass instead of keeping its activations.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Frozen base linear weights in bf16, multiplied in bf16 with f32 sums (on AMX tiles where
+    /// the CPU has them); adapters, optimizer states and everything else stay f32 (LoRA only).
+    #[serde(default)]
+    pub bf16: bool,
     /// QLoRA: frozen base linear weights in 4-bit NF4 (LoRA only).
     #[serde(default)]
     pub load_in_4bit: bool,
@@ -206,7 +210,7 @@ const KEYS: &[&str] = &[
     "packing", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "max_grad_norm", "adam_beta1",
     "adam_beta2", "adam_epsilon", "seed", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "lora_r",
-    "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "gradient_checkpointing", "load_in_4bit", "bnb_4bit_use_double_quant",
+    "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "gradient_checkpointing", "bf16", "load_in_4bit", "bnb_4bit_use_double_quant",
     "bnb_4bit_quant_type",
 ];
 
@@ -291,7 +295,7 @@ pub struct TrainConfig {
     pub save_total_limit: Option<usize>,
     /// Recompute layers in the backward pass (less memory).
     pub gradient_checkpointing: bool,
-    /// How the frozen base linear weights are held (f32, or NF4 with load_in_4bit).
+    /// How the frozen base linear weights are held (f32, bf16 with bf16: true, or NF4 with load_in_4bit).
     pub base_format: BaseFormat,
     /// The raw form, saved next to the checkpoints.
     pub raw: RawTrainConfig,
@@ -413,6 +417,9 @@ impl RawTrainConfig {
         };
         let encode = self.encode().map_err(|(key, message)| err(key, &message))?;
         let base_format = match (self.load_in_4bit, &method, self.bnb_4bit_quant_type.as_str()) {
+            (false, Method::Full, _) if self.bf16 => return Err(err("bf16", "bf16 base weights are frozen: use finetuning: lora")),
+            (false, _, _) if self.bf16 => BaseFormat::Bf16Matmul,
+            (true, _, _) if self.bf16 => return Err(err("bf16", "choose one of bf16 and load_in_4bit")),
             (false, _, _) => BaseFormat::F32,
             (true, Method::Full, _) => return Err(err("load_in_4bit", "4-bit base weights are frozen: use finetuning: lora")),
             (true, Method::Lora(_), "nf4") => BaseFormat::Nf4 { double_quant: self.bnb_4bit_use_double_quant },
@@ -515,6 +522,9 @@ mod tests {
         assert!(matches!(c.method, Method::Full));
         assert_eq!(c.length, Length::Steps(7));
         assert_eq!(c.tokenizer, PathBuf::from("m"));
+        assert_eq!(c.base_format, BaseFormat::F32);
+        let c = load(&p, &["bf16=true".into()]).expect("valid");
+        assert_eq!(c.base_format, BaseFormat::Bf16Matmul);
     }
 
     #[test]
@@ -532,6 +542,8 @@ mod tests {
             ("lr_scheduler_type: step", "lr_scheduler_type"),
             ("learning_rate: fast", "invalid type"),
             ("finetuning: qlora", "finetuning"),
+            ("finetuning: full\nbf16: true", "bf16: bf16 base weights are frozen: use finetuning: lora"),
+            ("bf16: true\nload_in_4bit: true", "bf16: choose one of bf16 and load_in_4bit"),
         ] {
             let p = write("bad.yaml", &format!("{MIN}{extra}\n"));
             let e = load(&p, &[]).unwrap_err().to_string();

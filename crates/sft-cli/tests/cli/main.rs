@@ -362,6 +362,22 @@ fn qlora_trains_a_peft_adapter_on_a_4bit_base() {
 }
 
 #[test]
+fn bf16_training_tracks_the_f32_loss_curve() {
+    let run = |name: &str, extra: &str| {
+        let dir = tiny_run(name, &format!("lora_r: 8\nlora_alpha: 16\n{extra}"));
+        let out = sft(&["train", dir.join("train.yaml").to_str().unwrap(), "--set", "max_steps=12", "--set", "learning_rate=0.03"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        logged_losses(&dir.join("out/checkpoint-12"))
+    };
+    let (f32_losses, bf16_losses) = (run("lora-f32", ""), run("lora-bf16", "bf16: true\n"));
+    assert_eq!(f32_losses.len(), bf16_losses.len());
+    assert_ne!(f32_losses, bf16_losses, "bf16: true changed nothing");
+    for (step, (a, b)) in f32_losses.iter().zip(&bf16_losses).enumerate() {
+        assert!((a - b).abs() <= 0.02 * a.abs(), "step {step}: bf16 loss {b} vs f32 {a}\nf32 {f32_losses:?}\nbf16 {bf16_losses:?}");
+    }
+}
+
+#[test]
 fn eval_names_what_is_missing_or_mismatched() {
     let data = "tests/fixtures/model/eval/data.jsonl";
     let out = sft(&["eval", "--model", "tests/fixtures/model/nowhere", "--data", data]);

@@ -11,11 +11,8 @@
 
 use rayon::prelude::*;
 
-use crate::ops::dot;
+use crate::ops::{dot, matvec_rows};
 use crate::quant::{from_bf16, to_bf16, BaseFormat, QuantWeight};
-
-/// Rows per parallel task.
-const ROWS_PER_TASK: usize = 2048;
 
 /// A bf16 screen of an output layer `[rows, cols]`.
 #[derive(Debug)]
@@ -57,7 +54,7 @@ impl GreedyScreen {
             return None;
         }
         let x_norm = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32;
-        let screened: Vec<f32> = (0..rows).into_par_iter().with_min_len(ROWS_PER_TASK).map(|r| self.screen.dot_row(r, x)).collect();
+        let screened = matvec_rows(x, 1, rows, |r, x| self.screen.dot_row(r, x));
         // The best lower bound; every row whose upper bound reaches it may be the maximum.
         let floor = screened.iter().zip(&self.slack).map(|(&z, &s)| z - x_norm * s).fold(f32::NEG_INFINITY, f32::max);
         if !floor.is_finite() {

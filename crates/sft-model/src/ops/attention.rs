@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_f32;
+use super::{cpu_f32, exp_in_place};
 
 /// Queries per block.
 const BLOCK: usize = 64;
@@ -141,19 +141,24 @@ impl Attention {
                 tanhs.extend(row[..to].iter().enumerate().map(|(j, x)| if j >= from { x / c } else { 0.0 }));
                 tanhs.extend(std::iter::repeat_n(0.0, nk - to));
             }
-            let norm = match lse {
-                Some(l) => l[r],
-                None => {
-                    let max = row[from..to].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum: f32 = row[from..to].iter().map(|x| (x - max).exp()).sum();
-                    let l = max + sum.ln();
-                    lse_out[r] = l;
-                    l
+            let keys = &mut row[from..to];
+            match lse {
+                Some(l) => {
+                    keys.iter_mut().for_each(|x| *x -= l[r]);
+                    exp_in_place(keys);
                 }
-            };
-            for (j, x) in row.iter_mut().enumerate() {
-                *x = if j >= from && j < to { (*x - norm).exp() } else { 0.0 };
+                None => {
+                    let max = keys.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    keys.iter_mut().for_each(|x| *x -= max);
+                    exp_in_place(keys);
+                    let sum: f32 = keys.iter().sum();
+                    let inv = 1.0 / sum;
+                    keys.iter_mut().for_each(|x| *x *= inv);
+                    lse_out[r] = max + sum.ln();
+                }
             }
+            row[..from].fill(0.0);
+            row[to..].fill(0.0);
         }
         tanhs
     }

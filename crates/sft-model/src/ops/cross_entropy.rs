@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
+use super::exp;
+
 /// Logit elements per chunk (32 MiB of f32).
 const CHUNK_ELEMENTS: usize = 8 << 20;
 
@@ -73,7 +75,7 @@ impl LinearCrossEntropy {
             let len = step.min(n - start);
             let z = self.logits(hidden, weight, start, len)?;
             let max = z.max_keepdim(D::Minus1)?;
-            let lse = (z.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+            let lse = (exp(&z.broadcast_sub(&max)?)?.sum_keepdim(D::Minus1)?.log()? + max)?;
             let picked = z.gather(&self.targets(start, len, hidden.device())?, D::Minus1)?;
             let lse = lse.flatten_all()?.to_vec1::<f32>()?;
             let picked = picked.flatten_all()?.to_vec1::<f32>()?;
@@ -108,7 +110,7 @@ impl CustomOp2 for LinearCrossEntropy {
             let len = step.min(n - start);
             let z = self.logits(&hidden, &weight, start, len)?;
             let lse = Tensor::from_slice(&self.lse[start..start + len], (len, 1), hidden.device())?;
-            let p = z.broadcast_sub(&lse)?.exp()?;
+            let p = exp(&z.broadcast_sub(&lse)?)?;
             let minus_one = Tensor::full(-1f32, (len, 1), hidden.device())?;
             let mut dz = (p.scatter_add(&self.targets(start, len, hidden.device())?, &minus_one, 1)? * g)?;
             if let Some(cap) = self.softcap {

@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{cpu_f32, linear_dims, MATVEC_MAX_ROWS};
+use super::{amx, cpu_f32, linear_dims, matvec_rows, MATVEC_MAX_ROWS};
 use crate::quant::QuantWeight;
 
 /// Most f32 values of a dequantized tile (16 MiB).
@@ -52,6 +51,13 @@ struct QMatMul(Arc<QuantWeight>);
 
 /// `dy·W` for `dy` `[n, out]` and the quantized `[out, in]` weight, a tile of rows at a time.
 pub(crate) fn qmatmul_input_grad(grad: &Tensor, weight: &Arc<QuantWeight>) -> Result<Tensor> {
+    let (out, inp) = weight.dims();
+    if let Some(w) = weight.bf16_matmul().filter(|_| amx::available()) {
+        let n = grad.dim(0)?;
+        let dy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let dx = amx::matmul_bf16(&dy, n, out, inp, |i, o| w[o * inp + i]);
+        return Tensor::from_vec(dx, (n, inp), grad.device());
+    }
     let op = QMatMul(weight.clone());
     let mut dx = Tensor::zeros((grad.dim(0)?, weight.dims().1), grad.dtype(), grad.device())?;
     for tile in op.tiles() {
@@ -90,8 +96,11 @@ impl CustomOp1 for QMatMul {
             candle_core::bail!("qmatmul: x {:?} does not fit the weight [{out}, {inp}]", layout.dims());
         }
         if n <= MATVEC_MAX_ROWS {
-            let yt: Vec<f32> = (0..out).into_par_iter().flat_map_iter(|o| (0..n).map(move |r| (o, r))).map(|(o, r)| self.0.dot_row(o, &x[r * inp..(r + 1) * inp])).collect();
-            let y = (0..n * out).map(|i| yt[(i % out) * n + i / out]).collect();
+            let y = matvec_rows(x, n, out, |o, x| self.0.dot_row(o, x));
+            return Ok((CpuStorage::F32(y), Shape::from((n, out))));
+        }
+        if let Some(w) = self.0.bf16_matmul().filter(|_| amx::available()) {
+            let y = amx::matmul_bf16(x, n, inp, out, |o, i| w[o * inp + i]);
             return Ok((CpuStorage::F32(y), Shape::from((n, out))));
         }
         let xt = Tensor::from_slice(x, (n, inp), &Device::Cpu)?;
@@ -137,6 +146,26 @@ mod tests {
                 let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(diff < 1e-4, "{format:?} n={n}: input gradient differs by {diff}");
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_products_equal_f32_products_of_the_inputs_rounded_to_bf16() -> Result<()> {
+        let round = |t: &Tensor| -> Result<Tensor> {
+            let v: Vec<f32> = t.flatten_all()?.to_vec1::<f32>()?.iter().map(|&x| crate::quant::from_bf16(crate::quant::to_bf16(x))).collect();
+            Tensor::from_vec(v, t.shape(), &Device::Cpu)
+        };
+        // Without AMX the products are the f32 ones of Bf16 storage, so the inputs stay unrounded.
+        let rounded = |t: &Tensor| if amx::available() { round(t) } else { Ok(t.clone()) };
+        for n in [9, 64, 100] {
+            let (q, dense) = quantized(70, 130, BaseFormat::Bf16Matmul)?;
+            let x = random(&[n, 130], 5)?;
+            let diff = (qmatmul(&x, &q)? - rounded(&x)?.matmul(&dense.t()?)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "n={n}: forward differs by {diff}");
+            let dy = random(&[n, 70], 6)?;
+            let diff = (qmatmul_input_grad(&dy, &q)? - rounded(&dy)?.matmul(&dense)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "n={n}: input gradient differs by {diff}");
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, with_f32};
+use super::{cpu_f32, exp_in_place, with_f32};
 
 /// The gate's activation (transformers' `hidden_act` / `hidden_activation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,19 +18,35 @@ pub enum Activation {
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_C: f32 = 0.044_715;
 
+/// Elements per parallel task.
+const CHUNK: usize = 4096;
+
 impl Activation {
-    /// The activation and its derivative at `x`.
-    fn eval(self, x: f32) -> (f32, f32) {
+    /// The activation of every element of `g` into `a`, and with `da` its derivative.
+    fn apply(self, g: &[f32], a: &mut [f32], mut da: Option<&mut [f32]>) {
         match self {
             Activation::Silu => {
-                let s = 1.0 / (1.0 + (-x).exp());
-                (x * s, s * (1.0 + x * (1.0 - s)))
+                // sigmoid(x) = 1 / (1 + e^-x), the exponentials taken a slice at a time.
+                a.iter_mut().zip(g).for_each(|(a, &x)| *a = -x);
+                exp_in_place(a);
+                for (i, (a, &x)) in a.iter_mut().zip(g).enumerate() {
+                    let s = 1.0 / (1.0 + *a);
+                    if let Some(da) = da.as_deref_mut() {
+                        da[i] = s * (1.0 + x * (1.0 - s));
+                    }
+                    *a = x * s;
+                }
             }
             Activation::GeluTanh => {
-                let u = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
-                let t = u.tanh();
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
-                (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+                for (i, (a, &x)) in a.iter_mut().zip(g).enumerate() {
+                    let u = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
+                    let t = u.tanh();
+                    *a = 0.5 * x * (1.0 + t);
+                    if let Some(da) = da.as_deref_mut() {
+                        let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+                        da[i] = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du;
+                    }
+                }
             }
         }
     }
@@ -54,7 +70,11 @@ impl CustomOp2 for Glu {
         if l1.dims() != l2.dims() {
             candle_core::bail!("glu: gate {:?} and up {:?} differ in shape", l1.dims(), l2.dims());
         }
-        let y: Vec<f32> = gate.par_iter().zip(up.par_iter()).map(|(&g, &u)| self.0.eval(g).0 * u).collect();
+        let mut y = vec![0f32; gate.len()];
+        y.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(y, (g, u))| {
+            self.0.apply(g, y, None);
+            y.iter_mut().zip(u).for_each(|(y, u)| *y *= u);
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -62,13 +82,19 @@ impl CustomOp2 for Glu {
         let (dgate, dup): (Vec<f32>, Vec<f32>) = with_f32(gate, self.name(), |g| {
             with_f32(up, self.name(), |u| {
                 with_f32(grad, self.name(), |d| {
-                    Ok(g.par_iter()
-                        .zip(u.par_iter().zip(d.par_iter()))
-                        .map(|(&g, (&u, &d))| {
-                            let (a, da) = self.0.eval(g);
-                            (d * u * da, d * a)
-                        })
-                        .unzip())
+                    let (mut dgate, mut dup) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+                    let outputs = dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK));
+                    let inputs = g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK).zip(d.par_chunks(CHUNK)));
+                    outputs.zip(inputs).for_each(|((dgate, dup), (g, (u, d)))| {
+                        // The activation lands in `dup`, its derivative in `dgate`, then both
+                        // are scaled in place.
+                        self.0.apply(g, dup, Some(dgate));
+                        for ((dg, du), (&u, &d)) in dgate.iter_mut().zip(dup.iter_mut()).zip(u.iter().zip(d)) {
+                            *dg *= d * u;
+                            *du *= d;
+                        }
+                    });
+                    Ok((dgate, dup))
                 })
             })
         })?;
@@ -86,8 +112,14 @@ mod tests {
 
     #[test]
     fn forward_matches_composed_ops() -> Result<()> {
-        let gate = (random(&[3, 6], 13)? * 3.0)?;
-        let up = random(&[3, 6], 14)?;
+        // Larger than one parallel chunk, and the small case.
+        forward_matches_composed_ops_for(&[3, 5000])?;
+        forward_matches_composed_ops_for(&[3, 6])
+    }
+
+    fn forward_matches_composed_ops_for(shape: &[usize]) -> Result<()> {
+        let gate = (random(shape, 13)? * 3.0)?;
+        let up = random(shape, 14)?;
         let silu = (gate.silu()? * &up)?;
         let diff = (glu(&gate, &up, Activation::Silu)? - silu)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "silu {diff}");

@@ -34,19 +34,27 @@ impl CustomOp2 for MatVec {
         if n == 0 || n > MATVEC_MAX_ROWS {
             candle_core::bail!("matvec: x {:?} has {n} rows; the kernel takes 1 to {MATVEC_MAX_ROWS}", l1.dims());
         }
-        // Output blocks in [out, n] order (each task writes its own rows), transposed at the end.
-        let block = out.div_ceil(TASKS_PER_THREAD * rayon::current_num_threads()).max(8);
-        let mut yt = vec![0f32; out * n];
-        yt.par_chunks_mut(block * n).zip(w.par_chunks(block * inp)).for_each(|(y, w)| {
-            for (y, row) in y.chunks_exact_mut(n).zip(w.chunks_exact(inp)) {
-                for (r, y) in y.iter_mut().enumerate() {
-                    *y = dot(row, &x[r * inp..(r + 1) * inp]);
-                }
-            }
-        });
-        let y = if n == 1 { yt } else { (0..n * out).map(|i| yt[(i % out) * n + i / out]).collect() };
+        let y = matvec_rows(x, n, out, |o, x| dot(&w[o * inp..(o + 1) * inp], x));
         Ok((CpuStorage::F32(y), Shape::from((n, out))))
     }
+}
+
+/// `y[r][o] = dot_row(o, x[r])` for the `n` rows of `x` and every one of the weight's `out`
+/// rows, returned as `[n, out]`. Each task takes a contiguous block of weight rows (streamed from
+/// memory once, in order) and dots it with every row of `x`.
+pub(crate) fn matvec_rows(x: &[f32], n: usize, out: usize, dot_row: impl Fn(usize, &[f32]) -> f32 + Sync) -> Vec<f32> {
+    let inp = x.len() / n.max(1);
+    let block = out.div_ceil(TASKS_PER_THREAD * rayon::current_num_threads()).max(8);
+    // Blocks in [out, n] order (each task writes its own rows), transposed at the end.
+    let mut yt = vec![0f32; out * n];
+    yt.par_chunks_mut(block * n).enumerate().for_each(|(b, y)| {
+        for (i, y) in y.chunks_exact_mut(n).enumerate() {
+            for (r, y) in y.iter_mut().enumerate() {
+                *y = dot_row(b * block + i, &x[r * inp..(r + 1) * inp]);
+            }
+        }
+    });
+    if n == 1 { yt } else { (0..n * out).map(|i| yt[(i % out) * n + i / out]).collect() }
 }
 
 /// A weight element the dot product widens to f32: f32 itself, or bf16 bits (`u16`).
@@ -69,13 +77,25 @@ impl Widen for u16 {
     }
 }
 
-/// Σ wᵢ·xᵢ, with the AVX2+FMA instructions where the CPU has them.
+/// Σ wᵢ·xᵢ, with AVX-512 or AVX2+FMA instructions where the CPU has them.
 pub(crate) fn dot<W: Widen>(w: &[W], x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for (checked above).
-        return unsafe { dot_avx2(w, x) };
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for (checked above).
+            return unsafe { dot_avx512(w, x) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { dot_avx2(w, x) };
+        }
     }
+    dot_portable(w, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512<W: Widen>(w: &[W], x: &[f32]) -> f32 {
     dot_portable(w, x)
 }
 

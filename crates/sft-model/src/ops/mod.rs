@@ -4,8 +4,10 @@
 //!
 //! The kernels run on the CPU in f32 over contiguous inputs (callers make them contiguous).
 
+mod amx;
 mod attention;
 mod cross_entropy;
+mod exp;
 mod glu;
 mod lora_linear;
 mod matvec;
@@ -20,7 +22,8 @@ pub use glu::{glu, Activation};
 pub use lora_linear::{lora_linear, LinearWeight, LoraLinear};
 pub use matvec::{matvec, MATVEC_MAX_ROWS};
 pub use frozen_matmul::{frozen_matmul, qmatmul};
-pub(crate) use matvec::dot;
+pub(crate) use exp::{exp, exp_in_place};
+pub(crate) use matvec::{dot, matvec_rows};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTable};
 pub use softmax::softmax_last_dim;

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, with_f32};
+use super::{cpu_f32, exp_in_place, with_f32};
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -24,12 +24,11 @@ impl CustomOp1 for Softmax {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
             let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
             for (yv, xv) in yr.iter_mut().zip(xr) {
-                *yv = (xv - max).exp();
-                sum += *yv;
+                *yv = xv - max;
             }
-            let inv = 1.0 / sum;
+            exp_in_place(yr);
+            let inv = 1.0 / yr.iter().sum::<f32>();
             yr.iter_mut().for_each(|v| *v *= inv);
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
