@@ -43,7 +43,8 @@ pub struct Model {
     norm: Tensor,
     /// `None` when tied to the embedding (always f32).
     lm_head: Option<Tensor>,
-    /// The output layer in bf16 for decoding (bf16 base format only).
+    /// The output layer in bf16 (bf16 base formats): read by decoding, and by the loss under
+    /// `bf16: true` ([`BaseFormat::Bf16Matmul`]).
     decode_head: Option<Arc<QuantWeight>>,
     /// Greedy decoding's bf16 screen of the f32 output layer, made on first use (`None` when
     /// the exact argmax cannot be screened this way).
@@ -161,10 +162,10 @@ impl Model {
             Some(weight)
         };
         b.finish()?;
-        // bf16 decoding also reads the output layer in bf16 (a copy; training and the loss
-        // keep the f32 one).
+        // bf16 decoding also reads the output layer in bf16, and so does the loss under bf16:
+        // true (a copy; the f32 one stays for the embedding and everything else).
         let decode_head = match format {
-            BaseFormat::Bf16 => {
+            BaseFormat::Bf16 | BaseFormat::Bf16Matmul => {
                 let w = lm_head.as_ref().unwrap_or(&embed);
                 let data = w.flatten_all().and_then(|t| t.to_vec1::<f32>()).during(|| "reading the output layer".into())?;
                 QuantWeight::new(&data, v, d, format).map(Arc::new)
@@ -402,7 +403,10 @@ impl Model {
             }
             let rows = Tensor::from_slice(&batch.target_rows, batch.target_rows.len(), h.device())?;
             let picked = h.index_select(&rows, 0)?;
-            linear_cross_entropy(&picked, self.output_weight(), &batch.targets, CrossEntropy { softcap: self.config.final_softcap })
+            // bf16: true also takes the frozen output layer's products in bf16.
+            let weight = self.output_weight();
+            let bf16_weight = self.decode_head.clone().filter(|q| q.bf16_matmul().is_some() && !weight.track_op());
+            linear_cross_entropy(&picked, weight, &batch.targets, CrossEntropy { softcap: self.config.final_softcap, bf16_weight })
         };
         Ok(Loss { sum: run().during(|| "loss".into())?, tokens: batch.targets.len() })
     }

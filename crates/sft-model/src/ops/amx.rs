@@ -42,9 +42,52 @@ fn request_tiles() -> bool {
     false
 }
 
-/// `a` `[m, k]` (f32, rounded to bf16) times `b` `[n, k]` transposed, where `b_at(j, i)` gives
-/// `b[j][i]` as bf16 bits → `[m, n]` f32. Only call when [`available`] is true.
-pub(crate) fn matmul_bf16(a: &[f32], m: usize, k: usize, n: usize, b_at: impl Fn(usize, usize) -> u16 + Sync) -> Vec<f32> {
+/// The right-hand operand `b` `[n, k]` of [`matmul_packed`], packed for the tiles: panels of 16
+/// output columns, each `[kp / 2][16][2]` (pairs of the shared dimension side by side, the
+/// layout TDPBF16PS reads), zero-padded to whole blocks. Packed once, it serves any number of
+/// products.
+pub(crate) struct PackedB {
+    n: usize,
+    k: usize,
+    data: Vec<u16>,
+}
+
+impl PackedB {
+    /// Packs `b` `[n, k]`, where `b_at(j, i)` gives `b[j][i]` as bf16 bits.
+    pub(crate) fn new(n: usize, k: usize, b_at: impl Fn(usize, usize) -> u16 + Sync) -> PackedB {
+        let (kp, np) = (k.next_multiple_of(BLOCK), n.next_multiple_of(BLOCK));
+        let mut data = vec![0u16; np * kp];
+        data.par_chunks_mut(TILE * kp).enumerate().for_each(|(p, panel)| {
+            for (pair, row) in panel.chunks_exact_mut(2 * TILE).enumerate() {
+                for (l, v) in row.chunks_exact_mut(2).enumerate() {
+                    let j = p * TILE + l;
+                    for (t, v) in v.iter_mut().enumerate() {
+                        let i = 2 * pair + t;
+                        if j < n && i < k {
+                            *v = b_at(j, i);
+                        }
+                    }
+                }
+            }
+        });
+        PackedB { n, k, data }
+    }
+
+    /// Output columns of a product.
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The shared dimension.
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+}
+
+/// `a` `[m, k]` (f32, rounded to bf16) times the packed `b` `[n, k]` transposed → `[m, n]` f32.
+/// Only call when [`available`] is true.
+pub(crate) fn matmul_packed(a: &[f32], m: usize, b: &PackedB) -> Vec<f32> {
+    let (k, n) = (b.k, b.n);
     let (mp, kp, np) = (m.next_multiple_of(BLOCK), k.next_multiple_of(BLOCK), n.next_multiple_of(BLOCK));
     // A rounded to bf16, zero-padded to whole blocks.
     let mut ab = vec![0u16; mp * kp];
@@ -53,22 +96,7 @@ pub(crate) fn matmul_bf16(a: &[f32], m: usize, k: usize, n: usize, b_at: impl Fn
             *d = to_bf16(s);
         }
     });
-    // B in panels of 16 output columns, each `[kp / 2][16][2]` (pairs of the shared dimension
-    // side by side, the layout TDPBF16PS reads), zero-padded.
-    let mut bp = vec![0u16; np * kp];
-    bp.par_chunks_mut(TILE * kp).enumerate().for_each(|(p, panel)| {
-        for (pair, row) in panel.chunks_exact_mut(2 * TILE).enumerate() {
-            for (l, v) in row.chunks_exact_mut(2).enumerate() {
-                let j = p * TILE + l;
-                for (t, v) in v.iter_mut().enumerate() {
-                    let i = 2 * pair + t;
-                    if j < n && i < k {
-                        *v = b_at(j, i);
-                    }
-                }
-            }
-        }
-    });
+    let bp = &b.data;
     let mut c = vec![0f32; mp * np];
     let out = OutPtr(c.as_mut_ptr());
     // One task per 32 output columns: its B panels stay in cache while A streams past.
@@ -90,7 +118,7 @@ pub(crate) fn matmul_bf16(a: &[f32], m: usize, k: usize, n: usize, b_at: impl Fn
 
 /// The output buffer, written by the tasks through disjoint blocks.
 struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint blocks of the buffer and it outlives them (see `matmul_bf16`).
+// SAFETY: tasks write disjoint blocks of the buffer and it outlives them (see `matmul_packed`).
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
@@ -185,7 +213,7 @@ mod tests {
         for (m, k, n) in [(64, 64, 32), (37, 70, 45), (1, 33, 1), (100, 576, 96)] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
             let b: Vec<u16> = (0..n * k).map(|i| to_bf16(((i * 104_729) % 997) as f32 / 498.5 - 1.0)).collect();
-            let y = matmul_bf16(&a, m, k, n, |j, i| b[j * k + i]);
+            let y = matmul_packed(&a, m, &PackedB::new(n, k, |j, i| b[j * k + i]));
             assert_eq!(y.len(), m * n);
             for r in 0..m {
                 for o in 0..n {

@@ -49,14 +49,35 @@ pub fn qmatmul(x: &Tensor, weight: &Arc<QuantWeight>) -> Result<Tensor> {
 
 struct QMatMul(Arc<QuantWeight>);
 
+/// A [`BaseFormat::Bf16Matmul`](crate::quant::BaseFormat) weight `[out, in]` packed for bf16
+/// tile products `x·Wᵀ`; `None` for other formats or without AMX.
+pub(crate) fn packed_forward(weight: &QuantWeight) -> Option<amx::PackedB> {
+    let w = weight.bf16_matmul().filter(|_| amx::available())?;
+    let (out, inp) = weight.dims();
+    Some(amx::PackedB::new(out, inp, |o, i| w[o * inp + i]))
+}
+
+/// As [`packed_forward`], for input gradients `dy·W`.
+pub(crate) fn packed_input_grad(weight: &QuantWeight) -> Option<amx::PackedB> {
+    let w = weight.bf16_matmul().filter(|_| amx::available())?;
+    let (out, inp) = weight.dims();
+    Some(amx::PackedB::new(inp, out, |i, o| w[o * inp + i]))
+}
+
+/// `x` `[n, k]` times a packed `[cols, k]` operand transposed → `[n, cols]`, in bf16 with f32 sums.
+pub(crate) fn packed_matmul(x: &Tensor, packed: &amx::PackedB) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let data = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    if data.len() != n * packed.k() {
+        candle_core::bail!("bf16 matmul: x {:?} does not fit a packed operand of width {}", x.dims(), packed.k());
+    }
+    Tensor::from_vec(amx::matmul_packed(&data, n, packed), (n, packed.n()), x.device())
+}
+
 /// `dy·W` for `dy` `[n, out]` and the quantized `[out, in]` weight, a tile of rows at a time.
 pub(crate) fn qmatmul_input_grad(grad: &Tensor, weight: &Arc<QuantWeight>) -> Result<Tensor> {
-    let (out, inp) = weight.dims();
-    if let Some(w) = weight.bf16_matmul().filter(|_| amx::available()) {
-        let n = grad.dim(0)?;
-        let dy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let dx = amx::matmul_bf16(&dy, n, out, inp, |i, o| w[o * inp + i]);
-        return Tensor::from_vec(dx, (n, inp), grad.device());
+    if let Some(packed) = packed_input_grad(weight) {
+        return packed_matmul(grad, &packed);
     }
     let op = QMatMul(weight.clone());
     let mut dx = Tensor::zeros((grad.dim(0)?, weight.dims().1), grad.dtype(), grad.device())?;
@@ -99,9 +120,8 @@ impl CustomOp1 for QMatMul {
             let y = matvec_rows(x, n, out, |o, x| self.0.dot_row(o, x));
             return Ok((CpuStorage::F32(y), Shape::from((n, out))));
         }
-        if let Some(w) = self.0.bf16_matmul().filter(|_| amx::available()) {
-            let y = amx::matmul_bf16(x, n, inp, out, |o, i| w[o * inp + i]);
-            return Ok((CpuStorage::F32(y), Shape::from((n, out))));
+        if let Some(packed) = packed_forward(&self.0) {
+            return Ok((CpuStorage::F32(amx::matmul_packed(x, n, &packed)), Shape::from((n, out))));
         }
         let xt = Tensor::from_slice(x, (n, inp), &Device::Cpu)?;
         let parts = self.tiles().map(|tile| tile.and_then(|(_, w)| xt.matmul(&w.t()?))).collect::<Result<Vec<_>>>()?;
