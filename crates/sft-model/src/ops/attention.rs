@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::gemm::{gemm, Dst, Mat};
 use super::{cpu_f32, exp_in_place};
 
 /// Queries per block.
@@ -69,51 +70,6 @@ impl Dims {
     }
 }
 
-/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` for strided matrices given as
-/// (slice, row stride, column stride); `accumulate` adds to `dst` instead of overwriting it.
-struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-fn gemm(dst: &mut [f32], (m, n, k): (usize, usize, usize), lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |rows: usize, cols: usize, mat: &Mat<'_>| (rows - 1) * mat.rs + (cols - 1) * mat.cs;
-    // The GEMM reads/writes exactly these index ranges; the asserts make the raw pointers safe.
-    assert!(dst.len() >= m * n);
-    if k > 0 {
-        assert!(last(m, k, &lhs) < lhs.data.len() && last(k, n, &rhs) < rhs.data.len());
-    }
-    // SAFETY: every index the kernel touches lies within the slices (checked above); `dst` is
-    // row-major `[m, n]` and does not alias the inputs (it is a distinct `&mut`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 impl Attention {
     /// Scores of queries `i0..i1` of row `b`, head `h` against keys `lo..i1`, turned into
     /// probabilities in place (masked entries 0). With `lse` given they are normalised by it;
@@ -125,7 +81,7 @@ impl Attention {
         let kvh = h / (d.nh / d.nkv);
         let qm = Mat { data: &q[d.at(d.nh, b, i0, h)..], rs: d.nh * d.hd, cs: 1 };
         let km = Mat { data: &k[d.at(d.nkv, b, lo, kvh)..], rs: 1, cs: d.nkv * d.hd };
-        gemm(p, (i1 - i0, nk, d.hd), qm, km, false);
+        gemm(Dst::rows(p, nk), (i1 - i0, nk, d.hd), qm, km);
         let first = &self.spec.first[b * d.t..(b + 1) * d.t];
         let mut tanhs = vec![];
         for (r, row) in p.chunks_exact_mut(nk).enumerate() {
@@ -197,7 +153,7 @@ impl CustomOp3 for Attention {
                     p.resize((i1 - i0) * nk, 0.0);
                     self.probabilities(&d, q, k, (b, h), (i0, i1, lo), &mut p, None, &mut lse[i0..i1]);
                     let vm = Mat { data: &v[d.at(d.nkv, b, lo, kvh)..], rs: d.nkv * d.hd, cs: 1 };
-                    gemm(&mut out[i0 * d.hd..i1 * d.hd], (i1 - i0, d.hd, nk), Mat { data: &p, rs: nk, cs: 1 }, vm, false);
+                    gemm(Dst::rows(&mut out[i0 * d.hd..i1 * d.hd], d.hd), (i1 - i0, d.hd, nk), Mat::rows(&p, nk), vm);
                 }
                 (out, lse)
             })
@@ -241,7 +197,7 @@ impl CustomOp3 for Attention {
                     let tanhs = self.probabilities(&d, &q_, &k_, (b, h), (i0, i1, lo), &mut p, Some(&lse[i0..i1]), &mut unused);
                     let gm = || Mat { data: &g_[d.at(d.nh, b, i0, h)..], rs: d.nh * d.hd, cs: 1 };
                     // dP = dO · Vᵀ
-                    gemm(&mut dp, (rows, nk, d.hd), gm(), Mat { data: &v_[d.at(d.nkv, b, lo, kvh)..], rs: 1, cs: d.nkv * d.hd }, false);
+                    gemm(Dst::rows(&mut dp, nk), (rows, nk, d.hd), gm(), Mat { data: &v_[d.at(d.nkv, b, lo, kvh)..], rs: 1, cs: d.nkv * d.hd });
                     // dS = P ∘ (dP − rowsum(dO ∘ O)), through the soft-cap and the scale.
                     for r in 0..rows {
                         let at = d.at(d.nh, b, i0 + r, h);
@@ -257,10 +213,10 @@ impl CustomOp3 for Attention {
                     }
                     let dsm = || Mat { data: &dp, rs: nk, cs: 1 };
                     // dQ = dS · K;  dK += dSᵀ · Q;  dV += Pᵀ · dO
-                    gemm(&mut dq[i0 * d.hd..i1 * d.hd], (rows, d.hd, nk), dsm(), Mat { data: &k_[d.at(d.nkv, b, lo, kvh)..], rs: d.nkv * d.hd, cs: 1 }, false);
+                    gemm(Dst::rows(&mut dq[i0 * d.hd..i1 * d.hd], d.hd), (rows, d.hd, nk), dsm(), Mat { data: &k_[d.at(d.nkv, b, lo, kvh)..], rs: d.nkv * d.hd, cs: 1 });
                     let qm = Mat { data: &q_[d.at(d.nh, b, i0, h)..], rs: d.nh * d.hd, cs: 1 };
-                    gemm(&mut dk[lo * d.hd..i1 * d.hd], (nk, d.hd, rows), Mat { data: &dp, rs: 1, cs: nk }, qm, true);
-                    gemm(&mut dv[lo * d.hd..i1 * d.hd], (nk, d.hd, rows), Mat { data: &p, rs: 1, cs: nk }, gm(), true);
+                    gemm(Dst::rows(&mut dk[lo * d.hd..i1 * d.hd], d.hd).add(), (nk, d.hd, rows), Mat::rows(&dp, nk).t(), qm);
+                    gemm(Dst::rows(&mut dv[lo * d.hd..i1 * d.hd], d.hd).add(), (nk, d.hd, rows), Mat::rows(&p, nk).t(), gm());
                 }
                 [dq, dk, dv]
             })

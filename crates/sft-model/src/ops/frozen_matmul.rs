@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::{amx, cpu_f32, linear_dims, matvec_rows, MATVEC_MAX_ROWS};
+use super::gemm::{gemm, Dst, Mat};
+use super::{amx, cpu_f32, linear_dims, matvec_rows, with_f32, MATVEC_MAX_ROWS};
 use crate::quant::QuantWeight;
 
 /// Most f32 values of a dequantized tile (16 MiB).
@@ -32,14 +32,30 @@ impl CustomOp2 for FrozenMatMul {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, inp, out) = linear_dims("frozen_matmul", l1, l2)?;
-        let y = s1.matmul(s2, (1, n, out, inp), l1, &l2.transpose(0, 1)?)?;
-        Ok((y, Shape::from((n, out))))
+        let (n, _, out) = linear_dims("frozen_matmul", l1, l2)?;
+        let y = dense_forward(cpu_f32(s1, l1, self.name())?, n, cpu_f32(s2, l2, self.name())?, out);
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
     }
 
     fn bwd(&self, _x: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(grad.matmul(weight)?), None))
     }
+}
+
+/// `x` `[n, in]` times the f32 weight `w` `[out, in]` transposed → `[n, out]`.
+pub(crate) fn dense_forward(x: &[f32], n: usize, w: &[f32], out: usize) -> Vec<f32> {
+    let inp = w.len() / out.max(1);
+    let mut y = vec![0f32; n * out];
+    gemm(Dst::rows(&mut y, out).parallel(), (n, out, inp), Mat::rows(x, inp), Mat::rows(w, inp).t());
+    y
+}
+
+/// `dy` `[n, out]` times the f32 weight `w` `[out, in]` → `[n, in]`.
+pub(crate) fn dense_input_grad(dy: &[f32], n: usize, w: &[f32], inp: usize) -> Vec<f32> {
+    let out = w.len() / inp.max(1);
+    let mut dx = vec![0f32; n * inp];
+    gemm(Dst::rows(&mut dx, inp).parallel(), (n, inp, out), Mat::rows(dy, out), Mat::rows(w, inp));
+    dx
 }
 
 /// `x` `[n, in]` times the quantized `[out, in]` weight transposed → `[n, out]`.
@@ -67,39 +83,69 @@ pub(crate) fn packed_input_grad(weight: &QuantWeight) -> Option<amx::PackedB> {
 /// `x` `[n, k]` times a packed `[cols, k]` operand transposed → `[n, cols]`, in bf16 with f32 sums.
 pub(crate) fn packed_matmul(x: &Tensor, packed: &amx::PackedB) -> Result<Tensor> {
     let n = x.dim(0)?;
-    let data = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    if data.len() != n * packed.k() {
-        candle_core::bail!("bf16 matmul: x {:?} does not fit a packed operand of width {}", x.dims(), packed.k());
-    }
-    Tensor::from_vec(amx::matmul_packed(&data, n, packed), (n, packed.n()), x.device())
+    let y = with_f32(x, "bf16 matmul", |data| {
+        if data.len() != n * packed.k() {
+            candle_core::bail!("bf16 matmul: x {:?} does not fit a packed operand of width {}", x.dims(), packed.k());
+        }
+        Ok(amx::matmul_packed(data, n, packed))
+    })?;
+    Tensor::from_vec(y, (n, packed.n()), x.device())
 }
 
-/// `dy·W` for `dy` `[n, out]` and the quantized `[out, in]` weight, a tile of rows at a time.
+/// `dy·W` for `dy` `[n, out]` and the quantized `[out, in]` weight.
 pub(crate) fn qmatmul_input_grad(grad: &Tensor, weight: &Arc<QuantWeight>) -> Result<Tensor> {
-    if let Some(packed) = packed_input_grad(weight) {
-        return packed_matmul(grad, &packed);
+    let n = grad.dim(0)?;
+    let dx = with_f32(grad, "qmatmul", |g| quant_input_grad(weight, g, n))?;
+    Tensor::from_vec(dx, (n, weight.dims().1), grad.device())
+}
+
+/// `x` `[n, in]` times the quantized weight `[out, in]` transposed → `[n, out]`: dotted row by
+/// row from the compact form for a few rows, on bf16 tiles where packed, else a dequantized tile
+/// of weight rows at a time.
+pub(crate) fn quant_forward(weight: &QuantWeight, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let (out, inp) = weight.dims();
+    if x.len() != n * inp {
+        candle_core::bail!("qmatmul: x [{n}, {}] does not fit the weight [{out}, {inp}]", x.len() / n.max(1));
     }
-    let op = QMatMul(weight.clone());
-    let mut dx = Tensor::zeros((grad.dim(0)?, weight.dims().1), grad.dtype(), grad.device())?;
-    for tile in op.tiles() {
-        let (first, w) = tile?;
-        dx = (dx + grad.narrow(1, first, w.dim(0)?)?.matmul(&w)?)?;
+    if n <= MATVEC_MAX_ROWS {
+        return Ok(matvec_rows(x, n, out, |o, x| weight.dot_row(o, x)));
+    }
+    if let Some(packed) = packed_forward(weight) {
+        return Ok(amx::matmul_packed(x, n, &packed));
+    }
+    let mut y = vec![0f32; n * out];
+    for (first, rows, w) in tiles(weight) {
+        gemm(Dst::rows(&mut y[first..], out).parallel(), (n, rows, inp), Mat::rows(x, inp), Mat::rows(&w, inp).t());
+    }
+    Ok(y)
+}
+
+/// `dy` `[n, out]` times the quantized weight `[out, in]` → `[n, in]`.
+pub(crate) fn quant_input_grad(weight: &QuantWeight, dy: &[f32], n: usize) -> Result<Vec<f32>> {
+    let (out, inp) = weight.dims();
+    if dy.len() != n * out {
+        candle_core::bail!("qmatmul: gradient [{n}, {}] does not fit the weight [{out}, {inp}]", dy.len() / n.max(1));
+    }
+    if let Some(packed) = packed_input_grad(weight) {
+        return Ok(amx::matmul_packed(dy, n, &packed));
+    }
+    let mut dx = vec![0f32; n * inp];
+    for (first, rows, w) in tiles(weight) {
+        gemm(Dst::rows(&mut dx, inp).add().parallel(), (n, inp, rows), Mat::rows(&dy[first..], out), Mat::rows(&w, inp));
     }
     Ok(dx)
 }
 
-impl QMatMul {
-    /// Row ranges of the weight, each at most [`TILE_FLOATS`] values, dequantized as tensors.
-    fn tiles(&self) -> impl Iterator<Item = Result<(usize, Tensor)>> + '_ {
-        let (out, inp) = self.0.dims();
-        let rows = (TILE_FLOATS / inp.max(1)).max(1);
-        (0..out).step_by(rows).map(move |first| {
-            let n = rows.min(out - first);
-            let mut w = vec![0f32; n * inp];
-            self.0.dequantize_rows(first, &mut w);
-            Ok((first, Tensor::from_vec(w, (n, inp), &Device::Cpu)?))
-        })
-    }
+/// The weight dequantized to f32 a tile of rows at a time: (first row, rows, `[rows, in]`).
+fn tiles(weight: &QuantWeight) -> impl Iterator<Item = (usize, usize, Vec<f32>)> + '_ {
+    let (out, inp) = weight.dims();
+    let rows = (TILE_FLOATS / inp.max(1)).max(1);
+    (0..out).step_by(rows).map(move |first| {
+        let n = rows.min(out - first);
+        let mut w = vec![0f32; n * inp];
+        weight.dequantize_rows(first, &mut w);
+        (first, n, w)
+    })
 }
 
 impl CustomOp1 for QMatMul {
@@ -109,24 +155,10 @@ impl CustomOp1 for QMatMul {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu_f32(storage, layout, self.name())?;
-        let (out, inp) = self.0.dims();
-        let &[n, x_in] = layout.dims() else {
+        let &[n, _] = layout.dims() else {
             candle_core::bail!("qmatmul: expects x [n, in], got {:?}", layout.dims());
         };
-        if x_in != inp {
-            candle_core::bail!("qmatmul: x {:?} does not fit the weight [{out}, {inp}]", layout.dims());
-        }
-        if n <= MATVEC_MAX_ROWS {
-            let y = matvec_rows(x, n, out, |o, x| self.0.dot_row(o, x));
-            return Ok((CpuStorage::F32(y), Shape::from((n, out))));
-        }
-        if let Some(packed) = packed_forward(&self.0) {
-            return Ok((CpuStorage::F32(amx::matmul_packed(x, n, &packed)), Shape::from((n, out))));
-        }
-        let xt = Tensor::from_slice(x, (n, inp), &Device::Cpu)?;
-        let parts = self.tiles().map(|tile| tile.and_then(|(_, w)| xt.matmul(&w.t()?))).collect::<Result<Vec<_>>>()?;
-        let y = Tensor::cat(&parts, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+        Ok((CpuStorage::F32(quant_forward(&self.0, x, n)?), Shape::from((n, self.0.dims().0))))
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -139,6 +171,7 @@ mod tests {
     use super::*;
     use crate::ops::gradcheck::{check, random, weighted_sum};
     use crate::quant::BaseFormat;
+    use candle_core::Device;
 
     fn quantized(out: usize, inp: usize, format: BaseFormat) -> Result<(Arc<QuantWeight>, Tensor)> {
         let w = random(&[out, inp], 3)?;

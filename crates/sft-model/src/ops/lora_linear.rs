@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
-use super::frozen_matmul::qmatmul_input_grad;
-use super::{cpu_f32, frozen_matmul, qmatmul};
+use super::frozen_matmul::{dense_forward, dense_input_grad, quant_forward, quant_input_grad};
+use super::gemm::{gemm, Dst, Mat};
+use super::{cpu_f32, with_f32};
 use crate::lora::Dropout;
 use crate::quant::QuantWeight;
 
@@ -25,11 +26,19 @@ pub enum LinearWeight {
 }
 
 impl LinearWeight {
-    /// `x·Wᵀ` treating the weight as frozen (no gradient reaches it).
-    fn frozen_apply(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x·Wᵀ` for `x` `[n, in]` → `[n, out]`, the weight frozen.
+    fn forward(&self, x: &[f32], n: usize, out: usize) -> Result<Vec<f32>> {
         match self {
-            LinearWeight::Dense(w) => frozen_matmul(x, w),
-            LinearWeight::Quant(q) => qmatmul(x, q),
+            LinearWeight::Dense(w) => with_f32(w, "lora_linear", |w| Ok(dense_forward(x, n, w, out))),
+            LinearWeight::Quant(q) => quant_forward(q, x, n),
+        }
+    }
+
+    /// `dy·W` for `dy` `[n, out]` → `[n, in]`.
+    fn input_grad(&self, dy: &[f32], n: usize, inp: usize) -> Result<Vec<f32>> {
+        match self {
+            LinearWeight::Dense(w) => with_f32(w, "lora_linear", |w| Ok(dense_input_grad(dy, n, w, inp))),
+            LinearWeight::Quant(q) => quant_input_grad(q, dy, n),
         }
     }
 }
@@ -53,25 +62,42 @@ pub fn lora_linear(x: &Tensor, a: &Tensor, b: &Tensor, layer: &LoraLinear) -> Re
 }
 
 impl LoraLinear {
-    /// `drop(x)` (a plain tensor; `x` itself when there is no dropout).
-    fn dropped(&self, x: &Tensor) -> Result<Tensor> {
-        match self.mask(x)? {
-            Some(mask) => x * mask,
-            None => Ok(x.clone()),
-        }
-    }
-
-    /// The dropout mask for input `x` (drawn again from its seed on every call).
-    fn mask(&self, x: &Tensor) -> Result<Option<Tensor>> {
+    /// The dropout mask for `len` inputs, if dropout is on.
+    fn mask(&self, len: usize) -> Option<Vec<f32>> {
         match self.dropout {
-            Some((d, index)) if d.p > 0.0 => Ok(Some(Tensor::from_vec(d.mask(index, x.elem_count()), x.shape(), x.device())?)),
-            _ => Ok(None),
+            Some((d, index)) if d.p > 0.0 => Some(d.mask(index, len)),
+            _ => None,
         }
     }
 }
 
-fn tensor(storage: &CpuStorage, layout: &Layout, op: &str) -> Result<Tensor> {
-    Tensor::from_slice(cpu_f32(storage, layout, op)?, layout.shape(), &Device::Cpu)
+/// The dims of one call: `x` `[n, inp]`, `A` `[r, inp]`, `B` `[out, r]`.
+#[derive(Clone, Copy)]
+struct Dims {
+    n: usize,
+    inp: usize,
+    r: usize,
+    out: usize,
+}
+
+impl Dims {
+    fn new(x: &Layout, a: &Layout, b: &Layout) -> Result<Self> {
+        match (x.dims(), a.dims(), b.dims()) {
+            (&[n, inp], &[r, a_in], &[out, b_r]) if a_in == inp && b_r == r => Ok(Dims { n, inp, r, out }),
+            (x, a, b) => candle_core::bail!("lora_linear: x {x:?}, A {a:?} and B {b:?} do not fit [n, in], [r, in], [out, r]"),
+        }
+    }
+
+    /// `drop(x)·Aᵀ` → `[n, r]`.
+    fn down(&self, x: &[f32], a: &[f32]) -> Vec<f32> {
+        let mut t = vec![0f32; self.n * self.r];
+        gemm(Dst::rows(&mut t, self.r).parallel(), (self.n, self.r, self.inp), Mat::rows(x, self.inp), Mat::rows(a, self.inp).t());
+        t
+    }
+}
+
+fn tensor(data: Vec<f32>, shape: (usize, usize)) -> Result<Tensor> {
+    Tensor::from_vec(data, shape, &Device::Cpu)
 }
 
 impl CustomOp3 for LoraLinear {
@@ -80,30 +106,57 @@ impl CustomOp3 for LoraLinear {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, a, b) = (tensor(s1, l1, self.name())?, tensor(s2, l2, self.name())?, tensor(s3, l3, self.name())?);
-        let mut y = (self.weight.frozen_apply(&x)? + (self.dropped(&x)?.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scaling)?)?;
+        let d = Dims::new(l1, l2, l3)?;
+        let (x, a, b) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
+        let mut y = self.weight.forward(x, d.n, d.out)?;
+        let t = match self.mask(x.len()) {
+            Some(mask) => d.down(&x.iter().zip(&mask).map(|(x, m)| x * m).collect::<Vec<_>>(), a),
+            None => d.down(x, a),
+        };
+        gemm(Dst::rows(&mut y, d.out).add().scaled(self.scaling as f32).parallel(), (d.n, d.out, d.r), Mat::rows(&t, d.r), Mat::rows(b, d.r).t());
         if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&bias.detach())?;
+            with_f32(bias, self.name(), |bias| {
+                y.chunks_exact_mut(d.out).for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
+                Ok(())
+            })?;
         }
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        Ok((CpuStorage::F32(y), Shape::from((d.n, d.out))))
     }
 
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, a, b, grad) = (x.detach(), a.detach(), b.detach(), grad.detach());
-        let dropped = self.dropped(&x)?;
-        let gb = (grad.matmul(&b)? * self.scaling)?; // [n, r]
-        let mut dlora = gb.matmul(&a)?; // [n, in], w.r.t. drop(x)
-        if let Some(mask) = self.mask(&x)? {
-            dlora = (dlora * mask)?;
-        }
-        let dbase = match &self.weight {
-            LinearWeight::Dense(w) => grad.matmul(&w.detach())?,
-            LinearWeight::Quant(q) => qmatmul_input_grad(&grad, q)?,
-        };
-        let da = gb.t()?.matmul(&dropped)?; // [r, in]
-        let db = (grad.t()?.matmul(&dropped.matmul(&a.t()?)?)? * self.scaling)?; // [out, r]
-        Ok((Some((dbase + dlora)?), Some(da), Some(db)))
+        let d = Dims::new(x.layout(), a.layout(), b.layout())?;
+        let s = self.scaling as f32;
+        with_f32(x, self.name(), |x| {
+            with_f32(a, self.name(), |a| {
+                with_f32(b, self.name(), |b| {
+                    with_f32(grad, self.name(), |g| {
+                        let mask = self.mask(x.len());
+                        let dropped = mask.as_ref().map(|m| x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<_>>());
+                        let xd = dropped.as_deref().unwrap_or(x);
+                        // gb = s·dy·B [n, r]
+                        let mut gb = vec![0f32; d.n * d.r];
+                        gemm(Dst::rows(&mut gb, d.r).scaled(s).parallel(), (d.n, d.r, d.out), Mat::rows(g, d.out), Mat::rows(b, d.r));
+                        let mut dx = self.weight.input_grad(g, d.n, d.inp)?;
+                        match &mask {
+                            Some(mask) => {
+                                let mut dl = vec![0f32; d.n * d.inp];
+                                gemm(Dst::rows(&mut dl, d.inp).parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp));
+                                dx.iter_mut().zip(dl.iter().zip(mask)).for_each(|(dx, (l, m))| *dx += l * m);
+                            }
+                            None => gemm(Dst::rows(&mut dx, d.inp).add().parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp)),
+                        }
+                        // dA = gbᵀ·drop(x) [r, in]
+                        let mut da = vec![0f32; d.r * d.inp];
+                        gemm(Dst::rows(&mut da, d.inp).parallel(), (d.r, d.inp, d.n), Mat::rows(&gb, d.r).t(), Mat::rows(xd, d.inp));
+                        // dB = s·dyᵀ·(drop(x)·Aᵀ) [out, r]
+                        let t = d.down(xd, a);
+                        let mut db = vec![0f32; d.out * d.r];
+                        gemm(Dst::rows(&mut db, d.r).scaled(s).parallel(), (d.out, d.r, d.n), Mat::rows(g, d.out).t(), Mat::rows(&t, d.r));
+                        Ok((Some(tensor(dx, (d.n, d.inp))?), Some(tensor(da, (d.r, d.inp))?), Some(tensor(db, (d.out, d.r))?)))
+                    })
+                })
+            })
+        })
     }
 }
 

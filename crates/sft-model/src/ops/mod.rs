@@ -12,6 +12,7 @@ mod glu;
 mod lora_linear;
 mod matvec;
 mod frozen_matmul;
+mod gemm;
 mod rms_norm;
 mod rope;
 mod softmax;
