@@ -49,25 +49,50 @@ fn request_tiles() -> bool {
 pub(crate) struct PackedB {
     n: usize,
     k: usize,
-    data: Vec<u16>,
+    data: Vec<u32>,
 }
 
 impl PackedB {
-    /// Packs `b` `[n, k]`, where `b_at(j, i)` gives `b[j][i]` as bf16 bits.
-    pub(crate) fn new(n: usize, k: usize, b_at: impl Fn(usize, usize) -> u16 + Sync) -> PackedB {
-        let (kp, np) = (k.next_multiple_of(BLOCK), n.next_multiple_of(BLOCK));
-        let mut data = vec![0u16; np * kp];
-        data.par_chunks_mut(TILE * kp).enumerate().for_each(|(p, panel)| {
-            for (pair, row) in panel.chunks_exact_mut(2 * TILE).enumerate() {
-                for (l, v) in row.chunks_exact_mut(2).enumerate() {
-                    let j = p * TILE + l;
-                    for (t, v) in v.iter_mut().enumerate() {
-                        let i = 2 * pair + t;
-                        if j < n && i < k {
-                            *v = b_at(j, i);
-                        }
-                    }
+    /// Packs `b` `[n, k]` given row-major (`b[j][i] = w[j * k + i]`).
+    pub(crate) fn from_rows(w: &[u16], n: usize, k: usize) -> PackedB {
+        PackedB::pack(n, k, |panel, j0, cols| {
+            for l in 0..cols {
+                let row = &w[(j0 + l) * k..][..k];
+                let pairs = row.chunks_exact(2);
+                if let &[v] = pairs.remainder() {
+                    panel[k / 2 * TILE + l] = u32::from(v);
                 }
+                for (pair, v) in pairs.enumerate() {
+                    panel[pair * TILE + l] = u32::from(v[0]) | u32::from(v[1]) << 16;
+                }
+            }
+        })
+    }
+
+    /// Packs `b` `[n, k]` given as its transpose, row-major `[k, n]` (`b[j][i] = w[i * n + j]`).
+    pub(crate) fn from_columns(w: &[u16], n: usize, k: usize) -> PackedB {
+        PackedB::pack(n, k, |panel, j0, cols| {
+            for (pair, dst) in panel.chunks_exact_mut(TILE).take(k.div_ceil(2)).enumerate() {
+                let even = &w[2 * pair * n + j0..][..cols];
+                if 2 * pair + 1 < k {
+                    let odd = &w[(2 * pair + 1) * n + j0..][..cols];
+                    dst.iter_mut().zip(even.iter().zip(odd)).for_each(|(d, (&e, &o))| *d = u32::from(e) | u32::from(o) << 16);
+                } else {
+                    dst.iter_mut().zip(even).for_each(|(d, &e)| *d = u32::from(e));
+                }
+            }
+        })
+    }
+
+    /// Zero-padded panels of bf16 pairs (`[kp / 2][16]`), each filled by `fill(panel, first
+    /// column, columns)` in parallel.
+    fn pack(n: usize, k: usize, fill: impl Fn(&mut [u32], usize, usize) + Sync) -> PackedB {
+        let (kp, np) = (k.next_multiple_of(BLOCK), n.next_multiple_of(BLOCK));
+        let mut data = vec![0u32; np * kp / 2];
+        data.par_chunks_mut(TILE * kp / 2).enumerate().for_each(|(p, panel)| {
+            let j0 = p * TILE;
+            if j0 < n {
+                fill(panel, j0, TILE.min(n - j0));
             }
         });
         PackedB { n, k, data }
@@ -87,15 +112,47 @@ impl PackedB {
 /// `a` `[m, k]` (f32, rounded to bf16) times the packed `b` `[n, k]` transposed → `[m, n]` f32.
 /// Only call when [`available`] is true.
 pub(crate) fn matmul_packed(a: &[f32], m: usize, b: &PackedB) -> Vec<f32> {
+    multiply(&round_rows(a, m, b.k), m, b)
+}
+
+/// `a` `[m, k]` rounded to bf16, rows `kp` apart and zero-padded to whole blocks both ways.
+fn round_rows(a: &[f32], m: usize, k: usize) -> Vec<u16> {
+    let (mp, kp) = (m.next_multiple_of(BLOCK), k.next_multiple_of(BLOCK));
+    let mut ab = vec![0u16; mp * kp];
+    ab.par_chunks_mut(kp).zip(a.par_chunks(k)).for_each(|(dst, src)| round_into(src, &mut dst[..k]));
+    ab
+}
+
+/// `dst[i] = bf16(src[i])`, rounded to nearest even (NaN stays NaN).
+fn round_into(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bf16") {
+        // SAFETY: the CPU has AVX512-BF16 (checked just above).
+        return unsafe { round_into_avx512(src, dst) };
+    }
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = to_bf16(s));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn round_into_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let whole = n - n % 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: i + 16 <= n for both slices; unaligned loads and stores.
+        unsafe {
+            let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(h));
+        }
+    }
+    dst[whole..n].iter_mut().zip(&src[whole..n]).for_each(|(d, &s)| *d = to_bf16(s));
+}
+
+/// The rounded, padded `ab` (from [`round_rows`]) times `b` → `[m, n]` f32.
+fn multiply(ab: &[u16], m: usize, b: &PackedB) -> Vec<f32> {
     let (k, n) = (b.k, b.n);
     let (mp, kp, np) = (m.next_multiple_of(BLOCK), k.next_multiple_of(BLOCK), n.next_multiple_of(BLOCK));
-    // A rounded to bf16, zero-padded to whole blocks.
-    let mut ab = vec![0u16; mp * kp];
-    ab.par_chunks_mut(kp).zip(a.par_chunks(k)).for_each(|(dst, src)| {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = to_bf16(s);
-        }
-    });
     let bp = &b.data;
     let mut c = vec![0f32; mp * np];
     let out = OutPtr(c.as_mut_ptr());
@@ -107,7 +164,7 @@ pub(crate) fn matmul_packed(a: &[f32], m: usize, b: &PackedB) -> Vec<f32> {
             // SAFETY: tiles are configured on this thread; the block's A rows, B panels and C
             // block lie inside `ab`, `bp` and `c` (all padded to whole blocks), and tasks write
             // disjoint columns of `c`, which outlives the loop.
-            unsafe { block(ab.as_ptr().add(row * kp), kp, bp.as_ptr().add(col * kp), out.at(row * np + col), np) };
+            unsafe { block(ab.as_ptr().add(row * kp), kp, bp.as_ptr().add(col * kp / 2) as *const u16, out.at(row * np + col), np) };
         }
     });
     if mp == m && np == n {
@@ -213,15 +270,50 @@ mod tests {
         for (m, k, n) in [(64, 64, 32), (37, 70, 45), (1, 33, 1), (100, 576, 96)] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
             let b: Vec<u16> = (0..n * k).map(|i| to_bf16(((i * 104_729) % 997) as f32 / 498.5 - 1.0)).collect();
-            let y = matmul_packed(&a, m, &PackedB::new(n, k, |j, i| b[j * k + i]));
-            assert_eq!(y.len(), m * n);
-            for r in 0..m {
-                for o in 0..n {
-                    let want: f64 = (0..k).map(|i| from_bf16(to_bf16(a[r * k + i])) as f64 * from_bf16(b[o * k + i]) as f64).sum();
-                    let got = y[r * n + o] as f64;
-                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{k}x{n} [{r}][{o}]: {got} vs {want}");
+            let bt: Vec<u16> = (0..k * n).map(|x| b[(x % n) * k + x / n]).collect(); // [k, n]
+            for packed in [PackedB::from_rows(&b, n, k), PackedB::from_columns(&bt, n, k)] {
+                let y = matmul_packed(&a, m, &packed);
+                assert_eq!(y.len(), m * n);
+                for r in 0..m {
+                    for o in 0..n {
+                        let want: f64 = (0..k).map(|i| from_bf16(to_bf16(a[r * k + i])) as f64 * from_bf16(b[o * k + i]) as f64).sum();
+                        let got = y[r * n + o] as f64;
+                        assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{k}x{n} [{r}][{o}]: {got} vs {want}");
+                    }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// Times the packing, rounding and tile product of a layer's shapes (release build:
+    /// `cargo test --release -p sft-model --lib amx -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn speed() {
+        if !available() {
+            return;
+        }
+        crate::memory::keep_freed_memory();
+        for (m, k, n) in [(1024, 576, 1536), (1024, 1536, 576), (1024, 576, 576), (1024, 576, 192)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+            let b: Vec<u16> = (0..n * k).map(|i| to_bf16(((i * 104_729) % 997) as f32 / 498.5 - 1.0)).collect();
+            let reps = 20;
+            let time = |f: &dyn Fn()| {
+                let t = std::time::Instant::now();
+                (0..reps).for_each(|_| f());
+                t.elapsed().as_secs_f64() / reps as f64 * 1e3
+            };
+            let pack = time(&|| drop(std::hint::black_box(PackedB::from_rows(&b, n, k))));
+            let round = time(&|| drop(std::hint::black_box(round_rows(&a, m, k))));
+            let (packed, ab) = (PackedB::from_rows(&b, n, k), round_rows(&a, m, k));
+            let product = time(&|| drop(std::hint::black_box(multiply(&ab, m, &packed))));
+            let gflops = 2.0 * (m * k * n) as f64 / product / 1e6;
+            eprintln!("{m}x{k}x{n}: pack {pack:.3} ms, round {round:.3} ms, product {product:.3} ms = {gflops:.0} GFLOP/s");
         }
     }
 }

@@ -70,14 +70,14 @@ struct QMatMul(Arc<QuantWeight>);
 pub(crate) fn packed_forward(weight: &QuantWeight) -> Option<amx::PackedB> {
     let w = weight.bf16_matmul().filter(|_| amx::available())?;
     let (out, inp) = weight.dims();
-    Some(amx::PackedB::new(out, inp, |o, i| w[o * inp + i]))
+    Some(amx::PackedB::from_rows(w, out, inp))
 }
 
 /// As [`packed_forward`], for input gradients `dy·W`.
 pub(crate) fn packed_input_grad(weight: &QuantWeight) -> Option<amx::PackedB> {
     let w = weight.bf16_matmul().filter(|_| amx::available())?;
     let (out, inp) = weight.dims();
-    Some(amx::PackedB::new(inp, out, |i, o| w[o * inp + i]))
+    Some(amx::PackedB::from_columns(w, inp, out))
 }
 
 /// `x` `[n, k]` times a packed `[cols, k]` operand transposed → `[n, cols]`, in bf16 with f32 sums.
