@@ -97,16 +97,6 @@ impl PackedB {
         });
         PackedB { n, k, data }
     }
-
-    /// Output columns of a product.
-    pub(crate) fn n(&self) -> usize {
-        self.n
-    }
-
-    /// The shared dimension.
-    pub(crate) fn k(&self) -> usize {
-        self.k
-    }
 }
 
 /// `a` `[m, k]` (f32, rounded to bf16) times the packed `b` `[n, k]` transposed → `[m, n]` f32.

@@ -7,15 +7,18 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
-use super::amx::PackedB;
-use super::frozen_matmul::{packed_forward, packed_input_grad, packed_matmul, qmatmul_input_grad};
-use super::{exp, qmatmul};
+use super::amx::{self, PackedB};
+use super::frozen_matmul::{dense_forward, dense_input_grad, packed_forward, packed_input_grad, quant_forward, quant_input_grad};
+use super::gemm::{gemm, Dst, Mat};
+use super::{exp_in_place, with_f32};
 use crate::quant::QuantWeight;
 
-/// Logit elements per chunk (32 MiB of f32).
-const CHUNK_ELEMENTS: usize = 8 << 20;
+/// Logit elements per chunk (16 MiB of f32, below glibc's largest mmap threshold so that the
+/// chunk buffers are reused rather than mapped afresh).
+const CHUNK_ELEMENTS: usize = 4 << 20;
 
 /// Options of [`linear_cross_entropy`].
 #[derive(Debug, Clone, Default)]
@@ -30,6 +33,11 @@ pub struct CrossEntropy {
 /// The summed cross-entropy of `hidden` rows `[n, d]` through `weight` `[vocab, d]` against
 /// `targets` (one per row): a scalar. Differentiable in both inputs.
 pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &[u32], opts: CrossEntropy) -> Result<Tensor> {
+    chunked(hidden, weight, targets, opts, CHUNK_ELEMENTS)
+}
+
+/// [`linear_cross_entropy`] with `chunk` logit elements per chunk.
+fn chunked(hidden: &Tensor, weight: &Tensor, targets: &[u32], opts: CrossEntropy, chunk: usize) -> Result<Tensor> {
     let (n, _) = hidden.dims2()?;
     if n != targets.len() {
         candle_core::bail!("cross-entropy: {n} rows but {} targets", targets.len());
@@ -43,8 +51,9 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &[u32], o
             candle_core::bail!("cross-entropy: the bf16 output layer {:?} must be a copy of the frozen weight {:?}", q.dims(), weight.dims());
         }
     }
-    let op = LinearCrossEntropy { targets: Arc::new(targets.to_vec()), softcap: opts.softcap, bf16_weight: opts.bf16_weight, lse: Vec::new(), sum: 0.0 };
-    let op = op.forward(&hidden.detach(), &weight.detach())?;
+    let rows = (chunk / vocab.max(1)).max(1);
+    let op = LinearCrossEntropy { targets: Arc::new(targets.to_vec()), softcap: opts.softcap, bf16_weight: opts.bf16_weight, rows, lse: Vec::new(), sum: 0.0 };
+    let op = op.forward(hidden, weight)?;
     if !hidden.track_op() && !weight.track_op() {
         return Tensor::new(op.sum, hidden.device());
     }
@@ -55,53 +64,91 @@ struct LinearCrossEntropy {
     targets: Arc<Vec<u32>>,
     softcap: Option<f64>,
     bf16_weight: Option<Arc<QuantWeight>>,
+    /// Rows per chunk.
+    rows: usize,
     /// Each row's log-sum-exp, saved by the forward pass.
     lse: Vec<f32>,
     /// The forward result.
     sum: f32,
 }
 
-impl LinearCrossEntropy {
-    fn chunk_rows(&self, vocab: usize) -> usize {
-        (CHUNK_ELEMENTS / vocab.max(1)).max(1)
-    }
+/// The output layer as one pass multiplies by it: packed bf16 tiles, compact bf16, or f32.
+enum Head<'a> {
+    Packed(PackedB),
+    Compact(&'a QuantWeight),
+    Dense(&'a [f32]),
+}
 
-    /// The (capped) logits of rows `start..start+len`.
-    /// `packed`: the bf16 output layer packed once for all chunks (with AMX).
-    fn logits(&self, hidden: &Tensor, weight: &Tensor, start: usize, len: usize, packed: Option<&PackedB>) -> Result<Tensor> {
-        let rows = hidden.narrow(0, start, len)?;
-        let z = match (packed, &self.bf16_weight) {
-            (Some(p), _) => packed_matmul(&rows, p)?,
-            (None, Some(q)) => qmatmul(&rows, q)?,
-            (None, None) => rows.matmul(&weight.t()?)?,
-        };
-        match self.softcap {
-            Some(cap) => (z / cap)?.tanh()? * cap,
-            None => Ok(z),
+impl Head<'_> {
+    /// `x` `[n, d]` times the layer transposed → `[n, vocab]`.
+    fn logits(&self, x: &[f32], n: usize, vocab: usize) -> Result<Vec<f32>> {
+        match self {
+            Head::Packed(p) => Ok(amx::matmul_packed(x, n, p)),
+            Head::Compact(q) => quant_forward(q, x, n),
+            Head::Dense(w) => Ok(dense_forward(x, n, w, vocab)),
         }
     }
 
-    fn targets(&self, start: usize, len: usize, device: &candle_core::Device) -> Result<Tensor> {
-        Tensor::from_slice(&self.targets[start..start + len], (len, 1), device)
+    /// `dz` `[n, vocab]` times the layer → `[n, d]`.
+    fn input_grad(&self, dz: &[f32], n: usize, d: usize) -> Result<Vec<f32>> {
+        match self {
+            Head::Packed(p) => Ok(amx::matmul_packed(dz, n, p)),
+            Head::Compact(q) => quant_input_grad(q, dz, n),
+            Head::Dense(w) => Ok(dense_input_grad(dz, n, w, d)),
+        }
+    }
+}
+
+impl LinearCrossEntropy {
+    /// The chunks of rows: (first row, rows).
+    fn chunks(&self, n: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..n).step_by(self.rows).map(move |start| (start, self.rows.min(n - start)))
+    }
+
+    /// Applies the soft cap to a chunk of logits in place.
+    fn cap(&self, z: &mut [f32]) {
+        if let Some(cap) = self.softcap {
+            let cap = cap as f32;
+            z.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh()));
+        }
     }
 
     fn forward(mut self, hidden: &Tensor, weight: &Tensor) -> Result<Self> {
-        let (n, _) = hidden.dims2()?;
-        let step = self.chunk_rows(weight.dim(0)?);
-        let mut sum = 0f64;
-        let packed = self.bf16_weight.as_deref().and_then(packed_forward);
-        for start in (0..n).step_by(step) {
-            let len = step.min(n - start);
-            let z = self.logits(hidden, weight, start, len, packed.as_ref())?;
-            let max = z.max_keepdim(D::Minus1)?;
-            let lse = (exp(&z.broadcast_sub(&max)?)?.sum_keepdim(D::Minus1)?.log()? + max)?;
-            let picked = z.gather(&self.targets(start, len, hidden.device())?, D::Minus1)?;
-            let lse = lse.flatten_all()?.to_vec1::<f32>()?;
-            let picked = picked.flatten_all()?.to_vec1::<f32>()?;
-            sum += lse.iter().zip(&picked).map(|(l, p)| (l - p) as f64).sum::<f64>();
-            self.lse.extend(lse);
-        }
+        let (n, d) = hidden.dims2()?;
+        let vocab = weight.dim(0)?;
+        let (mut sum, mut lses) = (0f64, Vec::with_capacity(n));
+        with_f32(hidden, "cross-entropy", |h| {
+            with_f32(weight, "cross-entropy", |w| {
+                let packed = self.bf16_weight.as_deref().and_then(packed_forward);
+                let head = match (packed, self.bf16_weight.as_deref()) {
+                    (Some(p), _) => Head::Packed(p),
+                    (None, Some(q)) => Head::Compact(q),
+                    (None, None) => Head::Dense(w),
+                };
+                for (start, len) in self.chunks(n) {
+                    let mut z = head.logits(&h[start * d..(start + len) * d], len, vocab)?;
+                    self.cap(&mut z);
+                    let targets = &self.targets[start..start + len];
+                    // Per row: the target's logit, then the log-sum-exp (z is scratch afterwards).
+                    let rows: Vec<(f32, f32)> = z
+                        .par_chunks_mut(vocab)
+                        .zip(targets)
+                        .map(|(row, &t)| {
+                            let picked = row[t as usize];
+                            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            row.iter_mut().for_each(|x| *x -= max);
+                            exp_in_place(row);
+                            (max + row.iter().sum::<f32>().ln(), picked)
+                        })
+                        .collect();
+                    sum += rows.iter().map(|(lse, picked)| (lse - picked) as f64).sum::<f64>();
+                    lses.extend(rows.iter().map(|r| r.0));
+                }
+                Ok(())
+            })
+        })?;
         self.sum = sum as f32;
+        self.lse = lses;
         Ok(self)
     }
 }
@@ -119,38 +166,45 @@ impl CustomOp2 for LinearCrossEntropy {
     fn bwd(&self, hidden: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // The weight of a LoRA run is frozen: then its gradient (a vocab × d matmul) is skipped.
         let train_weight = weight.track_op();
-        let (hidden, weight) = (hidden.detach(), weight.detach());
-        let g = grad.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
-        let (n, _) = hidden.dims2()?;
-        let step = self.chunk_rows(weight.dim(0)?);
-        let mut dh = Vec::new();
-        let mut dw: Option<Tensor> = None;
-        let packed = self.bf16_weight.as_deref().and_then(|q| Some((packed_forward(q)?, packed_input_grad(q)?)));
-        for start in (0..n).step_by(step) {
-            let len = step.min(n - start);
-            let z = self.logits(&hidden, &weight, start, len, packed.as_ref().map(|p| &p.0))?;
-            let lse = Tensor::from_slice(&self.lse[start..start + len], (len, 1), hidden.device())?;
-            let p = exp(&z.broadcast_sub(&lse)?)?;
-            let minus_one = Tensor::full(-1f32, (len, 1), hidden.device())?;
-            let mut dz = (p.scatter_add(&self.targets(start, len, hidden.device())?, &minus_one, 1)? * g)?;
-            if let Some(cap) = self.softcap {
-                // z here is cap·tanh(raw/cap); d/draw = 1 − tanh² = 1 − (z/cap)²
-                dz = (dz * (1.0 - (z / cap)?.sqr()?)?)?;
-            }
-            dh.push(match (&packed, &self.bf16_weight) {
-                (Some((_, p)), _) => packed_matmul(&dz, p)?,
-                (None, Some(q)) => qmatmul_input_grad(&dz, q)?,
-                (None, None) => dz.matmul(&weight)?,
-            });
-            if train_weight {
-                let part = dz.t()?.matmul(&hidden.narrow(0, start, len)?)?;
-                dw = Some(match dw {
-                    Some(acc) => (acc + part)?,
-                    None => part,
-                });
-            }
-        }
-        let dh = Tensor::cat(&dh, 0)?;
+        let g = grad.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let (n, d) = hidden.dims2()?;
+        let vocab = weight.dim(0)?;
+        let mut dh = Vec::with_capacity(n * d);
+        let mut dw = if train_weight { vec![0f32; vocab * d] } else { Vec::new() };
+        with_f32(hidden, self.name(), |h| {
+            with_f32(weight, self.name(), |w| {
+                let packed = self.bf16_weight.as_deref().and_then(|q| Some((packed_forward(q)?, packed_input_grad(q)?)));
+                let (forward, backward) = match (packed, self.bf16_weight.as_deref()) {
+                    (Some((f, b)), _) => (Head::Packed(f), Head::Packed(b)),
+                    (None, Some(q)) => (Head::Compact(q), Head::Compact(q)),
+                    (None, None) => (Head::Dense(w), Head::Dense(w)),
+                };
+                for (start, len) in self.chunks(n) {
+                    let rows = &h[start * d..(start + len) * d];
+                    let mut z = forward.logits(rows, len, vocab)?;
+                    self.cap(&mut z);
+                    let (targets, lse) = (&self.targets[start..start + len], &self.lse[start..start + len]);
+                    // dz = g·(softmax(z) − onehot(target)), times 1 − (z/cap)² under a soft cap.
+                    z.par_chunks_mut(vocab).zip(targets.par_iter().zip(lse)).for_each(|(row, (&t, &lse))| {
+                        let capped = self.softcap.map(|cap| (cap as f32, row.to_vec()));
+                        row.iter_mut().for_each(|x| *x -= lse);
+                        exp_in_place(row);
+                        row[t as usize] -= 1.0;
+                        row.iter_mut().for_each(|x| *x *= g);
+                        if let Some((cap, z)) = capped {
+                            row.iter_mut().zip(z).for_each(|(x, z)| *x *= 1.0 - (z / cap) * (z / cap));
+                        }
+                    });
+                    dh.extend(backward.input_grad(&z, len, d)?);
+                    if train_weight {
+                        gemm(Dst::rows(&mut dw, d).add().parallel(), (vocab, d, len), Mat::rows(&z, vocab).t(), Mat::rows(rows, d));
+                    }
+                }
+                Ok(())
+            })
+        })?;
+        let dh = Tensor::from_vec(dh, (n, d), &Device::Cpu)?;
+        let dw = if train_weight { Some(Tensor::from_vec(dw, (vocab, d), &Device::Cpu)?) } else { None };
         Ok((Some(dh), dw))
     }
 }
@@ -192,6 +246,26 @@ mod tests {
             let h = random(&[3, 4], 23)?;
             let w = random(&[5, 4], 24)?;
             check(&[h, w], |t| linear_cross_entropy(&t[0], &t[1], &targets, CrossEntropy { softcap, bf16_weight: None }), 2e-3)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn chunks_of_a_few_rows_give_the_same_loss_and_gradients() -> Result<()> {
+        let targets = [2, 0, 4, 1, 3, 3, 0];
+        for softcap in [None, Some(2.0)] {
+            let (h, w) = (candle_core::Var::from_tensor(&random(&[7, 4], 27)?)?, candle_core::Var::from_tensor(&random(&[5, 4], 28)?)?);
+            let run = |chunk| -> Result<(f32, Vec<f32>, Vec<f32>)> {
+                let l = chunked(h.as_tensor(), w.as_tensor(), &targets, CrossEntropy { softcap, bf16_weight: None }, chunk)?;
+                let g = l.backward()?;
+                let flat = |v: &candle_core::Var| g.get(v.as_tensor()).expect("gradient").flatten_all()?.to_vec1::<f32>();
+                Ok((l.to_scalar::<f32>()?, flat(&h)?, flat(&w)?))
+            };
+            let (one, three) = (run(1 << 20)?, run(15)?);
+            assert!((one.0 - three.0).abs() < 1e-5, "loss {} vs {}", one.0, three.0);
+            for (a, b) in one.1.iter().chain(&one.2).zip(three.1.iter().chain(&three.2)) {
+                assert!((a - b).abs() < 1e-5, "gradient {a} vs {b}");
+            }
         }
         Ok(())
     }

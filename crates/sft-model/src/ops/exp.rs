@@ -7,14 +7,6 @@
 //! written straight into the exponent bits. Within 2 ulp of the correctly rounded value; results
 //! below the smallest normal float are flushed to 0, overflow gives +∞ and NaN stays NaN.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::cpu_f32;
-
-/// Values per parallel task.
-const CHUNK: usize = 1 << 14;
-
 /// Replaces every value of `xs` by its exponential.
 pub(crate) fn exp_in_place(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -91,26 +83,6 @@ fn exp1(x: f32) -> f32 {
     }
 }
 
-/// `eˣ` of every element of `t` (a forward-only op inside other ops' kernels and backward
-/// passes: asking for its gradient is an error, never a silent zero).
-pub(crate) fn exp(t: &Tensor) -> Result<Tensor> {
-    t.contiguous()?.apply_op1(Exp)
-}
-
-struct Exp;
-
-impl CustomOp1 for Exp {
-    fn name(&self) -> &'static str {
-        "sft-exp"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let mut y = cpu_f32(storage, layout, self.name())?.to_vec();
-        y.par_chunks_mut(CHUNK).for_each(exp_in_place);
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,15 +112,5 @@ mod tests {
         exp_in_place(&mut xs);
         assert_eq!(&xs[..6], &[0.0, 0.0, 0.0, f32::INFINITY, f32::INFINITY, f32::INFINITY]);
         assert!(xs[6].is_nan());
-    }
-
-    #[test]
-    fn the_tensor_op_maps_every_element_and_refuses_a_gradient() -> Result<()> {
-        let x = candle_core::Var::from_tensor(&crate::ops::gradcheck::random(&[3, 50_000], 4)?)?;
-        let ours = exp(x.as_tensor())?;
-        let diff = (&ours - x.as_tensor().exp()?)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-6, "{diff}");
-        assert!(ours.sum_all()?.backward().is_err());
-        Ok(())
     }
 }

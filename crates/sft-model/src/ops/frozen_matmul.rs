@@ -80,18 +80,6 @@ pub(crate) fn packed_input_grad(weight: &QuantWeight) -> Option<amx::PackedB> {
     Some(amx::PackedB::from_columns(w, inp, out))
 }
 
-/// `x` `[n, k]` times a packed `[cols, k]` operand transposed → `[n, cols]`, in bf16 with f32 sums.
-pub(crate) fn packed_matmul(x: &Tensor, packed: &amx::PackedB) -> Result<Tensor> {
-    let n = x.dim(0)?;
-    let y = with_f32(x, "bf16 matmul", |data| {
-        if data.len() != n * packed.k() {
-            candle_core::bail!("bf16 matmul: x {:?} does not fit a packed operand of width {}", x.dims(), packed.k());
-        }
-        Ok(amx::matmul_packed(data, n, packed))
-    })?;
-    Tensor::from_vec(y, (n, packed.n()), x.device())
-}
-
 /// `dy·W` for `dy` `[n, out]` and the quantized `[out, in]` weight.
 pub(crate) fn qmatmul_input_grad(grad: &Tensor, weight: &Arc<QuantWeight>) -> Result<Tensor> {
     let n = grad.dim(0)?;
