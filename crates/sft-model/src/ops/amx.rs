@@ -105,11 +105,19 @@ pub(crate) fn matmul_packed(a: &[f32], m: usize, b: &PackedB) -> Vec<f32> {
     multiply(&round_rows(a, m, b.k), m, b)
 }
 
-/// `a` `[m, k]` rounded to bf16, rows `kp` apart and zero-padded to whole blocks both ways.
+/// `a` `[m, k]` rounded to bf16 and laid out as whole tiles, zero-padded to whole blocks: for
+/// each group of 16 rows, its `kp / 32` tiles of `[16][32]` one after the other, so that every
+/// tile load reads 1 KiB of consecutive memory.
 fn round_rows(a: &[f32], m: usize, k: usize) -> Vec<u16> {
     let (mp, kp) = (m.next_multiple_of(BLOCK), k.next_multiple_of(BLOCK));
     let mut ab = vec![0u16; mp * kp];
-    ab.par_chunks_mut(kp).zip(a.par_chunks(k)).for_each(|(dst, src)| round_into(src, &mut dst[..k]));
+    ab.par_chunks_mut(TILE * kp).zip(a.par_chunks(TILE * k)).for_each(|(dst, src)| {
+        for (l, row) in src.chunks_exact(k).enumerate() {
+            for (s, part) in row.chunks(BLOCK).enumerate() {
+                round_into(part, &mut dst[(s * TILE + l) * BLOCK..][..part.len()]);
+            }
+        }
+    });
     ab
 }
 
@@ -144,7 +152,9 @@ fn multiply(ab: &[u16], m: usize, b: &PackedB) -> Vec<f32> {
     let (k, n) = (b.k, b.n);
     let (mp, kp, np) = (m.next_multiple_of(BLOCK), k.next_multiple_of(BLOCK), n.next_multiple_of(BLOCK));
     let bp = &b.data;
-    let mut c = vec![0f32; mp * np];
+    // Every element of the padded `c` is written by exactly one block's tile stores, so it
+    // starts uninitialised (no memset of a buffer about to be overwritten).
+    let mut c: Vec<f32> = Vec::with_capacity(mp * np);
     let out = OutPtr(c.as_mut_ptr());
     // One task per 32 output columns: its B panels stay in cache while A streams past.
     (0..np / BLOCK).into_par_iter().for_each(|p| {
@@ -157,6 +167,9 @@ fn multiply(ab: &[u16], m: usize, b: &PackedB) -> Vec<f32> {
             unsafe { block(ab.as_ptr().add(row * kp), kp, bp.as_ptr().add(col * kp / 2) as *const u16, out.at(row * np + col), np) };
         }
     });
+    // SAFETY: the blocks above cover all `mp / 32 × np / 32` blocks of `c` and store every one
+    // of their elements.
+    unsafe { c.set_len(mp * np) };
     if mp == m && np == n {
         return c;
     }
@@ -203,14 +216,13 @@ impl Drop for Tiles {
     }
 }
 
-/// `c[32×32] = a[32×kp] · panels`, `a` rows `kp` bf16 apart, two B panels of `[kp/2][16][2]`
-/// starting at `b`, `c` rows `ldc` floats apart.
+/// `c[32×32] = a[32×kp] · panels`, `a` two row groups of tiles (see [`round_rows`]), two B
+/// panels of `[kp/2][16][2]` starting at `b`, `c` rows `ldc` floats apart.
 ///
 /// # Safety
 /// Tiles configured by [`Tiles::configure`] on this thread; all ranges in bounds.
 #[cfg(target_arch = "x86_64")]
 unsafe fn block(a: *const u16, kp: usize, b: *const u16, c: *mut f32, ldc: usize) {
-    let lda = 2 * kp; // bytes
     let ldc_bytes = 4 * ldc;
     // SAFETY: the caller's contract; every pointer offset stays inside its padded buffer.
     unsafe {
@@ -219,22 +231,22 @@ unsafe fn block(a: *const u16, kp: usize, b: *const u16, c: *mut f32, ldc: usize
         std::arch::asm!(
             "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
             "2:",
-            "tileloadd tmm4, [{a0} + {lda}*1]",
-            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "tileloadd tmm4, [{a0} + {ldb}*1]",
             "tileloadd tmm6, [{b0} + {ldb}*1]",
-            "tileloadd tmm7, [{b1} + {ldb}*1]",
             "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {ldb}*1]",
             "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {ldb}*1]",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 64", "add {a1}, 64", "add {b0}, 1024", "add {b1}, 1024",
+            "add {a0}, 1024", "add {a1}, 1024", "add {b0}, 1024", "add {b1}, 1024",
             "dec {steps}", "jnz 2b",
             "tilestored [{c0} + {ldc}*1], tmm0",
             "tilestored [{c1} + {ldc}*1], tmm1",
             "tilestored [{c2} + {ldc}*1], tmm2",
             "tilestored [{c3} + {ldc}*1], tmm3",
             a0 = inout(reg) a => _, a1 = inout(reg) a1 => _, b0 = inout(reg) b => _, b1 = inout(reg) b1 => _,
-            lda = in(reg) lda, ldb = in(reg) 64usize, steps = inout(reg) kp / BLOCK => _,
+            ldb = in(reg) 64usize, steps = inout(reg) kp / BLOCK => _,
             c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, ldc = in(reg) ldc_bytes,
             options(nostack)
         );
