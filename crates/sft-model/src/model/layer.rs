@@ -11,7 +11,7 @@ use super::params::Builder;
 use crate::config::ModelConfig;
 use crate::lora::{Dropout, Lora};
 use crate::ops::{
-    attention, frozen_matmul, glu, lora_linear, matvec, qmatmul, rms_norm, rope, AttentionSpec, LinearWeight, LoraLinear, RopeTable,
+    attention, frozen_matmul, glu, linear, lora_linear, matvec, qmatmul, rms_norm, rope, AttentionSpec, LinearWeight, LoraLinear, RopeTable,
     MATVEC_MAX_ROWS,
 };
 use crate::ModelError;
@@ -55,14 +55,22 @@ impl Linear {
         }
         Ok(y)
     }
+
+    /// `residual + forward(x)` (just `forward(x)` without one); a trainable f32 weight without
+    /// bias or adapter adds it inside its op, so the product itself is never kept for the
+    /// backward pass.
+    pub fn forward_add(&self, x: &Tensor, dropout: Option<Dropout>, residual: Option<&Tensor>) -> Result<Tensor> {
+        match (residual, &self.weight, &self.bias, &self.lora) {
+            (Some(r), LinearWeight::Dense(w), None, None) if w.track_op() => linear(x, w, Some(r)),
+            (Some(r), ..) => r + self.forward(x, dropout)?,
+            (None, ..) => self.forward(x, dropout),
+        }
+    }
 }
 
-/// `x·Wᵀ` by the cheapest route: a trainable weight through candle's matmul (both gradients); a
-/// frozen one with a gradient to `x` only; a few rows through which no gradient flows
-/// (decoding) through the bandwidth-bound matrix-vector kernel.
 pub(crate) fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     match (x.track_op(), weight.track_op()) {
-        (_, true) => x.matmul(&weight.t()?),
+        (_, true) => linear(x, weight, None),
         (true, false) => frozen_matmul(x, weight),
         (false, false) if x.dims2()?.0 <= MATVEC_MAX_ROWS => matvec(x, weight),
         (false, false) => x.matmul(&weight.t()?),
@@ -180,19 +188,18 @@ impl Layer {
     /// the layer's keys and values of earlier tokens are reused and the new ones appended.
     pub fn forward(&self, h: &Tensor, cfg: &ModelConfig, cx: &Context, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let norm = |x: &Tensor, w: &Tensor| rms_norm(x, w, cfg.rms_norm_eps, cfg.norm_offset);
-        let mut a = self.attention(&norm(h, &self.input_norm)?, cfg, cx, cache)?;
-        if let Some(w) = &self.post_attention_norm {
-            a = norm(&a, w)?;
+        // Without a sandwich norm the residual add happens inside the output projection.
+        let h = match &self.post_attention_norm {
+            Some(w) => (h + norm(&self.attention(&norm(h, &self.input_norm)?, cfg, cx, cache, None)?, w)?)?,
+            None => self.attention(&norm(h, &self.input_norm)?, cfg, cx, cache, Some(h))?,
+        };
+        match &self.post_mlp_norm {
+            Some(w) => &h + norm(&self.mlp(&norm(&h, &self.mlp_norm)?, cfg, cx.dropout, None)?, w)?,
+            None => self.mlp(&norm(&h, &self.mlp_norm)?, cfg, cx.dropout, Some(&h)),
         }
-        let h = (h + a)?;
-        let mut m = self.mlp(&norm(&h, &self.mlp_norm)?, cfg, cx.dropout)?;
-        if let Some(w) = &self.post_mlp_norm {
-            m = norm(&m, w)?;
-        }
-        h + m
     }
 
-    fn attention(&self, x: &Tensor, cfg: &ModelConfig, cx: &Context, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    fn attention(&self, x: &Tensor, cfg: &ModelConfig, cx: &Context, cache: Option<&mut KvCache>, residual: Option<&Tensor>) -> Result<Tensor> {
         let (b, t, hd) = (cx.batch, cx.seq, cfg.head_dim);
         let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
         let (q, k, v) = match &self.attn.proj {
@@ -226,7 +233,7 @@ impl Layer {
             };
             let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
             let out = cache.attend(&flat(&q)?, &flat(&k)?, &flat(&v)?, &shape);
-            return self.attn.o.forward(&Tensor::from_vec(out, (t, nh * hd), x.device())?, cx.dropout);
+            return self.attn.o.forward_add(&Tensor::from_vec(out, (t, nh * hd), x.device())?, cx.dropout, residual);
         }
         let window = cfg.layers[self.index].sliding_window;
         let spec = AttentionSpec {
@@ -235,17 +242,18 @@ impl Layer {
             first: cx.starts(window)?.clone(),
         };
         let out = attention(&q, &k, &v, &spec)?.reshape((b * t, nh * hd))?;
-        self.attn.o.forward(&out, cx.dropout)
+        self.attn.o.forward_add(&out, cx.dropout, residual)
     }
 
-    fn mlp(&self, x: &Tensor, cfg: &ModelConfig, d: Option<Dropout>) -> Result<Tensor> {
-        match &self.mlp {
-            Mlp::Separate { gate, up, down } => down.forward(&glu(&gate.forward(x, d)?, &up.forward(x, d)?, cfg.activation)?, d),
+    fn mlp(&self, x: &Tensor, cfg: &ModelConfig, d: Option<Dropout>, residual: Option<&Tensor>) -> Result<Tensor> {
+        let (g, down) = match &self.mlp {
+            Mlp::Separate { gate, up, down } => (glu(&gate.forward(x, d)?, &up.forward(x, d)?, cfg.activation)?, down),
             Mlp::Fused { gate_up, down } => {
                 let y = gate_up.forward(x, d)?;
                 let i = cfg.intermediate_size;
-                down.forward(&glu(&y.narrow(1, 0, i)?, &y.narrow(1, i, i)?, cfg.activation)?, d)
+                (glu(&y.narrow(1, 0, i)?, &y.narrow(1, i, i)?, cfg.activation)?, down)
             }
-        }
+        };
+        down.forward_add(&g, d, residual)
     }
 }

@@ -125,7 +125,7 @@ impl CustomOp3 for LoraLinear {
 
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = Dims::new(x.layout(), a.layout(), b.layout())?;
-        let s = self.scaling as f32;
+        let (s, x_tracked) = (self.scaling as f32, x.track_op());
         with_f32(x, self.name(), |x| {
             with_f32(a, self.name(), |a| {
                 with_f32(b, self.name(), |b| {
@@ -136,15 +136,22 @@ impl CustomOp3 for LoraLinear {
                         // gb = s·dy·B [n, r]
                         let mut gb = vec![0f32; d.n * d.r];
                         gemm(Dst::rows(&mut gb, d.r).scaled(s).parallel(), (d.n, d.r, d.out), Mat::rows(g, d.out), Mat::rows(b, d.r));
-                        let mut dx = self.weight.input_grad(g, d.n, d.inp)?;
-                        match &mask {
-                            Some(mask) => {
-                                let mut dl = vec![0f32; d.n * d.inp];
-                                gemm(Dst::rows(&mut dl, d.inp).parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp));
-                                dx.iter_mut().zip(dl.iter().zip(mask)).for_each(|(dx, (l, m))| *dx += l * m);
+                        // dx (skipped when x is a constant, as the first layer's input can be).
+                        let dx = match x_tracked {
+                            true => {
+                                let mut dx = self.weight.input_grad(g, d.n, d.inp)?;
+                                match &mask {
+                                    Some(mask) => {
+                                        let mut dl = vec![0f32; d.n * d.inp];
+                                        gemm(Dst::rows(&mut dl, d.inp).parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp));
+                                        dx.iter_mut().zip(dl.iter().zip(mask)).for_each(|(dx, (l, m))| *dx += l * m);
+                                    }
+                                    None => gemm(Dst::rows(&mut dx, d.inp).add().parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp)),
+                                }
+                                Some(tensor(dx, (d.n, d.inp))?)
                             }
-                            None => gemm(Dst::rows(&mut dx, d.inp).add().parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp)),
-                        }
+                            false => None,
+                        };
                         // dA = gbᵀ·drop(x) [r, in]
                         let mut da = vec![0f32; d.r * d.inp];
                         gemm(Dst::rows(&mut da, d.inp).parallel(), (d.r, d.inp, d.n), Mat::rows(&gb, d.r).t(), Mat::rows(xd, d.inp));
@@ -152,7 +159,7 @@ impl CustomOp3 for LoraLinear {
                         let t = d.down(xd, a);
                         let mut db = vec![0f32; d.out * d.r];
                         gemm(Dst::rows(&mut db, d.r).scaled(s).parallel(), (d.out, d.r, d.n), Mat::rows(g, d.out).t(), Mat::rows(&t, d.r));
-                        Ok((Some(tensor(dx, (d.n, d.inp))?), Some(tensor(da, (d.r, d.inp))?), Some(tensor(db, (d.out, d.r))?)))
+                        Ok((dx, Some(tensor(da, (d.r, d.inp))?), Some(tensor(db, (d.out, d.r))?)))
                     })
                 })
             })
