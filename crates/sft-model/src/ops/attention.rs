@@ -11,11 +11,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Dst, Mat};
-use super::{cpu_f32, exp_in_place};
+use super::{cpu_f32, exp_in_place, with_f32s};
 
 /// Queries per block.
 const BLOCK: usize = 64;
@@ -176,9 +176,13 @@ impl CustomOp3 for Attention {
         let d = Dims::of(q.dims(), k.dims(), v.dims())?;
         let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned lock".into()))?.clone();
         let Some(lse) = lse else { candle_core::bail!("attention: backward before forward") };
-        let vecs = [q, k, v, out, grad].map(|t| t.contiguous().and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()));
-        let [q_, k_, v_, o_, g_] = vecs;
-        let (q_, k_, v_, o_, g_) = (q_?, k_?, v_?, o_?, g_?);
+        with_f32s([q, k, v, out, grad], self.name(), |[q_, k_, v_, o_, g_]| self.backward(&d, &lse, [q_, k_, v_, o_, g_]))
+    }
+}
+
+impl Attention {
+    /// dq, dk, dv from the inputs, the output and its gradient (all `[b, t, heads, hd]`).
+    fn backward(&self, d: &Dims, lse: &[f32], [q_, k_, v_, o_, g_]: [&[f32]; 5]) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let group = d.nh / d.nkv;
         // Per (row, query head): dq, dk, dv, each `[t, hd]`.
         let parts: Vec<[Vec<f32>; 3]> = (0..d.b * d.nh)
@@ -236,11 +240,11 @@ impl CustomOp3 for Attention {
                 }
             }
         }
-        let dev = q.device();
+        let (q_shape, kv_shape) = ((d.b, d.t, d.nh, d.hd), (d.b, d.t, d.nkv, d.hd));
         Ok((
-            Some(Tensor::from_vec(dq, q.shape(), dev)?),
-            Some(Tensor::from_vec(dk, k.shape(), dev)?),
-            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+            Some(Tensor::from_vec(dq, q_shape, &Device::Cpu)?),
+            Some(Tensor::from_vec(dk, kv_shape, &Device::Cpu)?),
+            Some(Tensor::from_vec(dv, kv_shape, &Device::Cpu)?),
         ))
     }
 }

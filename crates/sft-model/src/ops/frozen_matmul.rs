@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::gemm::{gemm, Dst, Mat};
+use super::gemm::{gemm, product, Dst, Mat};
 use super::{amx, cpu_f32, linear_dims, matvec_rows, with_f32, MATVEC_MAX_ROWS};
 use crate::quant::QuantWeight;
 
@@ -45,17 +45,13 @@ impl CustomOp2 for FrozenMatMul {
 /// `x` `[n, in]` times the f32 weight `w` `[out, in]` transposed → `[n, out]`.
 pub(crate) fn dense_forward(x: &[f32], n: usize, w: &[f32], out: usize) -> Vec<f32> {
     let inp = w.len() / out.max(1);
-    let mut y = vec![0f32; n * out];
-    gemm(Dst::rows(&mut y, out).parallel(), (n, out, inp), Mat::rows(x, inp), Mat::rows(w, inp).t());
-    y
+    product((n, out, inp), Mat::rows(x, inp), Mat::rows(w, inp).t(), 1.0)
 }
 
 /// `dy` `[n, out]` times the f32 weight `w` `[out, in]` → `[n, in]`.
 pub(crate) fn dense_input_grad(dy: &[f32], n: usize, w: &[f32], inp: usize) -> Vec<f32> {
     let out = w.len() / inp.max(1);
-    let mut dx = vec![0f32; n * inp];
-    gemm(Dst::rows(&mut dx, inp).parallel(), (n, inp, out), Mat::rows(dy, out), Mat::rows(w, inp));
-    dx
+    product((n, inp, out), Mat::rows(dy, out), Mat::rows(w, inp), 1.0)
 }
 
 /// `x` `[n, in]` times the quantized `[out, in]` weight transposed → `[n, out]`.

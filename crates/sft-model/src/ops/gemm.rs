@@ -69,31 +69,70 @@ pub(crate) fn gemm(dst: Dst<'_>, (m, n, k): (usize, usize, usize), lhs: Mat<'_>,
         }
         return;
     }
+    // The kernel writes exactly this index range; the assert makes the raw pointer safe.
+    assert!((m - 1) * dst.rs + n - 1 < dst.data.len());
+    let out = Raw { ptr: dst.data.as_mut_ptr(), rs: dst.rs, add: dst.add, scale: dst.scale, parallel: dst.parallel };
+    // SAFETY: `dst` covers the written range (checked above) and, being a distinct `&mut`, does
+    // not alias the inputs.
+    unsafe { kernel(out, (m, n, k), lhs, rhs) }
+}
+
+/// A new row-major `[m, n]` buffer holding `scale · lhs[m, k] · rhs[k, n]` over rayon's threads:
+/// the kernel writes every element, so the buffer is never zeroed first.
+pub(crate) fn product((m, n, k): (usize, usize, usize), lhs: Mat<'_>, rhs: Mat<'_>, scale: f32) -> Vec<f32> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut c: Vec<f32> = Vec::with_capacity(m * n);
+    let out = Raw { ptr: c.as_mut_ptr(), rs: n, add: false, scale, parallel: true };
+    // SAFETY: `c` has room for the `m × n` elements the kernel writes and is fresh, so it aliases
+    // nothing; without `add` the kernel stores every element of the `[m, n]` range and never
+    // reads it, so all `m · n` elements are initialised when the length is set.
+    unsafe {
+        kernel(out, (m, n, k), lhs, rhs);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// A product's destination as the kernel takes it.
+struct Raw {
+    ptr: *mut f32,
+    rs: usize,
+    add: bool,
+    scale: f32,
+    parallel: bool,
+}
+
+/// `out (+)= scale · lhs · rhs` with `m, n, k > 0`; checks the inputs' index ranges.
+///
+/// # Safety
+/// `out.ptr` must be valid for writes (and, with `add`, reads) of every `(i, j)` element at
+/// `i · rs + j`, `i < m`, `j < n`, and must not alias the inputs.
+unsafe fn kernel(out: Raw, (m, n, k): (usize, usize, usize), lhs: Mat<'_>, rhs: Mat<'_>) {
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    // The kernel reads/writes exactly these index ranges; the asserts make the raw pointers safe.
-    assert!(last(m, n, dst.rs, 1) < dst.data.len());
+    // The kernel reads exactly these index ranges; the assert makes the raw pointers safe.
     assert!(last(m, k, lhs.rs, lhs.cs) < lhs.data.len() && last(k, n, rhs.rs, rhs.cs) < rhs.data.len());
     let threads = rayon::current_num_threads();
-    let parallelism = if dst.parallel && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: every index the kernel touches lies within the slices (checked above); `dst` is a
-    // distinct `&mut`, so it does not alias the inputs.
+    let parallelism = if out.parallel && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the inputs' ranges are checked above; the output's is the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.data.as_mut_ptr(),
+            out.ptr,
             1,
-            dst.rs as isize,
-            dst.add,
+            out.rs as isize,
+            out.add,
             lhs.data.as_ptr(),
             lhs.cs as isize,
             lhs.rs as isize,
             rhs.data.as_ptr(),
             rhs.cs as isize,
             rhs.rs as isize,
-            if dst.add { 1.0 } else { 0.0 },
-            dst.scale,
+            if out.add { 1.0 } else { 0.0 },
+            out.scale,
             false,
             false,
             false,
@@ -121,6 +160,12 @@ mod tests {
                     let expect = if j < n { 1.0 + 0.5 * want(i, j) } else { 1.0 };
                     assert!((c[i * (n + 2) + j] - expect).abs() < 1e-4, "[{i}][{j}]");
                 }
+            }
+        }
+        let c = product((m, n, k), Mat::rows(&a, k), Mat::rows(&b, k).t(), 2.0);
+        for i in 0..m {
+            for j in 0..n {
+                assert!((c[i * n + j] - 2.0 * want(i, j)).abs() < 1e-4, "product [{i}][{j}]");
             }
         }
         let mut c = vec![3.0f32; m * n];

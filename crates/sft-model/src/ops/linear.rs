@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
 use super::frozen_matmul::{dense_forward, dense_input_grad};
-use super::gemm::{gemm, Dst, Mat};
+use super::gemm::{product, Mat};
 use super::{cpu_f32, linear_dims, with_f32};
 
 /// `x` `[n, in]` times `weight` `[out, in]` transposed, plus `residual` `[n, out]` if given.
@@ -47,11 +47,7 @@ impl Linear {
                 true => Some(with_f32(weight, "linear", |w| Tensor::from_vec(dense_input_grad(g, n, w, inp), (n, inp), &Device::Cpu))?),
                 false => None,
             };
-            let mut dw = vec![0f32; out * inp];
-            with_f32(x, "linear", |x| {
-                gemm(Dst::rows(&mut dw, inp).parallel(), (out, inp, n), Mat::rows(g, out).t(), Mat::rows(x, inp));
-                Ok(())
-            })?;
+            let dw = with_f32(x, "linear", |x| Ok(product((out, inp, n), Mat::rows(g, out).t(), Mat::rows(x, inp), 1.0)))?;
             Ok((dx, Tensor::from_vec(dw, (out, inp), &Device::Cpu)?))
         })
     }

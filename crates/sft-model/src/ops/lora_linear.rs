@@ -10,8 +10,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
 use super::frozen_matmul::{dense_forward, dense_input_grad, quant_forward, quant_input_grad};
-use super::gemm::{gemm, Dst, Mat};
-use super::{cpu_f32, with_f32};
+use super::gemm::{gemm, product, Dst, Mat};
+use super::{cpu_f32, with_f32, with_f32s};
 use crate::lora::Dropout;
 use crate::quant::QuantWeight;
 
@@ -62,12 +62,15 @@ pub fn lora_linear(x: &Tensor, a: &Tensor, b: &Tensor, layer: &LoraLinear) -> Re
 }
 
 impl LoraLinear {
-    /// The dropout mask for `len` inputs, if dropout is on.
-    fn mask(&self, len: usize) -> Option<Vec<f32>> {
-        match self.dropout {
-            Some((d, index)) if d.p > 0.0 => Some(d.mask(index, len)),
-            _ => None,
-        }
+    /// The dropout mask of `x` and the dropped `x`, if dropout is on (the mask is drawn again
+    /// from its seed in the backward pass).
+    fn drop(&self, x: &[f32]) -> Option<(Vec<f32>, Vec<f32>)> {
+        let mask = match self.dropout {
+            Some((d, index)) if d.p > 0.0 => d.mask(index, x.len()),
+            _ => return None,
+        };
+        let dropped = x.iter().zip(&mask).map(|(x, m)| x * m).collect();
+        Some((mask, dropped))
     }
 }
 
@@ -90,9 +93,7 @@ impl Dims {
 
     /// `drop(x)·Aᵀ` → `[n, r]`.
     fn down(&self, x: &[f32], a: &[f32]) -> Vec<f32> {
-        let mut t = vec![0f32; self.n * self.r];
-        gemm(Dst::rows(&mut t, self.r).parallel(), (self.n, self.r, self.inp), Mat::rows(x, self.inp), Mat::rows(a, self.inp).t());
-        t
+        product((self.n, self.r, self.inp), Mat::rows(x, self.inp), Mat::rows(a, self.inp).t(), 1.0)
     }
 }
 
@@ -109,10 +110,8 @@ impl CustomOp3 for LoraLinear {
         let d = Dims::new(l1, l2, l3)?;
         let (x, a, b) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
         let mut y = self.weight.forward(x, d.n, d.out)?;
-        let t = match self.mask(x.len()) {
-            Some(mask) => d.down(&x.iter().zip(&mask).map(|(x, m)| x * m).collect::<Vec<_>>(), a),
-            None => d.down(x, a),
-        };
+        let dropped = self.drop(x);
+        let t = d.down(dropped.as_ref().map_or(x, |(_, xd)| xd), a);
         gemm(Dst::rows(&mut y, d.out).add().scaled(self.scaling as f32).parallel(), (d.n, d.out, d.r), Mat::rows(&t, d.r), Mat::rows(b, d.r).t());
         if let Some(bias) = &self.bias {
             with_f32(bias, self.name(), |bias| {
@@ -126,43 +125,35 @@ impl CustomOp3 for LoraLinear {
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = Dims::new(x.layout(), a.layout(), b.layout())?;
         let (s, x_tracked) = (self.scaling as f32, x.track_op());
-        with_f32(x, self.name(), |x| {
-            with_f32(a, self.name(), |a| {
-                with_f32(b, self.name(), |b| {
-                    with_f32(grad, self.name(), |g| {
-                        let mask = self.mask(x.len());
-                        let dropped = mask.as_ref().map(|m| x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<_>>());
-                        let xd = dropped.as_deref().unwrap_or(x);
-                        // gb = s·dy·B [n, r]
-                        let mut gb = vec![0f32; d.n * d.r];
-                        gemm(Dst::rows(&mut gb, d.r).scaled(s).parallel(), (d.n, d.r, d.out), Mat::rows(g, d.out), Mat::rows(b, d.r));
-                        // dx (skipped when x is a constant, as the first layer's input can be).
-                        let dx = match x_tracked {
-                            true => {
-                                let mut dx = self.weight.input_grad(g, d.n, d.inp)?;
-                                match &mask {
-                                    Some(mask) => {
-                                        let mut dl = vec![0f32; d.n * d.inp];
-                                        gemm(Dst::rows(&mut dl, d.inp).parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp));
-                                        dx.iter_mut().zip(dl.iter().zip(mask)).for_each(|(dx, (l, m))| *dx += l * m);
-                                    }
-                                    None => gemm(Dst::rows(&mut dx, d.inp).add().parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp)),
-                                }
-                                Some(tensor(dx, (d.n, d.inp))?)
-                            }
-                            false => None,
-                        };
-                        // dA = gbᵀ·drop(x) [r, in]
-                        let mut da = vec![0f32; d.r * d.inp];
-                        gemm(Dst::rows(&mut da, d.inp).parallel(), (d.r, d.inp, d.n), Mat::rows(&gb, d.r).t(), Mat::rows(xd, d.inp));
-                        // dB = s·dyᵀ·(drop(x)·Aᵀ) [out, r]
-                        let t = d.down(xd, a);
-                        let mut db = vec![0f32; d.out * d.r];
-                        gemm(Dst::rows(&mut db, d.r).scaled(s).parallel(), (d.out, d.r, d.n), Mat::rows(g, d.out).t(), Mat::rows(&t, d.r));
-                        Ok((dx, Some(tensor(da, (d.r, d.inp))?), Some(tensor(db, (d.out, d.r))?)))
-                    })
-                })
-            })
+        with_f32s([x, a, b, grad], self.name(), |[x, a, b, g]| {
+            let dropped = self.drop(x);
+            let (mask, xd) = match &dropped {
+                Some((mask, xd)) => (Some(mask), xd.as_slice()),
+                None => (None, x),
+            };
+            // gb = s·dy·B [n, r]
+            let gb = product((d.n, d.r, d.out), Mat::rows(g, d.out), Mat::rows(b, d.r), s);
+            // dx (skipped when x is a constant, as the first layer's input can be).
+            let dx = match x_tracked {
+                true => {
+                    let mut dx = self.weight.input_grad(g, d.n, d.inp)?;
+                    match mask {
+                        Some(mask) => {
+                            let dl = product((d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp), 1.0);
+                            dx.iter_mut().zip(dl.iter().zip(mask)).for_each(|(dx, (l, m))| *dx += l * m);
+                        }
+                        None => gemm(Dst::rows(&mut dx, d.inp).add().parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp)),
+                    }
+                    Some(tensor(dx, (d.n, d.inp))?)
+                }
+                false => None,
+            };
+            // dA = gbᵀ·drop(x) [r, in]
+            let da = product((d.r, d.inp, d.n), Mat::rows(&gb, d.r).t(), Mat::rows(xd, d.inp), 1.0);
+            // dB = s·dyᵀ·(drop(x)·Aᵀ) [out, r]
+            let t = d.down(xd, a);
+            let db = product((d.out, d.r, d.n), Mat::rows(g, d.out).t(), Mat::rows(&t, d.r), s);
+            Ok((dx, Some(tensor(da, (d.r, d.inp))?), Some(tensor(db, (d.out, d.r))?)))
         })
     }
 }

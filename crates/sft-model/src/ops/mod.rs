@@ -54,11 +54,28 @@ fn linear_dims(op: &str, x: &Layout, weight: &Layout) -> Result<(usize, usize, u
 
 /// Runs `f` over a tensor's f32 data (made contiguous first; CPU only).
 fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(cpu_f32(cpu, layout, op)?),
-        _ => Err(candle_core::Error::Msg(format!("{op}: only the CPU is supported"))),
+    with_f32s([t], op, |[x]| f(x))
+}
+
+/// Runs `f` over several tensors' f32 data at once (each made contiguous first; CPU only),
+/// without copying it.
+fn with_f32s<const N: usize, R>(ts: [&Tensor; N], op: &str, f: impl FnOnce([&[f32]; N]) -> Result<R>) -> Result<R> {
+    let ts = ts.map(|t| t.contiguous());
+    let mut owned = Vec::with_capacity(N);
+    for t in ts {
+        owned.push(t?);
+    }
+    let held: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(N);
+    for (storage, layout) in &held {
+        match &**storage {
+            Storage::Cpu(cpu) => slices.push(cpu_f32(cpu, layout, op)?),
+            _ => candle_core::bail!("{op}: only the CPU is supported"),
+        }
+    }
+    match <[&[f32]; N]>::try_from(slices) {
+        Ok(slices) => f(slices),
+        Err(_) => candle_core::bail!("{op}: expected {N} inputs"),
     }
 }
 
