@@ -27,7 +27,7 @@ pub mod config;
 pub mod generate;
 mod error;
 pub mod lora;
-pub mod memory;
+pub mod runtime;
 pub mod model;
 pub mod ops;
 pub mod quant;

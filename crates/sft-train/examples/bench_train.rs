@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lora-bf16" => (lora, BaseFormat::Bf16Matmul),
         other => return Err(format!("mode {other:?}: expected lora, lora-bf16 or full").into()),
     };
-    sft_model::memory::keep_freed_memory();
+    sft_model::runtime::tune_for_training();
     let mut model = Model::load_as(&PathBuf::from(dir), &trainable, format)?;
     model.set_gradient_checkpointing(checkpointing);
     let vocab = model.config().vocab_size as u64;

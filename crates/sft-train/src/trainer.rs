@@ -67,7 +67,7 @@ struct Data {
 
 /// Trains as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
-    sft_model::memory::keep_freed_memory();
+    sft_model::runtime::tune_for_training();
     let data = prepare(cfg)?;
     let plan = Plan { records: data.train.len(), batch_size: cfg.batch_size, accumulation: cfg.accumulation, seed: cfg.seed };
     let total = match cfg.length {

@@ -300,7 +300,7 @@ mod speed {
         if !available() {
             return;
         }
-        crate::memory::keep_freed_memory();
+        crate::runtime::keep_freed_memory();
         for (m, k, n) in [(1024, 576, 1536), (1024, 1536, 576), (1024, 576, 576), (1024, 576, 192)] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
             let b: Vec<u16> = (0..n * k).map(|i| to_bf16(((i * 104_729) % 997) as f32 / 498.5 - 1.0)).collect();
