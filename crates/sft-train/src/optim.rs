@@ -35,7 +35,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use candle_core::{DType, Device, Shape, Tensor, Var};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 /// Errors from the optimizer, gradient clipping and optimizer-state loading.
@@ -85,6 +87,12 @@ pub enum OptimError {
         /// Its dtype.
         dtype: DType,
     },
+    /// A parameter lives off the CPU (the optimizer runs on the CPU).
+    #[error("optimizer: parameter {name:?} is not on the CPU")]
+    NotCpu {
+        /// The parameter's name.
+        name: String,
+    },
     /// A configuration value or argument is out of range.
     #[error("optimizer: invalid {what} = {value}; expected {expected}")]
     Invalid {
@@ -133,6 +141,7 @@ fn on(name: &str) -> impl FnOnce(candle_core::Error) -> OptimError + '_ {
 }
 
 /// The scalars of one AdamW step, in f32 as the update runs.
+#[derive(Clone, Copy)]
 struct Coefficients {
     /// `1 − lr·wd` (applied to decayed parameters).
     decay: f32,
@@ -148,29 +157,49 @@ struct Coefficients {
 }
 
 impl Coefficients {
-    /// One pass over a parameter: new (p, m, v), element by element in torch's order:
+    /// One pass over a parameter, in place, element by element in torch's order:
     /// p ← p·(1 − lr·wd); m ← m + (g − m)(1 − β1); v ← v·β2 + g²(1 − β2);
     /// p ← p − step·m / (√v / √(1 − β2ᵗ) + ε).
-    fn update(&self, p: &[f32], g: &[f32], m: &[f32], v: &[f32], decay: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn update(&self, p: &mut [f32], g: &[f32], (m, v): (&mut [f32], &mut [f32]), decay: bool) {
         const CHUNK: usize = 1 << 14;
-        let mut out = (vec![0f32; p.len()], vec![0f32; p.len()], vec![0f32; p.len()]);
-        out.0
-            .par_chunks_mut(CHUNK)
-            .zip(out.1.par_chunks_mut(CHUNK))
-            .zip(out.2.par_chunks_mut(CHUNK))
-            .enumerate()
-            .for_each(|(c, ((po, mo), vo))| {
-                let at = c * CHUNK;
-                for j in 0..po.len() {
-                    let (g, m, v) = (g[at + j], m[at + j], v[at + j]);
-                    let p = if decay { p[at + j] * self.decay } else { p[at + j] };
-                    let m = m + (g - m) * self.beta1;
-                    let v = v * self.beta2 + g * g * self.one_minus_beta2;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), (m, v))| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    let p0 = if decay { *p * self.decay } else { *p };
+                    *m += (g - *m) * self.beta1;
+                    *v = *v * self.beta2 + g * g * self.one_minus_beta2;
                     let denom = v.sqrt() * self.inv_bc2_sqrt + self.eps;
-                    (po[j], mo[j], vo[j]) = (p + (m / denom) * self.step, m, v);
+                    *p = p0 + (*m / denom) * self.step;
                 }
             });
-        out
+    }
+}
+
+/// One parameter's update as an in-place op on the parameter (its gradient the other input).
+struct InPlace<'a> {
+    k: Coefficients,
+    decay: bool,
+    moments: Mutex<(&'a mut [f32], &'a mut [f32])>,
+}
+
+impl InplaceOp2 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("AdamW: expects contiguous tensors");
+        };
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
+            candle_core::bail!("AdamW: expects f32 tensors");
+        };
+        let mut moments = self.moments.lock().map_err(|_| candle_core::Error::Msg("AdamW: poisoned lock".into()))?;
+        let (m, v) = &mut *moments;
+        self.k.update(&mut p[p0..p1], &g[g0..g1], (m, v), self.decay);
+        Ok(())
     }
 }
 
@@ -287,8 +316,9 @@ pub struct AdamW {
     params: Vec<(String, Var)>,
     /// Whether each parameter is decayed (rank >= 2).
     decay: Vec<bool>,
-    exp_avg: Vec<Tensor>,
-    exp_avg_sq: Vec<Tensor>,
+    /// The moments, f32, updated in place.
+    exp_avg: Vec<Vec<f32>>,
+    exp_avg_sq: Vec<Vec<f32>>,
     config: AdamWConfig,
     step: u64,
     /// `step` as a 1-element i64 CPU tensor, kept in sync so that `state()` cannot fail.
@@ -323,10 +353,11 @@ impl AdamW {
                 });
             }
             decay.push(var.rank() >= 2);
-            let zeros = Tensor::zeros(var.shape(), DType::F32, var.device()).map_err(on(name))?;
-            exp_avg.push(zeros);
+            if !var.device().is_cpu() {
+                return Err(OptimError::NotCpu { name: name.clone() });
+            }
+            exp_avg.push(vec![0f32; var.elem_count()]);
         }
-        // Tensors are immutable once built (updates make new ones), so sharing is safe.
         let exp_avg_sq = exp_avg.clone();
         Ok(Self {
             params,
@@ -407,16 +438,17 @@ impl AdamW {
         for (i, ((name, var), grad)) in self.params.iter().zip(grads).enumerate() {
             let decay = self.decay[i] && c.weight_decay != 0.0;
             let grad = grad.to_dtype(DType::F32).and_then(|g| g.contiguous()).map_err(on(name))?;
-            let param = var.as_tensor().to_dtype(DType::F32).and_then(|p| p.contiguous()).map_err(on(name))?;
-            let (p, m, v) = with_f32(&param, |p| {
-                with_f32(&grad, |g| with_f32(&self.exp_avg[i], |m| with_f32(&self.exp_avg_sq[i], |v| Ok(k.update(p, g, m, v, decay)))))
-            })
-            .map_err(on(name))?;
-            let shape = var.shape().clone();
-            let tensor = |data: Vec<f32>| Tensor::from_vec(data, &shape, var.device()).map_err(on(name));
-            var.set(&tensor(p)?.to_dtype(var.dtype()).map_err(on(name))?).map_err(on(name))?;
-            self.exp_avg[i] = tensor(m)?;
-            self.exp_avg_sq[i] = tensor(v)?;
+            let moments = (self.exp_avg[i].as_mut_slice(), self.exp_avg_sq[i].as_mut_slice());
+            if var.dtype() == DType::F32 && var.is_contiguous() {
+                // The f32 parameter is updated where it lies.
+                let op = InPlace { k, decay, moments: Mutex::new(moments) };
+                var.as_tensor().inplace_op2(&grad, &op).map_err(on(name))?;
+            } else {
+                let mut p = var.as_tensor().to_dtype(DType::F32).and_then(|p| p.flatten_all()).and_then(|p| p.to_vec1::<f32>()).map_err(on(name))?;
+                with_f32(&grad, |g| Ok(k.update(&mut p, g, moments, decay))).map_err(on(name))?;
+                let p = Tensor::from_vec(p, var.shape(), var.device()).and_then(|p| p.to_dtype(var.dtype())).map_err(on(name))?;
+                var.set(&p).map_err(on(name))?;
+            }
         }
         self.step_tensor = next_step;
         self.step += 1;
@@ -428,13 +460,16 @@ impl AdamW {
     /// for every parameter, plus the step count as a 1-element i64 CPU tensor under
     /// [`STEP_KEY`] (`"step"`).
     ///
-    /// The tensors are never modified afterwards (each step makes new ones), so the map is a
-    /// snapshot.
+    /// The moments are copied, so the map is a snapshot.
     pub fn state(&self) -> HashMap<String, Tensor> {
         let mut tensors = HashMap::with_capacity(2 * self.params.len() + 1);
-        for (i, (name, _)) in self.params.iter().enumerate() {
-            tensors.insert(format!("{name}.exp_avg"), self.exp_avg[i].clone());
-            tensors.insert(format!("{name}.exp_avg_sq"), self.exp_avg_sq[i].clone());
+        for (i, (name, var)) in self.params.iter().enumerate() {
+            for (suffix, m) in [("exp_avg", &self.exp_avg[i]), ("exp_avg_sq", &self.exp_avg_sq[i])] {
+                // The moment has the parameter's element count (kept so by `new` and `load_state`).
+                if let Ok(t) = Tensor::from_slice(m, var.shape(), &Device::Cpu) {
+                    tensors.insert(format!("{name}.{suffix}"), t);
+                }
+            }
         }
         tensors.insert(STEP_KEY.into(), self.step_tensor.clone());
         tensors
@@ -465,12 +500,7 @@ impl AdamW {
                         got: saved.shape().clone(),
                     });
                 }
-                let t = saved
-                    .detach()
-                    .to_dtype(DType::F32)
-                    .and_then(|t| t.to_device(var.device()))
-                    .and_then(|t| t.copy())
-                    .map_err(on(&key))?;
+                let t = saved.detach().to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(on(&key))?;
                 out.push(t);
                 known.insert(key);
             }
