@@ -5,7 +5,7 @@
 //!
 //!   dx = dy·W + s·((dy·B)·A) ∘ mask,   dA = s·(dy·B)ᵀ·drop(x),   dB = s·dyᵀ·(drop(x)·Aᵀ).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
@@ -58,7 +58,15 @@ pub struct LoraLinear {
 
 /// `x` `[n, in]` through the layer with adapter `a` `[r, in]`, `b` `[out, r]` → `[n, out]`.
 pub fn lora_linear(x: &Tensor, a: &Tensor, b: &Tensor, layer: &LoraLinear) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, layer.clone())
+    let op = LoraOp { layer: layer.clone(), down: Mutex::new(None) };
+    x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)
+}
+
+/// One call of the layer: the forward pass leaves `drop(x)·Aᵀ` (`[n, r]`, small) for the
+/// backward pass, which would otherwise read all of `x` again to recompute it.
+struct LoraOp {
+    layer: LoraLinear,
+    down: Mutex<Option<Vec<f32>>>,
 }
 
 impl LoraLinear {
@@ -101,7 +109,7 @@ fn tensor(data: Vec<f32>, shape: (usize, usize)) -> Result<Tensor> {
     Tensor::from_vec(data, shape, &Device::Cpu)
 }
 
-impl CustomOp3 for LoraLinear {
+impl CustomOp3 for LoraOp {
     fn name(&self) -> &'static str {
         "sft-lora-linear"
     }
@@ -109,11 +117,13 @@ impl CustomOp3 for LoraLinear {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = Dims::new(l1, l2, l3)?;
         let (x, a, b) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
-        let mut y = self.weight.forward(x, d.n, d.out)?;
-        let dropped = self.drop(x);
+        let layer = &self.layer;
+        let mut y = layer.weight.forward(x, d.n, d.out)?;
+        let dropped = layer.drop(x);
         let t = d.down(dropped.as_ref().map_or(x, |(_, xd)| xd), a);
-        gemm(Dst::rows(&mut y, d.out).add().scaled(self.scaling as f32).parallel(), (d.n, d.out, d.r), Mat::rows(&t, d.r), Mat::rows(b, d.r).t());
-        if let Some(bias) = &self.bias {
+        gemm(Dst::rows(&mut y, d.out).add().scaled(layer.scaling as f32).parallel(), (d.n, d.out, d.r), Mat::rows(&t, d.r), Mat::rows(b, d.r).t());
+        *self.down.lock().map_err(|_| candle_core::Error::Msg("lora_linear: poisoned lock".into()))? = Some(t);
+        if let Some(bias) = &layer.bias {
             with_f32(bias, self.name(), |bias| {
                 y.chunks_exact_mut(d.out).for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
                 Ok(())
@@ -124,9 +134,10 @@ impl CustomOp3 for LoraLinear {
 
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = Dims::new(x.layout(), a.layout(), b.layout())?;
-        let (s, x_tracked) = (self.scaling as f32, x.track_op());
+        let (layer, s, x_tracked) = (&self.layer, self.layer.scaling as f32, x.track_op());
+        let saved = self.down.lock().map_err(|_| candle_core::Error::Msg("lora_linear: poisoned lock".into()))?.take();
         with_f32s([x, a, b, grad], self.name(), |[x, a, b, g]| {
-            let dropped = self.drop(x);
+            let dropped = layer.drop(x);
             let (mask, xd) = match &dropped {
                 Some((mask, xd)) => (Some(mask), xd.as_slice()),
                 None => (None, x),
@@ -136,7 +147,7 @@ impl CustomOp3 for LoraLinear {
             // dx (skipped when x is a constant, as the first layer's input can be).
             let dx = match x_tracked {
                 true => {
-                    let mut dx = self.weight.input_grad(g, d.n, d.inp)?;
+                    let mut dx = layer.weight.input_grad(g, d.n, d.inp)?;
                     match mask {
                         Some(mask) => {
                             let dl = product((d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp), 1.0);
@@ -151,7 +162,10 @@ impl CustomOp3 for LoraLinear {
             // dA = gbᵀ·drop(x) [r, in]
             let da = product((d.r, d.inp, d.n), Mat::rows(&gb, d.r).t(), Mat::rows(xd, d.inp), 1.0);
             // dB = s·dyᵀ·(drop(x)·Aᵀ) [out, r]
-            let t = d.down(xd, a);
+            let t = match saved {
+                Some(t) if t.len() == d.n * d.r => t,
+                _ => d.down(xd, a),
+            };
             let db = product((d.out, d.r, d.n), Mat::rows(g, d.out).t(), Mat::rows(&t, d.r), s);
             Ok((dx, Some(tensor(da, (d.r, d.inp))?), Some(tensor(db, (d.out, d.r))?)))
         })
