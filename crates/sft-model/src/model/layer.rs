@@ -68,6 +68,9 @@ impl Linear {
     }
 }
 
+/// `x·Wᵀ` by the cheapest route: a trainable weight through the linear op (both gradients); a
+/// frozen one with a gradient to `x` only; a few rows through which no gradient flows
+/// (decoding) through the bandwidth-bound matrix-vector kernel.
 pub(crate) fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     match (x.track_op(), weight.track_op()) {
         (_, true) => linear(x, weight, None),
@@ -189,13 +192,15 @@ impl Layer {
     pub fn forward(&self, h: &Tensor, cfg: &ModelConfig, cx: &Context, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let norm = |x: &Tensor, w: &Tensor| rms_norm(x, w, cfg.rms_norm_eps, cfg.norm_offset);
         // Without a sandwich norm the residual add happens inside the output projection.
+        let x = norm(h, &self.input_norm)?;
         let h = match &self.post_attention_norm {
-            Some(w) => (h + norm(&self.attention(&norm(h, &self.input_norm)?, cfg, cx, cache, None)?, w)?)?,
-            None => self.attention(&norm(h, &self.input_norm)?, cfg, cx, cache, Some(h))?,
+            Some(w) => (h + norm(&self.attention(&x, cfg, cx, cache, None)?, w)?)?,
+            None => self.attention(&x, cfg, cx, cache, Some(h))?,
         };
+        let x = norm(&h, &self.mlp_norm)?;
         match &self.post_mlp_norm {
-            Some(w) => &h + norm(&self.mlp(&norm(&h, &self.mlp_norm)?, cfg, cx.dropout, None)?, w)?,
-            None => self.mlp(&norm(&h, &self.mlp_norm)?, cfg, cx.dropout, Some(&h)),
+            Some(w) => &h + norm(&self.mlp(&x, cfg, cx.dropout, None)?, w)?,
+            None => self.mlp(&x, cfg, cx.dropout, Some(&h)),
         }
     }
 

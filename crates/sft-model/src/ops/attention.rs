@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Dst, Mat};
-use super::{cpu_f32, exp_in_place, with_f32s};
+use super::{cpu_f32, exp_in_place, lock, with_f32s};
 
 /// Queries per block.
 const BLOCK: usize = 64;
@@ -168,13 +168,13 @@ impl CustomOp3 for Attention {
             }
             lse[task * d.t..(task + 1) * d.t].copy_from_slice(&l);
         }
-        *self.lse.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned lock".into()))? = Some(Arc::new(lse));
+        *lock(&self.lse, "attention")? = Some(Arc::new(lse));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = Dims::of(q.dims(), k.dims(), v.dims())?;
-        let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned lock".into()))?.clone();
+        let lse = lock(&self.lse, "attention")?.clone();
         let Some(lse) = lse else { candle_core::bail!("attention: backward before forward") };
         with_f32s([q, k, v, out, grad], self.name(), |[q_, k_, v_, o_, g_]| self.backward(&d, &lse, [q_, k_, v_, o_, g_]))
     }

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::amx::{self, PackedB};
 use super::frozen_matmul::{dense_forward, dense_input_grad, packed_forward, packed_input_grad, quant_forward, quant_input_grad};
 use super::gemm::{gemm, Dst, Mat};
-use super::{exp_in_place, with_f32};
+use super::{exp_in_place, with_f32s};
 use crate::quant::QuantWeight;
 
 /// Logit elements per chunk (16 MiB of f32, below glibc's largest mmap threshold so that the
@@ -117,35 +117,33 @@ impl LinearCrossEntropy {
         let (n, d) = hidden.dims2()?;
         let vocab = weight.dim(0)?;
         let (mut sum, mut lses) = (0f64, Vec::with_capacity(n));
-        with_f32(hidden, "cross-entropy", |h| {
-            with_f32(weight, "cross-entropy", |w| {
-                let packed = self.bf16_weight.as_deref().and_then(packed_forward);
-                let head = match (packed, self.bf16_weight.as_deref()) {
-                    (Some(p), _) => Head::Packed(p),
-                    (None, Some(q)) => Head::Compact(q),
-                    (None, None) => Head::Dense(w),
-                };
-                for (start, len) in self.chunks(n) {
-                    let mut z = head.logits(&h[start * d..(start + len) * d], len, vocab)?;
-                    self.cap(&mut z);
-                    let targets = &self.targets[start..start + len];
-                    // Per row: the target's logit, then the log-sum-exp (z is scratch afterwards).
-                    let rows: Vec<(f32, f32)> = z
-                        .par_chunks_mut(vocab)
-                        .zip(targets)
-                        .map(|(row, &t)| {
-                            let picked = row[t as usize];
-                            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                            row.iter_mut().for_each(|x| *x -= max);
-                            exp_in_place(row);
-                            (max + row.iter().sum::<f32>().ln(), picked)
-                        })
-                        .collect();
-                    sum += rows.iter().map(|(lse, picked)| (lse - picked) as f64).sum::<f64>();
-                    lses.extend(rows.iter().map(|r| r.0));
-                }
-                Ok(())
-            })
+        with_f32s([hidden, weight], "cross-entropy", |[h, w]| {
+            let packed = self.bf16_weight.as_deref().and_then(packed_forward);
+            let head = match (packed, self.bf16_weight.as_deref()) {
+                (Some(p), _) => Head::Packed(p),
+                (None, Some(q)) => Head::Compact(q),
+                (None, None) => Head::Dense(w),
+            };
+            for (start, len) in self.chunks(n) {
+                let mut z = head.logits(&h[start * d..(start + len) * d], len, vocab)?;
+                self.cap(&mut z);
+                let targets = &self.targets[start..start + len];
+                // Per row: the target's logit, then the log-sum-exp (z is scratch afterwards).
+                let rows: Vec<(f32, f32)> = z
+                    .par_chunks_mut(vocab)
+                    .zip(targets)
+                    .map(|(row, &t)| {
+                        let picked = row[t as usize];
+                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        row.iter_mut().for_each(|x| *x -= max);
+                        exp_in_place(row);
+                        (max + row.iter().sum::<f32>().ln(), picked)
+                    })
+                    .collect();
+                sum += rows.iter().map(|(lse, picked)| (lse - picked) as f64).sum::<f64>();
+                lses.extend(rows.iter().map(|r| r.0));
+            }
+            Ok(())
         })?;
         self.sum = sum as f32;
         self.lse = lses;
@@ -171,37 +169,35 @@ impl CustomOp2 for LinearCrossEntropy {
         let vocab = weight.dim(0)?;
         let mut dh = Vec::with_capacity(n * d);
         let mut dw = if train_weight { vec![0f32; vocab * d] } else { Vec::new() };
-        with_f32(hidden, self.name(), |h| {
-            with_f32(weight, self.name(), |w| {
-                let packed = self.bf16_weight.as_deref().and_then(|q| Some((packed_forward(q)?, packed_input_grad(q)?)));
-                let (forward, backward) = match (packed, self.bf16_weight.as_deref()) {
-                    (Some((f, b)), _) => (Head::Packed(f), Head::Packed(b)),
-                    (None, Some(q)) => (Head::Compact(q), Head::Compact(q)),
-                    (None, None) => (Head::Dense(w), Head::Dense(w)),
-                };
-                for (start, len) in self.chunks(n) {
-                    let rows = &h[start * d..(start + len) * d];
-                    let mut z = forward.logits(rows, len, vocab)?;
-                    self.cap(&mut z);
-                    let (targets, lse) = (&self.targets[start..start + len], &self.lse[start..start + len]);
-                    // dz = g·(softmax(z) − onehot(target)), times 1 − (z/cap)² under a soft cap.
-                    z.par_chunks_mut(vocab).zip(targets.par_iter().zip(lse)).for_each(|(row, (&t, &lse))| {
-                        let capped = self.softcap.map(|cap| (cap as f32, row.to_vec()));
-                        row.iter_mut().for_each(|x| *x -= lse);
-                        exp_in_place(row);
-                        row[t as usize] -= 1.0;
-                        row.iter_mut().for_each(|x| *x *= g);
-                        if let Some((cap, z)) = capped {
-                            row.iter_mut().zip(z).for_each(|(x, z)| *x *= 1.0 - (z / cap) * (z / cap));
-                        }
-                    });
-                    dh.extend(backward.input_grad(&z, len, d)?);
-                    if train_weight {
-                        gemm(Dst::rows(&mut dw, d).add().parallel(), (vocab, d, len), Mat::rows(&z, vocab).t(), Mat::rows(rows, d));
+        with_f32s([hidden, weight], self.name(), |[h, w]| {
+            let packed = self.bf16_weight.as_deref().and_then(|q| Some((packed_forward(q)?, packed_input_grad(q)?)));
+            let (forward, backward) = match (packed, self.bf16_weight.as_deref()) {
+                (Some((f, b)), _) => (Head::Packed(f), Head::Packed(b)),
+                (None, Some(q)) => (Head::Compact(q), Head::Compact(q)),
+                (None, None) => (Head::Dense(w), Head::Dense(w)),
+            };
+            for (start, len) in self.chunks(n) {
+                let rows = &h[start * d..(start + len) * d];
+                let mut z = forward.logits(rows, len, vocab)?;
+                self.cap(&mut z);
+                let (targets, lse) = (&self.targets[start..start + len], &self.lse[start..start + len]);
+                // dz = g·(softmax(z) − onehot(target)), times 1 − (z/cap)² under a soft cap.
+                z.par_chunks_mut(vocab).zip(targets.par_iter().zip(lse)).for_each(|(row, (&t, &lse))| {
+                    let capped = self.softcap.map(|cap| (cap as f32, row.to_vec()));
+                    row.iter_mut().for_each(|x| *x -= lse);
+                    exp_in_place(row);
+                    row[t as usize] -= 1.0;
+                    row.iter_mut().for_each(|x| *x *= g);
+                    if let Some((cap, z)) = capped {
+                        row.iter_mut().zip(z).for_each(|(x, z)| *x *= 1.0 - (z / cap) * (z / cap));
                     }
+                });
+                dh.extend(backward.input_grad(&z, len, d)?);
+                if train_weight {
+                    gemm(Dst::rows(&mut dw, d).add().parallel(), (vocab, d, len), Mat::rows(&z, vocab).t(), Mat::rows(rows, d));
                 }
-                Ok(())
-            })
+            }
+            Ok(())
         })?;
         let dh = Tensor::from_vec(dh, (n, d), &Device::Cpu)?;
         let dw = if train_weight { Some(Tensor::from_vec(dw, (vocab, d), &Device::Cpu)?) } else { None };

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::gemm::{gemm, product, Dst, Mat};
-use super::{amx, cpu_f32, linear_dims, matvec_rows, with_f32, MATVEC_MAX_ROWS};
+use super::{amx, cpu_f32, linear_dims, matvec_rows, with_f32, with_f32s, MATVEC_MAX_ROWS};
 use crate::quant::QuantWeight;
 
 /// Most f32 values of a dequantized tile (16 MiB).
@@ -38,7 +38,9 @@ impl CustomOp2 for FrozenMatMul {
     }
 
     fn bwd(&self, _x: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(weight)?), None))
+        let (n, inp) = (grad.dim(0)?, weight.dim(1)?);
+        let dx = with_f32s([grad, weight], self.name(), |[g, w]| Ok(dense_input_grad(g, n, w, inp)))?;
+        Ok((Some(Tensor::from_vec(dx, (n, inp), grad.device())?), None))
     }
 }
 

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, exp_in_place, with_f32};
+use super::{cpu_f32, exp_in_place, with_f32s};
 
 /// The gate's activation (transformers' `hidden_act` / `hidden_activation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,24 +79,20 @@ impl CustomOp2 for Glu {
     }
 
     fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dgate, dup): (Vec<f32>, Vec<f32>) = with_f32(gate, self.name(), |g| {
-            with_f32(up, self.name(), |u| {
-                with_f32(grad, self.name(), |d| {
-                    let (mut dgate, mut dup) = (vec![0f32; g.len()], vec![0f32; g.len()]);
-                    let outputs = dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK));
-                    let inputs = g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK).zip(d.par_chunks(CHUNK)));
-                    outputs.zip(inputs).for_each(|((dgate, dup), (g, (u, d)))| {
-                        // The activation lands in `dup`, its derivative in `dgate`, then both
-                        // are scaled in place.
-                        self.0.apply(g, dup, Some(dgate));
-                        for ((dg, du), (&u, &d)) in dgate.iter_mut().zip(dup.iter_mut()).zip(u.iter().zip(d)) {
-                            *dg *= d * u;
-                            *du *= d;
-                        }
-                    });
-                    Ok((dgate, dup))
-                })
-            })
+        let (dgate, dup): (Vec<f32>, Vec<f32>) = with_f32s([gate, up, grad], self.name(), |[g, u, d]| {
+            let (mut dgate, mut dup) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+            let outputs = dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK));
+            let inputs = g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK).zip(d.par_chunks(CHUNK)));
+            outputs.zip(inputs).for_each(|((dgate, dup), (g, (u, d)))| {
+                // The activation lands in `dup`, its derivative in `dgate`, then both
+                // are scaled in place.
+                self.0.apply(g, dup, Some(dgate));
+                for ((dg, du), (&u, &d)) in dgate.iter_mut().zip(dup.iter_mut()).zip(u.iter().zip(d)) {
+                    *dg *= d * u;
+                    *du *= d;
+                }
+            });
+            Ok((dgate, dup))
         })?;
         Ok((
             Some(Tensor::from_vec(dgate, gate.shape(), gate.device())?),

@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shap
 
 use super::frozen_matmul::{dense_forward, dense_input_grad};
 use super::gemm::{product, Mat};
-use super::{cpu_f32, linear_dims, with_f32};
+use super::{cpu_f32, linear_dims, with_f32s};
 
 /// `x` `[n, in]` times `weight` `[out, in]` transposed, plus `residual` `[n, out]` if given.
 pub fn linear(x: &Tensor, weight: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
@@ -42,12 +42,13 @@ impl Linear {
     fn backward(&self, x: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
         let (n, inp) = x.dims2()?;
         let out = weight.dim(0)?;
-        with_f32(grad, "linear", |g| {
-            let dx = match x.track_op() {
-                true => Some(with_f32(weight, "linear", |w| Tensor::from_vec(dense_input_grad(g, n, w, inp), (n, inp), &Device::Cpu))?),
+        let x_tracked = x.track_op();
+        with_f32s([grad, weight, x], "linear", |[g, w, x]| {
+            let dx = match x_tracked {
+                true => Some(Tensor::from_vec(dense_input_grad(g, n, w, inp), (n, inp), &Device::Cpu)?),
                 false => None,
             };
-            let dw = with_f32(x, "linear", |x| Ok(product((out, inp, n), Mat::rows(g, out).t(), Mat::rows(x, inp), 1.0)))?;
+            let dw = product((out, inp, n), Mat::rows(g, out).t(), Mat::rows(x, inp), 1.0);
             Ok((dx, Tensor::from_vec(dw, (out, inp), &Device::Cpu)?))
         })
     }

@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
 use super::frozen_matmul::{dense_forward, dense_input_grad, quant_forward, quant_input_grad};
 use super::gemm::{gemm, product, Dst, Mat};
-use super::{cpu_f32, with_f32, with_f32s};
+use super::{cpu_f32, lock, with_f32, with_f32s};
 use crate::lora::Dropout;
 use crate::quant::QuantWeight;
 
@@ -122,7 +122,7 @@ impl CustomOp3 for LoraOp {
         let dropped = layer.drop(x);
         let t = d.down(dropped.as_ref().map_or(x, |(_, xd)| xd), a);
         gemm(Dst::rows(&mut y, d.out).add().scaled(layer.scaling as f32).parallel(), (d.n, d.out, d.r), Mat::rows(&t, d.r), Mat::rows(b, d.r).t());
-        *self.down.lock().map_err(|_| candle_core::Error::Msg("lora_linear: poisoned lock".into()))? = Some(t);
+        *lock(&self.down, "lora_linear")? = Some(t);
         if let Some(bias) = &layer.bias {
             with_f32(bias, self.name(), |bias| {
                 y.chunks_exact_mut(d.out).for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
@@ -135,7 +135,7 @@ impl CustomOp3 for LoraOp {
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = Dims::new(x.layout(), a.layout(), b.layout())?;
         let (layer, s, x_tracked) = (&self.layer, self.layer.scaling as f32, x.track_op());
-        let saved = self.down.lock().map_err(|_| candle_core::Error::Msg("lora_linear: poisoned lock".into()))?.take();
+        let saved = lock(&self.down, "lora_linear")?.take();
         with_f32s([x, a, b, grad], self.name(), |[x, a, b, g]| {
             let dropped = layer.drop(x);
             let (mask, xd) = match &dropped {

@@ -52,6 +52,11 @@ fn linear_dims(op: &str, x: &Layout, weight: &Layout) -> Result<(usize, usize, u
     }
 }
 
+/// The state an op keeps from its forward pass for its backward pass, locked.
+fn lock<'a, T>(state: &'a std::sync::Mutex<T>, op: &str) -> Result<std::sync::MutexGuard<'a, T>> {
+    state.lock().map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned lock")))
+}
+
 /// Runs `f` over a tensor's f32 data (made contiguous first; CPU only).
 fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     with_f32s([t], op, |[x]| f(x))

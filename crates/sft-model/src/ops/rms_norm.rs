@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, with_f32};
+use super::{cpu_f32, with_f32s};
 
 /// `rms_norm(x, weight, eps, offset)`; `x` is `[.., d]`, `weight` is `[d]`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f32) -> Result<Tensor> {
@@ -48,41 +48,37 @@ impl CustomOp2 for RmsNorm {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let d = w.elem_count();
-        let (dx, dw) = with_f32(x, self.name(), |x| {
-            with_f32(w, self.name(), |w| {
-                with_f32(grad, self.name(), |g| {
-                    let mut dx = vec![0f32; x.len()];
-                    // Fixed blocks of rows, summed in order: the weight gradient is the same
-                    // bit for bit on every run (resume must equal an uninterrupted run).
-                    let partials: Vec<Vec<f32>> = dx
-                        .par_chunks_mut(ROWS_PER_BLOCK * d)
-                        .zip(x.par_chunks(ROWS_PER_BLOCK * d).zip(g.par_chunks(ROWS_PER_BLOCK * d)))
-                        .map(|(dxb, (xb, gb))| {
-                            let mut dw = vec![0f32; d];
-                            for (dxr, (xr, gr)) in dxb.chunks_mut(d).zip(xb.chunks(d).zip(gb.chunks(d))) {
-                                let r = inv_rms(xr, self.eps);
-                                // ĝ = g · (w + offset); dx = r · (ĝ − x̂ · mean(ĝ · x̂)), x̂ = x · r
-                                let mut dot = 0f32;
-                                for ((xv, gv), wv) in xr.iter().zip(gr).zip(w) {
-                                    dot += gv * (wv + self.offset) * xv * r;
-                                }
-                                let mean = dot / d as f32;
-                                for (k, dxv) in dxr.iter_mut().enumerate() {
-                                    let xhat = xr[k] * r;
-                                    *dxv = r * (gr[k] * (w[k] + self.offset) - xhat * mean);
-                                    dw[k] += gr[k] * xhat;
-                                }
-                            }
-                            dw
-                        })
-                        .collect();
+        let (dx, dw) = with_f32s([x, w, grad], self.name(), |[x, w, g]| {
+            let mut dx = vec![0f32; x.len()];
+            // Fixed blocks of rows, summed in order: the weight gradient is the same
+            // bit for bit on every run (resume must equal an uninterrupted run).
+            let partials: Vec<Vec<f32>> = dx
+                .par_chunks_mut(ROWS_PER_BLOCK * d)
+                .zip(x.par_chunks(ROWS_PER_BLOCK * d).zip(g.par_chunks(ROWS_PER_BLOCK * d)))
+                .map(|(dxb, (xb, gb))| {
                     let mut dw = vec![0f32; d];
-                    for p in &partials {
-                        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+                    for (dxr, (xr, gr)) in dxb.chunks_mut(d).zip(xb.chunks(d).zip(gb.chunks(d))) {
+                        let r = inv_rms(xr, self.eps);
+                        // ĝ = g · (w + offset); dx = r · (ĝ − x̂ · mean(ĝ · x̂)), x̂ = x · r
+                        let mut dot = 0f32;
+                        for ((xv, gv), wv) in xr.iter().zip(gr).zip(w) {
+                            dot += gv * (wv + self.offset) * xv * r;
+                        }
+                        let mean = dot / d as f32;
+                        for (k, dxv) in dxr.iter_mut().enumerate() {
+                            let xhat = xr[k] * r;
+                            *dxv = r * (gr[k] * (w[k] + self.offset) - xhat * mean);
+                            dw[k] += gr[k] * xhat;
+                        }
                     }
-                    Ok((dx, dw))
+                    dw
                 })
-            })
+                .collect();
+            let mut dw = vec![0f32; d];
+            for p in &partials {
+                dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+            }
+            Ok((dx, dw))
         })?;
         let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
         let dw = Tensor::from_vec(dw, w.shape(), w.device())?;

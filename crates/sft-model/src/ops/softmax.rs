@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, exp_in_place, with_f32};
+use super::{cpu_f32, exp_in_place, with_f32s};
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -36,17 +36,15 @@ impl CustomOp1 for Softmax {
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let d = res.dims().last().copied().unwrap_or(1).max(1);
-        let dx = with_f32(res, self.name(), |y| {
-            with_f32(grad, self.name(), |g| {
-                let mut dx = vec![0f32; y.len()];
-                dx.par_chunks_mut(d).zip(y.par_chunks(d).zip(g.par_chunks(d))).for_each(|(dr, (yr, gr))| {
-                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                    for ((dv, yv), gv) in dr.iter_mut().zip(yr).zip(gr) {
-                        *dv = yv * (gv - dot);
-                    }
-                });
-                Ok(dx)
-            })
+        let dx = with_f32s([res, grad], self.name(), |[y, g]| {
+            let mut dx = vec![0f32; y.len()];
+            dx.par_chunks_mut(d).zip(y.par_chunks(d).zip(g.par_chunks(d))).for_each(|(dr, (yr, gr))| {
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for ((dv, yv), gv) in dr.iter_mut().zip(yr).zip(gr) {
+                    *dv = yv * (gv - dot);
+                }
+            });
+            Ok(dx)
         })?;
         Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
     }
