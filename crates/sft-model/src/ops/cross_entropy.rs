@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use super::amx::{self, PackedB};
 use super::frozen_matmul::{dense_forward, dense_input_grad, packed_forward, packed_input_grad, quant_forward, quant_input_grad};
 use super::gemm::{gemm, Dst, Mat};
+use super::lanes::{self, wide};
 use super::{exp_in_place, with_f32s};
 use crate::quant::QuantWeight;
 
@@ -134,10 +135,10 @@ impl LinearCrossEntropy {
                     .zip(targets)
                     .map(|(row, &t)| {
                         let picked = row[t as usize];
-                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        row.iter_mut().for_each(|x| *x -= max);
+                        let max = lanes::max(row);
+                        wide(|| row.iter_mut().for_each(|x| *x -= max));
                         exp_in_place(row);
-                        (max + row.iter().sum::<f32>().ln(), picked)
+                        (max + lanes::sum(row).ln(), picked)
                     })
                     .collect();
                 sum += rows.iter().map(|(lse, picked)| (lse - picked) as f64).sum::<f64>();
@@ -184,10 +185,10 @@ impl CustomOp2 for LinearCrossEntropy {
                 // dz = g·(softmax(z) − onehot(target)), times 1 − (z/cap)² under a soft cap.
                 z.par_chunks_mut(vocab).zip(targets.par_iter().zip(lse)).for_each(|(row, (&t, &lse))| {
                     let capped = self.softcap.map(|cap| (cap as f32, row.to_vec()));
-                    row.iter_mut().for_each(|x| *x -= lse);
+                    wide(|| row.iter_mut().for_each(|x| *x -= lse));
                     exp_in_place(row);
                     row[t as usize] -= 1.0;
-                    row.iter_mut().for_each(|x| *x *= g);
+                    wide(|| row.iter_mut().for_each(|x| *x *= g));
                     if let Some((cap, z)) = capped {
                         row.iter_mut().zip(z).for_each(|(x, z)| *x *= 1.0 - (z / cap) * (z / cap));
                     }

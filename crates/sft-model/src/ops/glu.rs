@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::lanes::wide;
 use super::{cpu_f32, exp_in_place, with_f32s};
 
 /// The gate's activation (transformers' `hidden_act` / `hidden_activation`).
@@ -27,14 +28,17 @@ impl Activation {
         match self {
             Activation::Silu => {
                 // sigmoid(x) = 1 / (1 + e^-x), the exponentials taken a slice at a time.
-                a.iter_mut().zip(g).for_each(|(a, &x)| *a = -x);
+                wide(|| a.iter_mut().zip(g).for_each(|(a, &x)| *a = -x));
                 exp_in_place(a);
-                for (i, (a, &x)) in a.iter_mut().zip(g).enumerate() {
-                    let s = 1.0 / (1.0 + *a);
-                    if let Some(da) = da.as_deref_mut() {
-                        da[i] = s * (1.0 + x * (1.0 - s));
-                    }
-                    *a = x * s;
+                match da {
+                    Some(da) => wide(|| {
+                        for ((a, da), &x) in a.iter_mut().zip(da.iter_mut()).zip(g) {
+                            let s = 1.0 / (1.0 + *a);
+                            *da = s * (1.0 + x * (1.0 - s));
+                            *a = x * s;
+                        }
+                    }),
+                    None => wide(|| a.iter_mut().zip(g).for_each(|(a, &x)| *a = x * (1.0 / (1.0 + *a)))),
                 }
             }
             Activation::GeluTanh => {
@@ -73,7 +77,7 @@ impl CustomOp2 for Glu {
         let mut y = vec![0f32; gate.len()];
         y.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(y, (g, u))| {
             self.0.apply(g, y, None);
-            y.iter_mut().zip(u).for_each(|(y, u)| *y *= u);
+            wide(|| y.iter_mut().zip(u).for_each(|(y, u)| *y *= u));
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -87,10 +91,12 @@ impl CustomOp2 for Glu {
                 // The activation lands in `dup`, its derivative in `dgate`, then both
                 // are scaled in place.
                 self.0.apply(g, dup, Some(dgate));
-                for ((dg, du), (&u, &d)) in dgate.iter_mut().zip(dup.iter_mut()).zip(u.iter().zip(d)) {
-                    *dg *= d * u;
-                    *du *= d;
-                }
+                wide(|| {
+                    for ((dg, du), (&u, &d)) in dgate.iter_mut().zip(dup.iter_mut()).zip(u.iter().zip(d)) {
+                        *dg *= d * u;
+                        *du *= d;
+                    }
+                });
             });
             Ok((dgate, dup))
         })?;

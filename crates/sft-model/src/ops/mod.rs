@@ -9,6 +9,7 @@ mod attention;
 mod cross_entropy;
 mod exp;
 mod glu;
+mod lanes;
 mod lora_linear;
 mod matvec;
 mod frozen_matmul;

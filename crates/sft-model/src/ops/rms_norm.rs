@@ -4,7 +4,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, with_f32s};
+use super::lanes::wide;
+use super::{cpu_f32, dot, with_f32s};
 
 /// `rms_norm(x, weight, eps, offset)`; `x` is `[.., d]`, `weight` is `[d]`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f32) -> Result<Tensor> {
@@ -20,7 +21,7 @@ struct RmsNorm {
 }
 
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    let ms = dot(row, row) / row.len() as f32;
     1.0 / (ms + eps).sqrt()
 }
 
@@ -39,9 +40,7 @@ impl CustomOp2 for RmsNorm {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
             let r = inv_rms(xr, self.eps);
-            for ((yv, xv), wv) in yr.iter_mut().zip(xr).zip(w) {
-                *yv = xv * r * (wv + self.offset);
-            }
+            wide(|| yr.iter_mut().zip(xr).zip(w).for_each(|((yv, xv), wv)| *yv = xv * r * (wv + self.offset)));
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -60,16 +59,16 @@ impl CustomOp2 for RmsNorm {
                     for (dxr, (xr, gr)) in dxb.chunks_mut(d).zip(xb.chunks(d).zip(gb.chunks(d))) {
                         let r = inv_rms(xr, self.eps);
                         // ĝ = g · (w + offset); dx = r · (ĝ − x̂ · mean(ĝ · x̂)), x̂ = x · r
-                        let mut dot = 0f32;
-                        for ((xv, gv), wv) in xr.iter().zip(gr).zip(w) {
-                            dot += gv * (wv + self.offset) * xv * r;
-                        }
-                        let mean = dot / d as f32;
-                        for (k, dxv) in dxr.iter_mut().enumerate() {
-                            let xhat = xr[k] * r;
-                            *dxv = r * (gr[k] * (w[k] + self.offset) - xhat * mean);
-                            dw[k] += gr[k] * xhat;
-                        }
+                        // ĝ first (into dx), then dx in place.
+                        wide(|| dxr.iter_mut().zip(gr.iter().zip(w)).for_each(|(gh, (gv, wv))| *gh = gv * (wv + self.offset)));
+                        let mean = dot(dxr, xr) * r / d as f32;
+                        wide(|| {
+                            for (k, dxv) in dxr.iter_mut().enumerate() {
+                                let xhat = xr[k] * r;
+                                *dxv = r * (*dxv - xhat * mean);
+                                dw[k] += gr[k] * xhat;
+                            }
+                        });
                     }
                     dw
                 })

@@ -4,7 +4,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, exp_in_place, with_f32s};
+use super::lanes::{self, wide};
+use super::{cpu_f32, dot, exp_in_place, with_f32s};
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -23,13 +24,11 @@ impl CustomOp1 for Softmax {
         let d = layout.dims().last().copied().unwrap_or(1).max(1);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
-            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for (yv, xv) in yr.iter_mut().zip(xr) {
-                *yv = xv - max;
-            }
+            let max = lanes::max(xr);
+            wide(|| yr.iter_mut().zip(xr).for_each(|(yv, xv)| *yv = xv - max));
             exp_in_place(yr);
-            let inv = 1.0 / yr.iter().sum::<f32>();
-            yr.iter_mut().for_each(|v| *v *= inv);
+            let inv = 1.0 / lanes::sum(yr);
+            wide(|| yr.iter_mut().for_each(|v| *v *= inv));
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
@@ -39,10 +38,8 @@ impl CustomOp1 for Softmax {
         let dx = with_f32s([res, grad], self.name(), |[y, g]| {
             let mut dx = vec![0f32; y.len()];
             dx.par_chunks_mut(d).zip(y.par_chunks(d).zip(g.par_chunks(d))).for_each(|(dr, (yr, gr))| {
-                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                for ((dv, yv), gv) in dr.iter_mut().zip(yr).zip(gr) {
-                    *dv = yv * (gv - dot);
-                }
+                let dot = dot(yr, gr);
+                wide(|| dr.iter_mut().zip(yr).zip(gr).for_each(|((dv, yv), gv)| *dv = yv * (gv - dot)));
             });
             Ok(dx)
         })?;
