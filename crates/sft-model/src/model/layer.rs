@@ -215,18 +215,14 @@ impl Layer {
             }
         };
         let table = &cx.ropes[self.index];
-        // `[b, t, heads, hd]`, normed and rotated.
-        let heads = |x: Tensor, n: usize, norm_w: &Option<Tensor>, rotate: bool| -> Result<Tensor> {
-            let mut x = x.reshape((b, t, n, hd))?;
-            if let Some(w) = norm_w {
-                x = rms_norm(&x, w, cfg.rms_norm_eps, cfg.norm_offset)?;
+        // q and k normed per head where the model does (Qwen3); rotated inside the attention op.
+        let heads = |x: Tensor, n: usize, norm_w: &Option<Tensor>| -> Result<Tensor> {
+            match norm_w {
+                Some(w) => rms_norm(&x.reshape((b, t, n, hd))?, w, cfg.rms_norm_eps, cfg.norm_offset),
+                None => Ok(x),
             }
-            if rotate {
-                x = rope(&x, table)?;
-            }
-            Ok(x)
         };
-        let (q, k, v) = (heads(q, nh, &self.attn.q_norm, true)?, heads(k, nkv, &self.attn.k_norm, true)?, heads(v, nkv, &None, false)?);
+        let (q, k) = (heads(q, nh, &self.attn.q_norm)?, heads(k, nkv, &self.attn.k_norm)?);
         if let Some(cache) = cache {
             let shape = AttentionShape {
                 heads: nh,
@@ -236,18 +232,22 @@ impl Layer {
                 softcap: cfg.attn_softcap.map(|c| c as f32),
                 window: cfg.layers[self.index].sliding_window,
             };
-            let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
-            let out = cache.attend(&flat(&q)?, &flat(&k)?, &flat(&v)?, &shape);
+            let rotated = |x: &Tensor, n: usize| rope(&x.reshape((b, t, n, hd))?, table)?.flatten_all()?.to_vec1::<f32>();
+            let out = cache.attend(&rotated(&q, nh)?, &rotated(&k, nkv)?, &v.flatten_all()?.to_vec1::<f32>()?, &shape);
             return self.attn.o.forward_add(&Tensor::from_vec(out, (t, nh * hd), x.device())?, cx.dropout, residual);
         }
         let window = cfg.layers[self.index].sliding_window;
         let spec = AttentionSpec {
+            batch: b,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            rope: Some(table.clone()),
             scale: cfg.attention_scale as f32,
             softcap: cfg.attn_softcap.map(|c| c as f32),
             first: cx.starts(window)?.clone(),
         };
-        let out = attention(&q, &k, &v, &spec)?.reshape((b * t, nh * hd))?;
-        self.attn.o.forward_add(&out, cx.dropout, residual)
+        self.attn.o.forward_add(&attention(&q, &k, &v, &spec)?, cx.dropout, residual)
     }
 
     fn mlp(&self, x: &Tensor, cfg: &ModelConfig, d: Option<Dropout>, residual: Option<&Tensor>) -> Result<Tensor> {

@@ -39,6 +39,33 @@ impl RopeTable {
     pub fn tokens(&self) -> usize {
         self.cos.len().checked_div(self.half).unwrap_or(0)
     }
+
+    /// Rotates `x` in place: the table's tokens one after the other, each some heads of
+    /// `head_dim` features; `inverse` rotates by the negative angles (a rotation's transpose, for
+    /// backward passes).
+    pub(crate) fn rotate(&self, x: &mut [f32], head_dim: usize, inverse: bool) -> Result<()> {
+        let (half, tokens) = (self.half, self.tokens());
+        if x.is_empty() && tokens == 0 {
+            return Ok(());
+        }
+        if 2 * half > head_dim || tokens == 0 || x.len() % (tokens * head_dim) != 0 {
+            candle_core::bail!("rope: table for {tokens} tokens × {half} angles does not fit {} values of heads of {head_dim}", x.len());
+        }
+        let sign = if inverse { -1.0 } else { 1.0 };
+        x.par_chunks_mut(x.len() / tokens).enumerate().for_each(|(token, xt)| {
+            let cos = &self.cos[token * half..(token + 1) * half];
+            let sin = &self.sin[token * half..(token + 1) * half];
+            for head in xt.chunks_mut(head_dim) {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    let s = sign * sin[i];
+                    head[i] = a * cos[i] - b * s;
+                    head[i + half] = b * cos[i] + a * s;
+                }
+            }
+        });
+        Ok(())
+    }
 }
 
 /// Rotates `x` of shape `[batch, seq, heads, head_dim]` (tokens in the table's order).
@@ -54,27 +81,14 @@ struct Rope {
 
 impl Rope {
     fn apply(&self, x: &[f32], dims: &[usize]) -> Result<Vec<f32>> {
-        let [b, t, h, d] = dims else {
+        let &[b, t, _, d] = dims else {
             candle_core::bail!("rope: expects [batch, seq, heads, head_dim], got {dims:?}");
         };
-        let half = self.table.half;
-        if 2 * half > *d || self.table.tokens() != b * t {
-            candle_core::bail!("rope: table for {} tokens × {half} angles does not fit {dims:?}", self.table.tokens());
+        if self.table.tokens() != b * t {
+            candle_core::bail!("rope: table for {} tokens does not fit {dims:?}", self.table.tokens());
         }
-        let sign = if self.inverse { -1.0 } else { 1.0 };
         let mut y = x.to_vec();
-        y.par_chunks_mut(h * d).enumerate().for_each(|(token, yt)| {
-            let cos = &self.table.cos[token * half..(token + 1) * half];
-            let sin = &self.table.sin[token * half..(token + 1) * half];
-            for head in yt.chunks_mut(*d) {
-                for i in 0..half {
-                    let (a, b) = (head[i], head[i + half]);
-                    let s = sign * sin[i];
-                    head[i] = a * cos[i] - b * s;
-                    head[i + half] = b * cos[i] + a * s;
-                }
-            }
-        });
+        self.table.rotate(&mut y, d, self.inverse)?;
         Ok(y)
     }
 }
