@@ -3,7 +3,8 @@
 //! Usage: bench_train MODEL_DIR lora|lora-bf16|full STEPS SEQ BATCH [gc] → one JSON line on
 //! stdout (`lora-bf16`: `bf16: true`, base weights in bf16 multiplied in bf16; `gc`: gradient
 //! checkpointing):
-//! {"step_seconds": [...], "losses": [...], "tokens_per_s", "peak_rss_mib", "matmul_gflops", "trainable"}.
+//! {"step_seconds": [...], "losses": [...], "tokens_per_s", "busy_cores" (CPU time over wall time
+//! of the timed steps), "peak_rss_mib", "matmul_gflops", "trainable"}.
 //! Every sequence has its first half masked (-100) and trains on the second half; ids are a
 //! fixed pseudo-random function of the position, as in scripts/bench_train.py.
 
@@ -51,10 +52,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = Batch::new(&sequences, 0)?;
     let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
-    let (mut times, mut losses) = (vec![], vec![]);
+    let (mut times, mut losses, mut cpu) = (vec![], vec![], 0.0);
     // One untimed warm-up step, then `steps` timed ones.
     for step in 0..=steps {
-        let start = Instant::now();
+        let (start, cpu_start) = (Instant::now(), cpu_seconds());
         // The graph (activations) goes before the optimizer step, as in the trainer.
         let grads: Vec<Tensor> = {
             let loss = model.loss(&data)?.mean()?;
@@ -69,12 +70,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         optimizer.step(&grads, 1e-4)?;
         if step > 0 {
             times.push(start.elapsed().as_secs_f64());
+            cpu += cpu_seconds() - cpu_start;
         }
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let trainable: usize = model.params().iter().map(|(_, v)| v.elem_count()).sum();
     let line = serde_json::json!({
-        "step_seconds": times, "losses": losses, "tokens_per_s": (seq * batch) as f64 / mean, "peak_rss_mib": peak_rss_mib(),
+        "step_seconds": times, "losses": losses, "tokens_per_s": (seq * batch) as f64 / mean,
+        "busy_cores": cpu / times.iter().sum::<f64>(), "peak_rss_mib": peak_rss_mib(),
         "matmul_gflops": matmul_gflops(seq * batch, model.config().hidden_size, model.config().intermediate_size)?,
         "trainable": trainable,
     });
@@ -93,6 +96,17 @@ fn matmul_gflops(n: usize, d: usize, f: usize) -> candle_core::Result<f64> {
         best = best.min(start.elapsed().as_secs_f64());
     }
     Ok(2.0 * (n * d * f) as f64 / best / 1e9)
+}
+
+/// CPU time of the whole process so far (user and system, all threads), in seconds; 0 where
+/// unknown. /proc/self/stat counts it in USER_HZ ticks, which Linux fixes at 100 per second.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start with the state, field 3;
+    // utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = after.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<f64>().ok()).sum();
+    ticks / 100.0
 }
 
 /// Peak resident memory of the process (VmHWM of /proc/self/status), in MiB; 0 where unknown.
