@@ -80,6 +80,13 @@ struct Block {
     lo: usize,
 }
 
+/// A block's log-sum-exp per stacked row: known (the backward pass normalises by it) or to be
+/// found (the forward pass).
+enum Lse<'a> {
+    Known(&'a [f32]),
+    Find(&'a mut [f32]),
+}
+
 impl Block {
     fn rows(&self) -> usize {
         self.i1 - self.i0
@@ -155,11 +162,11 @@ impl Dims {
 }
 
 impl Attention {
-    /// The scores of the block's stacked queries `qs` against its keys, turned into
-    /// probabilities in `p` (`[group·rows, keys]`, masked entries 0). With `lse` given they are
-    /// normalised by it; otherwise each row's log-sum-exp is written into `lse_out`. Returns the
-    /// soft-capped scores' tanh values when soft-capping (for the backward pass), else nothing.
-    fn probabilities(&self, d: &Dims, qs: &[f32], k: &[f32], blk: &Block, p: &mut [f32], lse: Option<&[f32]>, lse_out: &mut [f32]) -> Vec<f32> {
+    /// The scores of the block's stacked queries `qs` against its keys `k`, turned into
+    /// probabilities in `p` (`[group·rows, keys]`, masked entries 0), normalised by or finding
+    /// each row's log-sum-exp. Returns the soft-capped scores' tanh values when soft-capping (for
+    /// the backward pass), else nothing.
+    fn probabilities(&self, d: &Dims, blk: &Block, (qs, k): (&[f32], &[f32]), p: &mut [f32], mut lse: Lse<'_>) -> Vec<f32> {
         let (rows, nk) = (blk.rows(), blk.keys());
         gemm(Dst::rows(p, nk).scaled(self.spec.scale), (d.group() * rows, nk, d.hd), Mat::rows(qs, d.hd), d.kv(k, blk).t());
         let first = &self.spec.first[blk.b * d.t..(blk.b + 1) * d.t];
@@ -173,9 +180,9 @@ impl Attention {
                 tanhs.extend(std::iter::repeat_n(0.0, nk - to));
             }
             let keys = &mut row[from..to];
-            match lse {
-                Some(l) => rows::exp_shifted(keys, l[n]),
-                None => lse_out[n] = rows::softmax(keys),
+            match &mut lse {
+                Lse::Known(l) => rows::exp_shifted(keys, l[n]),
+                Lse::Find(out) => out[n] = rows::softmax(keys),
             }
             row[..from].fill(0.0);
             row[to..].fill(0.0);
@@ -216,8 +223,8 @@ impl CustomOp3 for Attention {
                 let m = d.group() * blk.rows();
                 p.resize(m * blk.keys(), 0.0);
                 let (mut lse, mut out) = (vec![0f32; m], vec![0f32; m * d.hd]);
-                self.probabilities(&d, &d.stack(q, blk), k, blk, p, None, &mut lse);
-                gemm(Dst::rows(&mut out, d.hd), (m, d.hd, blk.keys()), Mat::rows(&p, blk.keys()), d.kv(v, blk));
+                self.probabilities(&d, blk, (&d.stack(q, blk), k), p, Lse::Find(&mut lse));
+                gemm(Dst::rows(&mut out, d.hd), (m, d.hd, blk.keys()), Mat::rows(p, blk.keys()), d.kv(v, blk));
                 (out, lse)
             })
             .collect();
@@ -293,8 +300,9 @@ impl Attention {
                     let blk = &blocks[n];
                     let (m, nk) = (d.group() * blk.rows(), blk.keys());
                     let (qs, gs) = (d.stack(q_, blk), d.stack(g_, blk));
-                    (p.resize(m * nk, 0.0), dp.resize(m * nk, 0.0));
-                    let tanhs = self.probabilities(d, &qs, k_, blk, &mut p, Some(&lse[n]), &mut []);
+                    p.resize(m * nk, 0.0);
+                    dp.resize(m * nk, 0.0);
+                    let tanhs = self.probabilities(d, blk, (&qs, k_), &mut p, Lse::Known(&lse[n]));
                     // dP = dO · Vᵀ
                     gemm(Dst::rows(&mut dp, nk), (m, nk, d.hd), Mat::rows(&gs, d.hd), d.kv(v_, blk).t());
                     // dS = P ∘ (dP − rowsum(dO ∘ O)), through the soft-cap and the scale.

@@ -48,7 +48,7 @@ impl RopeTable {
         if x.is_empty() && tokens == 0 {
             return Ok(());
         }
-        if 2 * half > head_dim || tokens == 0 || x.len() % (tokens * head_dim) != 0 {
+        if 2 * half > head_dim || tokens == 0 || !x.len().is_multiple_of(tokens * head_dim) {
             candle_core::bail!("rope: table for {tokens} tokens × {half} angles does not fit {} values of heads of {head_dim}", x.len());
         }
         let sign = if inverse { -1.0 } else { 1.0 };
