@@ -18,7 +18,8 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Dst, Mat};
-use super::{cpu_f32, dot, exp_in_place, lock, with_f32s, RopeTable};
+use super::lanes::{self, wide};
+use super::{cpu_f32, dot, lock, with_f32s, RopeTable};
 
 /// Queries per block.
 const BLOCK: usize = 64;
@@ -181,8 +182,8 @@ impl Attention {
             }
             let keys = &mut row[from..to];
             match &mut lse {
-                Lse::Known(l) => rows::exp_shifted(keys, l[n]),
-                Lse::Find(out) => out[n] = rows::softmax(keys),
+                Lse::Known(l) => lanes::exp_shifted(keys, l[n]),
+                Lse::Find(out) => out[n] = lanes::softmax(keys),
             }
             row[..from].fill(0.0);
             row[to..].fill(0.0);
@@ -310,7 +311,7 @@ impl Attention {
                         let at = d.stacked_at(blk, r);
                         let delta = dot(&g_[at..at + d.hd], &o_[at..at + d.hd]);
                         let th = if tanhs.is_empty() { None } else { Some(&tanhs[r * nk..(r + 1) * nk]) };
-                        rows::score_grad(&mut dp[r * nk..(r + 1) * nk], &p[r * nk..(r + 1) * nk], delta, th, self.spec.scale);
+                        score_grad(&mut dp[r * nk..(r + 1) * nk], &p[r * nk..(r + 1) * nk], delta, th, self.spec.scale);
                     }
                     // dQ = dS · K;  dK += dSᵀ · Q;  dV += Pᵀ · dO
                     let mut dq = vec![0f32; m * d.hd];
@@ -345,33 +346,11 @@ impl Attention {
     }
 }
 
-/// The per-row loops of the softmax and its gradient, vectorized (see [`lanes`](super::lanes)).
-mod rows {
-    use super::super::lanes::{self, wide};
-    use super::exp_in_place;
-
-    /// Turns `keys` into their softmax; returns the log-sum-exp.
-    pub(super) fn softmax(keys: &mut [f32]) -> f32 {
-        let max = lanes::max(keys);
-        exp_shifted(keys, max);
-        let sum = lanes::sum(keys);
-        let inv = 1.0 / sum;
-        wide(|| keys.iter_mut().for_each(|x| *x *= inv));
-        max + sum.ln()
-    }
-
-    /// `keys ← exp(keys − shift)`.
-    pub(super) fn exp_shifted(keys: &mut [f32], shift: f32) {
-        wide(|| keys.iter_mut().for_each(|x| *x -= shift));
-        exp_in_place(keys);
-    }
-
-    /// `dp ← scale · p ∘ (dp − delta)`, times `1 − tanh²` of the soft-capped scores if given.
-    pub(super) fn score_grad(dp: &mut [f32], p: &[f32], delta: f32, tanhs: Option<&[f32]>, scale: f32) {
-        match tanhs {
-            None => wide(|| dp.iter_mut().zip(p).for_each(|(d, &p)| *d = p * (*d - delta) * scale)),
-            Some(th) => wide(|| dp.iter_mut().zip(p.iter().zip(th)).for_each(|(d, (&p, &t))| *d = p * (*d - delta) * (1.0 - t * t) * scale)),
-        }
+/// `dp ← scale · p ∘ (dp − delta)`, times `1 − tanh²` of the soft-capped scores if given.
+fn score_grad(dp: &mut [f32], p: &[f32], delta: f32, tanhs: Option<&[f32]>, scale: f32) {
+    match tanhs {
+        None => wide(|| dp.iter_mut().zip(p).for_each(|(d, &p)| *d = p * (*d - delta) * scale)),
+        Some(th) => wide(|| dp.iter_mut().zip(p.iter().zip(th)).for_each(|(d, (&p, &t))| *d = p * (*d - delta) * (1.0 - t * t) * scale)),
     }
 }
 

@@ -14,7 +14,7 @@ use super::amx::{self, PackedB};
 use super::frozen_matmul::{dense_forward, dense_input_grad, packed_forward, packed_input_grad, quant_forward, quant_input_grad};
 use super::gemm::{gemm, Dst, Mat};
 use super::lanes::{self, wide};
-use super::{exp_in_place, with_f32s};
+use super::with_f32s;
 use crate::quant::QuantWeight;
 
 /// Logit elements per chunk (16 MiB of f32, below glibc's largest mmap threshold so that the
@@ -135,10 +135,7 @@ impl LinearCrossEntropy {
                     .zip(targets)
                     .map(|(row, &t)| {
                         let picked = row[t as usize];
-                        let max = lanes::max(row);
-                        wide(|| row.iter_mut().for_each(|x| *x -= max));
-                        exp_in_place(row);
-                        (max + lanes::sum(row).ln(), picked)
+                        (lanes::log_sum_exp(row), picked)
                     })
                     .collect();
                 sum += rows.iter().map(|(lse, picked)| (lse - picked) as f64).sum::<f64>();
@@ -185,8 +182,7 @@ impl CustomOp2 for LinearCrossEntropy {
                 // dz = g·(softmax(z) − onehot(target)), times 1 − (z/cap)² under a soft cap.
                 z.par_chunks_mut(vocab).zip(targets.par_iter().zip(lse)).for_each(|(row, (&t, &lse))| {
                     let capped = self.softcap.map(|cap| (cap as f32, row.to_vec()));
-                    wide(|| row.iter_mut().for_each(|x| *x -= lse));
-                    exp_in_place(row);
+                    lanes::exp_shifted(row, lse);
                     row[t as usize] -= 1.0;
                     wide(|| row.iter_mut().for_each(|x| *x *= g));
                     if let Some((cap, z)) = capped {

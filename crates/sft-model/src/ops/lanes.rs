@@ -1,7 +1,10 @@
-//! Row reductions that vectorize. The crate's baseline target is SSE2 and a plain `sum()` or
-//! `fold(max)` over f32 runs one operation after another (the compiler may not reassociate
-//! floating-point adds), which made attention's softmax as slow as its matrix products. Here the
-//! work is split over independent lanes and compiled for AVX-512 where the CPU has it.
+//! Row reductions that vectorize, and the softmax rows built on them. The crate's baseline target
+//! is SSE2 and a plain `sum()` or `fold(max)` over f32 runs one operation after another (the
+//! compiler may not reassociate floating-point adds), which made attention's softmax as slow as
+//! its matrix products. Here the work is split over independent lanes and compiled for AVX-512
+//! where the CPU has it.
+
+use super::exp_in_place;
 
 const LANES: usize = 16;
 
@@ -13,6 +16,33 @@ pub(crate) fn max(xs: &[f32]) -> f32 {
 /// The sum of `xs`.
 pub(crate) fn sum(xs: &[f32]) -> f32 {
     wide(|| fold(xs, 0.0, |s, x| s + x))
+}
+
+/// `xs ← exp(xs − shift)`.
+pub(crate) fn exp_shifted(xs: &mut [f32], shift: f32) {
+    wide(|| xs.iter_mut().for_each(|x| *x -= shift));
+    exp_in_place(xs);
+}
+
+/// `xs ← exp(xs − max(xs))`; returns their log-sum-exp.
+pub(crate) fn log_sum_exp(xs: &mut [f32]) -> f32 {
+    let (max, sum) = exp_from_max(xs);
+    max + sum.ln()
+}
+
+/// `xs ← softmax(xs)`; returns their log-sum-exp.
+pub(crate) fn softmax(xs: &mut [f32]) -> f32 {
+    let (max, sum) = exp_from_max(xs);
+    let inv = 1.0 / sum;
+    wide(|| xs.iter_mut().for_each(|x| *x *= inv));
+    max + sum.ln()
+}
+
+/// `xs ← exp(xs − max(xs))`; returns the max and the sum of the exponentials.
+fn exp_from_max(xs: &mut [f32]) -> (f32, f32) {
+    let max = max(xs);
+    exp_shifted(xs, max);
+    (max, sum(xs))
 }
 
 /// `f` folded over `xs` in [`LANES`] independent lanes, then across them.

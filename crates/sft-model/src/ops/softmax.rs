@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::lanes::{self, wide};
-use super::{cpu_f32, dot, exp_in_place, with_f32s};
+use super::{cpu_f32, dot, with_f32s};
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -24,11 +24,8 @@ impl CustomOp1 for Softmax {
         let d = layout.dims().last().copied().unwrap_or(1).max(1);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
-            let max = lanes::max(xr);
-            wide(|| yr.iter_mut().zip(xr).for_each(|(yv, xv)| *yv = xv - max));
-            exp_in_place(yr);
-            let inv = 1.0 / lanes::sum(yr);
-            wide(|| yr.iter_mut().for_each(|v| *v *= inv));
+            yr.copy_from_slice(xr);
+            lanes::softmax(yr);
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
