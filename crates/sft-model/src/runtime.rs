@@ -15,13 +15,21 @@
 //!   (`CANDLE_BARRIER_POOL_SPIN_LIMIT=200`), 1.8 cores are busy and, alternating six times on
 //!   the bench, f32 LoRA ran at a median 218 tokens/s against 191 with one thread (bf16: 291
 //!   against 277, four times each).
+//! - When passes run side by side, one per core (data parallelism, sft-train's `shards`), every
+//!   thread runs its own element-wise ops: candle's pool, shared by the process, would make the
+//!   passes take turns.
 
-/// Applies both settings; a user's own `CANDLE_BARRIER_POOL_SPIN_LIMIT` is kept. Call it before
-/// the first tensor op of the process.
-pub fn tune_for_training() {
+/// Applies both settings; `side_by_side`: training passes run in parallel, one per core, and
+/// candle's element-wise ops stay on their calling thread (`CANDLE_NUM_THREADS=1`). A user's
+/// own `CANDLE_BARRIER_POOL_SPIN_LIMIT` and `CANDLE_NUM_THREADS` are kept. Call it before the
+/// first tensor op of the process.
+pub fn tune_for_training(side_by_side: bool) {
     keep_freed_memory();
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
+    }
+    if side_by_side && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 

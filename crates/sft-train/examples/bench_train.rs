@@ -1,8 +1,8 @@
 //! Benchmark helper for scripts/bench-train.sh (not a test): the time of one training step
 //! (forward, masked loss, backward, AdamW) on synthetic sequences, and the peak resident memory.
-//! Usage: bench_train MODEL_DIR lora|lora-bf16|full STEPS SEQ BATCH [gc] → one JSON line on
-//! stdout (`lora-bf16`: `bf16: true`, base weights in bf16 multiplied in bf16; `gc`: gradient
-//! checkpointing):
+//! Usage: bench_train MODEL_DIR lora|lora-bf16|full STEPS SEQ BATCH [gc] [one] → one JSON line
+//! on stdout (`lora-bf16`: `bf16: true`, base weights in bf16 multiplied in bf16; `gc`: gradient
+//! checkpointing; `one`: one pass over all cores instead of the trainer's passes side by side):
 //! {"step_seconds": [...], "losses": [...], "tokens_per_s", "busy_cores" (CPU time over wall time
 //! of the timed steps), "peak_rss_mib", "matmul_gflops", "trainable"}.
 //! Every sequence has its first half masked (-100) and trains on the second half; ids are a
@@ -13,18 +13,17 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use sft_model::lora::{LoraSettings, Targets};
-use sft_model::model::{Batch, Model, Sequence, Trainable};
+use sft_model::model::{Model, Sequence, Trainable};
 use sft_model::quant::BaseFormat;
 use sft_train::optim::{AdamW, AdamWConfig};
+use sft_train::shards::Shards;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let (checkpointing, args) = match args.as_slice() {
-        [rest @ .., last] if last == "gc" => (true, rest),
-        all => (false, all),
-    };
-    let [_, dir, mode, steps, seq, batch] = args else {
-        return Err("usage: bench_train MODEL_DIR lora|lora-bf16|full STEPS SEQ BATCH [gc]".into());
+    let mut args: Vec<String> = std::env::args().collect();
+    let one = args.last().is_some_and(|a| a == "one") && args.pop().is_some();
+    let checkpointing = args.last().is_some_and(|a| a == "gc") && args.pop().is_some();
+    let [_, dir, mode, steps, seq, batch] = args.as_slice() else {
+        return Err("usage: bench_train MODEL_DIR lora|lora-bf16|full STEPS SEQ BATCH [gc] [one]".into());
     };
     let (steps, seq, batch): (usize, usize, usize) = (steps.parse()?, seq.parse()?, batch.parse()?);
     let lora = Trainable::NewLora {
@@ -37,7 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lora-bf16" => (lora, BaseFormat::Bf16Matmul),
         other => return Err(format!("mode {other:?}: expected lora, lora-bf16 or full").into()),
     };
-    sft_model::runtime::tune_for_training();
+    let shards = if one { Shards::one() } else { Shards::for_training(batch, matches!(trainable, Trainable::Full))? };
+    sft_model::runtime::tune_for_training(shards.is_parallel());
     let mut model = Model::load_as(&PathBuf::from(dir), &trainable, format)?;
     model.set_gradient_checkpointing(checkpointing);
     let vocab = model.config().vocab_size as u64;
@@ -49,25 +49,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let sequences: Vec<Sequence<'_>> = rows.iter().map(|(i, l)| Sequence::single(i, l)).collect();
-    let data = Batch::new(&sequences, 0)?;
+    let batches = shards.batches(&sequences)?;
+    let targets: usize = batches.iter().map(|b| b.targets.len()).sum();
     let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
     let (mut times, mut losses, mut cpu) = (vec![], vec![], 0.0);
     // One untimed warm-up step, then `steps` timed ones.
     for step in 0..=steps {
         let (start, cpu_start) = (Instant::now(), cpu_seconds());
-        // The graph (activations) goes before the optimizer step, as in the trainer.
-        let grads: Vec<Tensor> = {
-            let loss = model.loss(&data)?.mean()?;
-            losses.push(loss.to_scalar::<f32>()?);
-            let store = model.backward(&loss)?;
-            model
-                .params()
-                .iter()
-                .map(|(_, v)| store.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
-                .collect::<Result<_, _>>()?
-        };
-        optimizer.step(&grads, 1e-4)?;
+        // As the trainer: the passes (their graphs gone once they return), then the optimizer.
+        let g = shards.gradients(&model, &batches, 1.0 / targets as f64, None)?;
+        losses.push(g.loss_sum / targets as f64);
+        optimizer.step(&g.grads, 1e-4)?;
         if step > 0 {
             times.push(start.elapsed().as_secs_f64());
             cpu += cpu_seconds() - cpu_start;

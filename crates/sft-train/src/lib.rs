@@ -1,7 +1,8 @@
 //! Training for sft, stage by stage: the YAML config ([`config`]), the data order
-//! ([`batches`]), learning-rate schedules as pure functions of the step ([`schedule`]), AdamW
-//! ([`optim`]), checkpoints ([`checkpoint`]), metrics ([`metrics`]) and the training loop, one
-//! straight-line function ([`trainer::train`]).
+//! ([`batches`]), passes side by side on the cores ([`shards`]), learning-rate schedules as pure
+//! functions of the step ([`schedule`]), AdamW ([`optim`]), checkpoints ([`checkpoint`]),
+//! metrics ([`metrics`]) and the training loop, one straight-line function
+//! ([`trainer::train`]).
 #![deny(missing_docs)]
 
 pub mod batches;
@@ -11,6 +12,7 @@ mod fault;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod shards;
 pub mod trainer;
 
 use std::path::PathBuf;
@@ -102,6 +104,12 @@ pub enum TrainError {
         what: String,
         /// The checkpoint written before stopping.
         saved: PathBuf,
+    },
+    /// The threads for passes side by side could not be started.
+    #[error("starting training threads: {message}")]
+    Threads {
+        /// The cause.
+        message: String,
     },
     /// The run was interrupted (Ctrl-C) after saving a checkpoint.
     #[error("interrupted at step {step}; saved {}", saved.display())]

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Tensor;
 use serde_json::json;
 use sft_data::data::{read_dataset, ReadOptions, ShareGptOptions};
 use sft_data::encode::{encode_all, Example};
@@ -22,7 +21,8 @@ use crate::config::{Length, Method, RawDataset, TrainConfig};
 use crate::metrics::{Metrics, Progress};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::schedule::{warmup_from_ratio, Schedule};
-use crate::{during, TrainError};
+use crate::shards::{Gradients, Shards};
+use crate::TrainError;
 
 /// Where to continue from.
 #[derive(Debug, Clone)]
@@ -67,7 +67,8 @@ struct Data {
 
 /// Trains as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
-    sft_model::runtime::tune_for_training();
+    let shards = Shards::for_training(cfg.batch_size, matches!(cfg.method, Method::Full))?;
+    sft_model::runtime::tune_for_training(shards.is_parallel());
     let data = prepare(cfg)?;
     let plan = Plan { records: data.train.len(), batch_size: cfg.batch_size, accumulation: cfg.accumulation, seed: cfg.seed };
     let total = match cfg.length {
@@ -157,25 +158,23 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
         }
         let started = Instant::now();
         let lr = schedule.lr(step);
-        let batches: Vec<Batch> = plan
+        // Each micro-batch as one batch per pass side by side; the loss is token-weighted over
+        // the whole step.
+        let micro: Vec<Vec<Batch>> = plan
             .step(step)
             .iter()
-            .map(|m| Batch::new(&m.iter().map(|&i| data.train[i].sequence()).collect::<Vec<_>>(), 0))
+            .map(|m| shards.batches(&m.iter().map(|&i| data.train[i].sequence()).collect::<Vec<_>>()))
             .collect::<Result<_, _>>()?;
-        let targets: usize = batches.iter().map(|b| b.targets.len()).sum();
-        let mut grads: Vec<Tensor> = vec![];
-        let mut loss_sum = 0f64;
-        let mut tokens = 0usize;
-        for (micro, batch) in batches.iter().enumerate() {
-            tokens += batch.batch * batch.seq;
+        let targets: usize = micro.iter().flatten().map(|b| b.targets.len()).sum();
+        let tokens: usize = micro.iter().flatten().map(|b| b.batch * b.seq).sum();
+        let mut sum = Gradients { loss_sum: 0.0, grads: vec![] };
+        for (m, batches) in micro.iter().enumerate() {
             // LoRA dropout masks: a pure function of seed, step and micro-batch.
-            let dropout_seed = cfg.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-            let loss = model.loss_with(batch, Some(dropout_seed))?;
-            loss_sum += during(loss.sum.to_scalar::<f32>(), || format!("step {step}: reading the loss"))? as f64;
-            let scaled = during(loss.sum.affine(1.0 / targets.max(1) as f64, 0.0), || format!("step {step}: scaling the loss"))?;
-            let store = model.backward(&scaled)?;
-            accumulate(&mut grads, &store, &model)?;
+            let dropout_seed = cfg.seed ^ ((step as u64) << 20 | m as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let part = shards.gradients(&model, batches, 1.0 / targets.max(1) as f64, Some(dropout_seed))?;
+            sum.add(&part, &model)?;
         }
+        let Gradients { loss_sum, mut grads } = sum;
         let loss = crate::fault::loss(step, loss_sum / targets.max(1) as f64);
         let norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         if !loss.is_finite() || !norm.is_finite() {
@@ -206,7 +205,7 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
         let eval_due = !data.eval.is_empty() && (last || cfg.eval_steps.is_some_and(|n| (step + 1) % n == 0));
         if eval_due {
             let seqs: Vec<_> = data.eval.iter().map(Record::sequence).collect();
-            let result = model.evaluate(&seqs)?;
+            let result = shards.evaluate(&model, &seqs)?;
             eval_loss = Some(result.loss());
             let entry = json!({ "step": step + 1, "epoch": state.epoch, "eval_loss": result.loss(), "eval_tokens": result.tokens });
             metrics.log(&entry, json!({}))?;
@@ -226,24 +225,6 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
     };
     let last_loss = state.log_history.iter().rev().find_map(|e| e.get("loss").and_then(|v| v.as_f64()));
     Ok(Summary { steps: state.global_step, last_loss, eval_loss, checkpoint })
-}
-
-/// Adds one micro-batch's gradients (aligned with the model's parameters; a parameter the loss
-/// does not reach gets zeros).
-fn accumulate(acc: &mut Vec<Tensor>, store: &candle_core::backprop::GradStore, model: &Model) -> Result<(), TrainError> {
-    let first = acc.is_empty();
-    for (i, (name, var)) in model.params().iter().enumerate() {
-        let g = match store.get(var.as_tensor()) {
-            Some(g) => g.clone(),
-            None => during(var.as_tensor().zeros_like(), || format!("zero gradient of {name}"))?,
-        };
-        if first {
-            acc.push(g);
-        } else {
-            acc[i] = during(&acc[i] + g, || format!("accumulating the gradient of {name}"))?;
-        }
-    }
-    Ok(())
 }
 
 /// The records of a prepared dataset directory (`sft prepare`), after checking that it was made

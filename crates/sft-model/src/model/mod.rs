@@ -57,8 +57,6 @@ pub struct Model {
     checkpointing: bool,
     /// Each layer's trainable parameters (for checkpointing).
     layer_params: Vec<Vec<Tensor>>,
-    /// Parameter gradients from recomputed layers, for [`Model::backward`].
-    pending: Pending,
 }
 
 /// A summed loss and how many target tokens it covers.
@@ -67,12 +65,30 @@ pub struct Loss {
     pub sum: Tensor,
     /// Number of targets.
     pub tokens: usize,
+    /// Parameter gradients of this forward pass's checkpointed layers, filled while it
+    /// backpropagates. Each loss has its own, so passes may run side by side.
+    pending: Pending,
 }
 
 impl Loss {
     /// The mean over targets (0 when there are none).
     pub fn mean(&self) -> candle_core::Result<Tensor> {
         self.sum.affine(1.0 / self.tokens.max(1) as f64, 0.0)
+    }
+
+    /// Backpropagates `scale · sum`: the gradients of every parameter, including those computed
+    /// inside checkpointed layers.
+    pub fn backward(&self, scale: f64) -> Result<GradStore, ModelError> {
+        let mut store = self.sum.affine(scale, 0.0).and_then(|l| l.backward()).during(|| "backward".into())?;
+        let pending = std::mem::take(&mut *self.pending.lock().map_err(|_| ModelError::Batch("gradient checkpointing: a backward pass panicked".into()))?);
+        for (param, grad) in pending {
+            let sum = match store.remove(&param) {
+                Some(prev) => (prev + grad).during(|| "adding recomputed gradients".into())?,
+                None => grad,
+            };
+            store.insert(&param, sum);
+        }
+        Ok(store)
     }
 }
 
@@ -192,28 +208,12 @@ impl Model {
             quantized: b.quantized,
             checkpointing: false,
             layer_params,
-            pending: Pending::default(),
         })
     }
 
     /// Turns gradient checkpointing on or off (training: less memory, one more forward pass).
     pub fn set_gradient_checkpointing(&mut self, on: bool) {
         self.checkpointing = on;
-    }
-
-    /// Backpropagates `loss`: the gradients of every parameter, including those computed inside
-    /// checkpointed layers.
-    pub fn backward(&self, loss: &Tensor) -> Result<GradStore, ModelError> {
-        let mut store = loss.backward().during(|| "backward".into())?;
-        let pending = std::mem::take(&mut *self.pending.lock().map_err(|_| ModelError::Batch("gradient checkpointing: a backward pass panicked".into()))?);
-        for (param, grad) in pending {
-            let sum = match store.remove(&param) {
-                Some(prev) => (prev + grad).during(|| "adding recomputed gradients".into())?,
-                None => grad,
-            };
-            store.insert(&param, sum);
-        }
-        Ok(store)
     }
 
     /// The resolved configuration.
@@ -243,10 +243,12 @@ impl Model {
 
     /// The final hidden states `[batch·seq, hidden]` (after the last norm).
     pub fn hidden(&self, batch: &Batch) -> Result<Tensor, ModelError> {
-        self.hidden_with(batch, None)
+        self.hidden_with(batch, None, &Pending::default())
     }
 
-    fn hidden_with(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor, ModelError> {
+    /// [`Model::hidden`] while training; checkpointed layers leave their parameter gradients in
+    /// `pending` when they backpropagate.
+    fn hidden_with(&self, batch: &Batch, dropout_seed: Option<u64>, pending: &Pending) -> Result<Tensor, ModelError> {
         let cfg = &self.config;
         let ids = batch.input_ids.flatten_all().during(|| "reading input ids".into())?;
         let max = ids.max(0).and_then(|m| m.to_scalar::<u32>()).during(|| "reading input ids".into())?;
@@ -264,7 +266,7 @@ impl Model {
         for (i, layer) in self.layers.iter().enumerate() {
             h = if self.checkpointing && h.track_op() {
                 let params = self.layer_params[i].clone();
-                let op = Recompute { layer: layer.clone(), cfg: self.config.clone(), cx: cx.clone(), params, pending: self.pending.clone() };
+                let op = Recompute { layer: layer.clone(), cfg: self.config.clone(), cx: cx.clone(), params, pending: pending.clone() };
                 op.forward(&h)
             } else {
                 layer.forward(&h, cfg, &cx, None)
@@ -396,7 +398,8 @@ impl Model {
     /// [`Model::loss`] while training: `dropout_seed` draws the LoRA dropout masks (when the
     /// adapters have dropout).
     pub fn loss_with(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Loss, ModelError> {
-        let h = self.hidden_with(batch, dropout_seed)?;
+        let pending = Pending::default();
+        let h = self.hidden_with(batch, dropout_seed, &pending)?;
         let run = || -> candle_core::Result<Tensor> {
             if batch.targets.is_empty() {
                 return Tensor::new(0f32, h.device());
@@ -408,7 +411,7 @@ impl Model {
             let bf16_weight = self.decode_head.clone().filter(|q| q.bf16_matmul().is_some() && !weight.track_op());
             linear_cross_entropy(&picked, weight, &batch.targets, CrossEntropy { softcap: self.config.final_softcap, bf16_weight })
         };
-        Ok(Loss { sum: run().during(|| "loss".into())?, tokens: batch.targets.len() })
+        Ok(Loss { sum: run().during(|| "loss".into())?, tokens: batch.targets.len(), pending })
     }
 
     /// The summed loss of every sequence, one at a time (no gradient is kept).

@@ -2,7 +2,7 @@
 //! The forward pass computes the layer and lets its intermediate tensors go; the backward pass
 //! runs the layer again on the saved input and backpropagates through that copy. The input's
 //! gradient goes back through the op; the layer's own parameters' gradients are not inputs of
-//! the op, so they are collected in a [`Pending`] list that [`super::Model::backward`] adds to the
+//! the op, so they are collected in a [`Pending`] list that [`super::Loss::backward`] adds to the
 //! gradient store. Memory: one layer's activations at a time instead of all layers'; compute: one
 //! more forward pass per layer.
 

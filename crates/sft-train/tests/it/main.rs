@@ -2,6 +2,7 @@
 
 mod optim;
 mod schedule;
+mod shards;
 
 use std::path::PathBuf;
 
