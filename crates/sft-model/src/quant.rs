@@ -57,6 +57,8 @@ pub struct QuantWeight {
     data: Packed,
     /// Products of many rows in bf16 ([`BaseFormat::Bf16Matmul`]).
     bf16_matmul: bool,
+    /// The weight laid out for those products, made on first use and kept.
+    pub(crate) tiles: crate::ops::Tiles,
 }
 
 #[derive(Debug, Clone)]
@@ -152,7 +154,7 @@ impl QuantWeight {
                 Packed::Nf4 { codes, scales }
             }
         };
-        Some(Self { rows, cols, data, bf16_matmul: format == BaseFormat::Bf16Matmul })
+        Some(Self { rows, cols, data, bf16_matmul: format == BaseFormat::Bf16Matmul, tiles: Default::default() })
     }
 
     /// `[rows, cols]`.

@@ -46,10 +46,17 @@ fn request_tiles() -> bool {
 /// output columns, each `[kp / 2][16][2]` (pairs of the shared dimension side by side, the
 /// layout TDPBF16PS reads), zero-padded to whole blocks. Packed once, it serves any number of
 /// products.
+#[derive(Clone)]
 pub(crate) struct PackedB {
     n: usize,
     k: usize,
     data: Vec<u32>,
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedB [{}, {}]", self.n, self.k)
+    }
 }
 
 impl PackedB {

@@ -7,7 +7,7 @@
 //! live at once) in both passes, so LoRA adapters before a quantized layer still learn. A few rows
 //! (decoding) skip the tiles and dot each weight row straight from its compact form.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -63,19 +63,34 @@ pub fn qmatmul(x: &Tensor, weight: &Arc<QuantWeight>) -> Result<Tensor> {
 
 struct QMatMul(Arc<QuantWeight>);
 
-/// A [`BaseFormat::Bf16Matmul`](crate::quant::BaseFormat) weight `[out, in]` packed for bf16
-/// tile products `x·Wᵀ`; `None` for other formats or without AMX.
-pub(crate) fn packed_forward(weight: &QuantWeight) -> Option<amx::PackedB> {
-    let w = weight.bf16_matmul().filter(|_| amx::available())?;
-    let (out, inp) = weight.dims();
-    Some(amx::PackedB::from_rows(w, out, inp))
+/// A [`BaseFormat::Bf16Matmul`](crate::quant::BaseFormat) weight packed for bf16 tile
+/// products, both ways, each packed on first use and then kept with the weight: packing per
+/// product had cost ~12% of a `bf16: true` LoRA step (perf, scripts/bench-train.sh shapes), and
+/// the two layouts together take twice the bf16 weight's memory.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tiles {
+    forward: OnceLock<Option<amx::PackedB>>,
+    input_grad: OnceLock<Option<amx::PackedB>>,
+}
+
+/// The weight `[out, in]` packed for `x·Wᵀ`; `None` for other formats or without AMX.
+pub(crate) fn packed_forward(weight: &QuantWeight) -> Option<&amx::PackedB> {
+    let pack = || {
+        let w = weight.bf16_matmul().filter(|_| amx::available())?;
+        let (out, inp) = weight.dims();
+        Some(amx::PackedB::from_rows(w, out, inp))
+    };
+    weight.tiles.forward.get_or_init(pack).as_ref()
 }
 
 /// As [`packed_forward`], for input gradients `dy·W`.
-pub(crate) fn packed_input_grad(weight: &QuantWeight) -> Option<amx::PackedB> {
-    let w = weight.bf16_matmul().filter(|_| amx::available())?;
-    let (out, inp) = weight.dims();
-    Some(amx::PackedB::from_columns(w, inp, out))
+pub(crate) fn packed_input_grad(weight: &QuantWeight) -> Option<&amx::PackedB> {
+    let pack = || {
+        let w = weight.bf16_matmul().filter(|_| amx::available())?;
+        let (out, inp) = weight.dims();
+        Some(amx::PackedB::from_columns(w, inp, out))
+    };
+    weight.tiles.input_grad.get_or_init(pack).as_ref()
 }
 
 /// `dy·W` for `dy` `[n, out]` and the quantized `[out, in]` weight.
@@ -97,7 +112,7 @@ pub(crate) fn quant_forward(weight: &QuantWeight, x: &[f32], n: usize) -> Result
         return Ok(matvec_rows(x, n, out, |o, x| weight.dot_row(o, x)));
     }
     if let Some(packed) = packed_forward(weight) {
-        return Ok(amx::matmul_packed(x, n, &packed));
+        return Ok(amx::matmul_packed(x, n, packed));
     }
     let mut y = vec![0f32; n * out];
     for (first, rows, w) in tiles(weight) {
@@ -113,7 +128,7 @@ pub(crate) fn quant_input_grad(weight: &QuantWeight, dy: &[f32], n: usize) -> Re
         candle_core::bail!("qmatmul: gradient [{n}, {}] does not fit the weight [{out}, {inp}]", dy.len() / n.max(1));
     }
     if let Some(packed) = packed_input_grad(weight) {
-        return Ok(amx::matmul_packed(dy, n, &packed));
+        return Ok(amx::matmul_packed(dy, n, packed));
     }
     let mut dx = vec![0f32; n * inp];
     for (first, rows, w) in tiles(weight) {
