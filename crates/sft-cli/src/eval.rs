@@ -9,6 +9,7 @@ use serde_json::json;
 use sft_data::encode::encode_all;
 use sft_data::pack::pack;
 use sft_model::model::Sequence;
+use sft_train::shards::Shards;
 
 use crate::common::{DataArgs, EncodeArgs, ModelArgs};
 
@@ -31,6 +32,9 @@ pub struct EvalArgs {
 
 /// Runs `sft eval`.
 pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
+    // Packed sequences are evaluated side by side, one group per core (before any tensor op).
+    let shards = Shards::new(rayon::current_num_threads())?;
+    sft_model::runtime::tune_for_training(shards.is_parallel());
     let options = args.encode.options()?;
     let (model, tokenizer_dir) = args.model.load_model()?;
     let mut data = args.data.clone();
@@ -49,7 +53,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let packed = pack(&encoded.examples, longest.max(PACK_TOKENS))?;
     let sequences: Vec<Sequence> =
         packed.iter().map(|p| Sequence::packed(&p.input_ids, &p.labels, &p.boundaries)).collect();
-    let result = model.evaluate(&sequences).with_context(|| {
+    let result = shards.evaluate(&model, &sequences).with_context(|| {
         format!("evaluating {} with {} (do the tokenizer and the model match?)", data.data(), args.model.model.display())
     })?;
     if args.json {

@@ -105,9 +105,9 @@ impl Shards {
     }
 
     /// `f(g)` for every group `g < n`, each on its own pool (group `g` on pool `g % len`);
-    /// the results in order of `g`.
+    /// the results in order of `g`. A single group runs on the caller's threads, all of them.
     pub fn run<T: Send>(&self, n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-        let Some((first, rest)) = self.pools.split_first() else {
+        let Some((first, rest)) = self.pools.split_first().filter(|_| n > 1) else {
             return (0..n).map(f).collect();
         };
         let stride = self.pools.len();
@@ -222,5 +222,7 @@ mod tests {
         assert_ne!(ran[0].1, ran[1].1);
         assert_ne!(ran[0].1, std::thread::current().id());
         assert_eq!(s.run(2, |_| rayon::current_num_threads()), vec![1, 1]);
+        // One group (a micro-batch of one sequence) keeps every thread.
+        assert_eq!(s.run(1, |_| (rayon::current_num_threads(), std::thread::current().id())), vec![(rayon::current_num_threads(), std::thread::current().id())]);
     }
 }
