@@ -2,14 +2,15 @@
 //! token counts, each group's forward and backward pass runs on its own rayon pool (its share of
 //! the cores), and the groups' gradients are summed.
 //!
-//! Why: one pass spread over every core waits at every op for the slowest thread, runs candle's
-//! graph bookkeeping (a zero fill and an add per graph edge) on one thread while the others idle,
-//! and splits each matrix product so thinly that the gemm kernels lose efficiency. Two one-thread
-//! passes on two cores keep both busy. LoRA bench (scripts/bench-train.sh shapes, 2 × 512
-//! tokens): five alternating runs, 181.6–257.6 tokens/s (mean 215) side by side against
-//! 185.5–212.5 (mean 201) as one pass; bf16 371 against 264. Full fine-tuning stays one pass:
-//! each pass holds a whole gradient (540 MB more for SmolLM2-135M) and it ran slower (134 against
-//! 150 tokens/s).
+//! Why: one pass spread over every core waits at every op for the slowest thread and runs candle's
+//! graph bookkeeping (a zero fill and an add per graph edge) on one thread while the others idle.
+//! Two one-thread passes on two cores keep both busy (CPU time over wall time of a LoRA bench
+//! step: 1.77–1.84 cores as one pass, 1.88–1.98 side by side). LoRA bench (scripts/bench-train.sh shapes, 2 × 512
+//! tokens, alternating runs): 181.6–257.6 tokens/s (mean 215) side by side against 185.5–212.5
+//! (mean 201) as one pass over five runs each, and 225–236 against 206–210 over two; bf16 371
+//! against 264; peak RSS +45 MiB. Full fine-tuning stays one pass: each pass holds a whole
+//! gradient, and side by side it was no faster (154–164 against 145–180 tokens/s, three runs
+//! each) with 1 GiB more peak RSS (4,290 against 3,265 MiB).
 //!
 //! The loss is the same sum over the same targets; only the order of the float additions in the
 //! gradient sum differs. LoRA dropout masks are drawn per group (group 0 keeps the micro-batch's
@@ -69,7 +70,7 @@ impl Shards {
     }
 
     /// How many passes run side by side.
-    pub fn len(&self) -> usize {
+    pub fn passes(&self) -> usize {
         self.pools.len().max(1)
     }
 
@@ -78,11 +79,11 @@ impl Shards {
         self.pools.len() > 1
     }
 
-    /// The indices of sequences of these `lengths` in at most [`Shards::len`] groups (none
+    /// The indices of sequences of these `lengths` in at most [`Shards::passes`] groups (none
     /// empty): longest first, each goes to the group with the fewest tokens so far; every group
     /// keeps the original order.
     pub fn split(&self, lengths: &[usize]) -> Vec<Vec<usize>> {
-        let n = self.len().min(lengths.len());
+        let n = self.passes().min(lengths.len());
         let mut by_length: Vec<usize> = (0..lengths.len()).collect();
         by_length.sort_by_key(|&i| (std::cmp::Reverse(lengths[i]), i));
         let mut groups = vec![vec![]; n];
@@ -104,7 +105,7 @@ impl Shards {
         Ok(batches.collect::<Result<_, _>>()?)
     }
 
-    /// `f(g)` for every group `g < n`, each on its own pool (group `g` on pool `g % len`);
+    /// `f(g)` for every group `g < n`, each on its own pool (group `g` on pool `g % passes`);
     /// the results in order of `g`. A single group runs on the caller's threads, all of them.
     pub fn run<T: Send>(&self, n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
         let Some((first, rest)) = self.pools.split_first().filter(|_| n > 1) else {

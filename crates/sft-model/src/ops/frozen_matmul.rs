@@ -75,22 +75,22 @@ pub(crate) struct Tiles {
 
 /// The weight `[out, in]` packed for `x·Wᵀ`; `None` for other formats or without AMX.
 pub(crate) fn packed_forward(weight: &QuantWeight) -> Option<&amx::PackedB> {
-    let pack = || {
-        let w = weight.bf16_matmul().filter(|_| amx::available())?;
-        let (out, inp) = weight.dims();
-        Some(amx::PackedB::from_rows(w, out, inp))
-    };
-    weight.tiles.forward.get_or_init(pack).as_ref()
+    packed(weight, &weight.tiles.forward, |w, out, inp| amx::PackedB::from_rows(w, out, inp))
 }
 
 /// As [`packed_forward`], for input gradients `dy·W`.
 pub(crate) fn packed_input_grad(weight: &QuantWeight) -> Option<&amx::PackedB> {
-    let pack = || {
+    packed(weight, &weight.tiles.input_grad, |w, out, inp| amx::PackedB::from_columns(w, inp, out))
+}
+
+/// What `cell` holds, packed on first use by `pack(bf16 bits, out, in)`.
+fn packed<'a>(weight: &'a QuantWeight, cell: &'a OnceLock<Option<amx::PackedB>>, pack: impl FnOnce(&[u16], usize, usize) -> amx::PackedB) -> Option<&'a amx::PackedB> {
+    let make = || {
         let w = weight.bf16_matmul().filter(|_| amx::available())?;
         let (out, inp) = weight.dims();
-        Some(amx::PackedB::from_columns(w, inp, out))
+        Some(pack(w, out, inp))
     };
-    weight.tiles.input_grad.get_or_init(pack).as_ref()
+    cell.get_or_init(make).as_ref()
 }
 
 /// `dy·W` for `dy` `[n, out]` and the quantized `[out, in]` weight.

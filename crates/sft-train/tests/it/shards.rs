@@ -36,7 +36,7 @@ fn run(model: &Model, shards: &Shards, sequences: &[Sequence<'_>]) -> Gradients 
 fn two_passes_side_by_side_equal_one_pass() {
     let two_threads = ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
     let side_by_side = two_threads.install(|| Shards::new(2)).expect("shards");
-    assert_eq!(side_by_side.len(), 2);
+    assert_eq!(side_by_side.passes(), 2);
     let lora = LoraSettings { r: 4, alpha: 8.0, use_rslora: false, dropout: 0.0, targets: Targets::AllLinear };
     let mut failures = vec![];
     for (what, trainable) in [("lora", Trainable::NewLora { settings: lora, seed: 1 }), ("full", Trainable::Full)] {
