@@ -102,12 +102,17 @@ fn prepare_dir(out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", out.display()))
 }
 
-/// The bundled YAML with its paths pointing into the output directory.
+/// The bundled YAML with its paths pointing into the output directory. Each path becomes a
+/// marker first and the markers become paths last, so that an output directory whose name holds
+/// one of the bundled paths (the default, `outputs/quickstart`, does) is not rewritten twice.
 fn rebase(yaml: &str, out: &Path) -> String {
     let path = |p: &str| out.join(p).display().to_string();
-    yaml.replace("model: examples/quickstart\n", &format!("model: {}\n", path("base")))
-        .replace("outputs/quickstart", &path("run"))
-        .replace("examples/quickstart", &path("data"))
+    yaml.replace("model: examples/quickstart\n", "model: \u{1}base\n")
+        .replace("outputs/quickstart", "\u{1}run")
+        .replace("examples/quickstart", "\u{1}data")
+        .replace("\u{1}base", &path("base"))
+        .replace("\u{1}run", &path("run"))
+        .replace("\u{1}data", &path("data"))
 }
 
 fn percent(n: usize, total: usize) -> String {
@@ -123,4 +128,19 @@ fn print_table(before: Score, after: Score, steps: usize, seconds: f64, eval_los
         println!("  eval loss after training             {l:.4}");
     }
     println!("  training time                        {seconds:.0} s");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebase_points_every_path_into_the_output_directory_once() {
+        let yaml = "model: examples/quickstart\ntokenizer: examples/quickstart/tokenizer\noutput_dir: outputs/quickstart\n";
+        for out in ["outputs/quickstart", "/tmp/examples/quickstart", "q"] {
+            let got = rebase(yaml, Path::new(out));
+            let want = format!("model: {out}/base\ntokenizer: {out}/data/tokenizer\noutput_dir: {out}/run\n");
+            assert_eq!(got, want, "--out {out}");
+        }
+    }
 }

@@ -699,3 +699,21 @@ fn train_reuses_a_prepared_dataset_and_refuses_a_stale_one() {
     assert!(!stale.status.success());
     assert!(stderr(&stale).contains("does not fit this run (settings changed: max_seq_length)"), "{}", stderr(&stale));
 }
+
+/// The README's main command: `sft quickstart` with its default output directory, run from a
+/// fresh directory (the data and config are bundled), a few steps long.
+#[test]
+fn quickstart_runs_with_its_default_output_directory() {
+    let cwd = root().join("target/cli-tests/quickstart-default");
+    let _ = std::fs::remove_dir_all(&cwd);
+    std::fs::create_dir_all(&cwd).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sft"))
+        .args(["quickstart", "--set", "max_steps=2", "--set", "per_device_train_batch_size=2"])
+        .current_dir(&cwd)
+        .output()
+        .expect("run sft");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let checkpoint = cwd.join("outputs/quickstart/run/checkpoint-2");
+    assert!(checkpoint.join("model.safetensors").is_file(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("held-out prompts (70)"));
+}
