@@ -27,7 +27,9 @@ pub struct Shards {
     pools: Vec<ThreadPool>,
 }
 
-/// One micro-batch's loss sum and its parameters' gradients (aligned with [`Model::params`]).
+/// One micro-batch's loss sum and its parameters' gradients (aligned with [`Model::params`]);
+/// the default, with no gradients yet, is where sums start.
+#[derive(Default)]
 pub struct Gradients {
     /// Σ cross-entropy over the micro-batch's targets.
     pub loss_sum: f64,
@@ -98,11 +100,15 @@ impl Shards {
         groups
     }
 
+    /// `sequences` in the groups of [`Shards::split`].
+    fn groups<'a>(&self, sequences: &[Sequence<'a>]) -> Vec<Vec<Sequence<'a>>> {
+        let lengths: Vec<usize> = sequences.iter().map(|s| s.input_ids.len()).collect();
+        self.split(&lengths).into_iter().map(|g| g.into_iter().map(|i| sequences[i]).collect()).collect()
+    }
+
     /// The micro-batch `sequences` as one batch per group.
     pub fn batches(&self, sequences: &[Sequence<'_>]) -> Result<Vec<Batch>, TrainError> {
-        let lengths: Vec<usize> = sequences.iter().map(|s| s.input_ids.len()).collect();
-        let batches = self.split(&lengths).into_iter().map(|g| Batch::new(&g.iter().map(|&i| sequences[i]).collect::<Vec<_>>(), 0));
-        Ok(batches.collect::<Result<_, _>>()?)
+        Ok(self.groups(sequences).iter().map(|g| Batch::new(g, 0)).collect::<Result<_, _>>()?)
     }
 
     /// `f(g)` for every group `g < n`, each on its own pool (group `g` on pool `g % passes`);
@@ -149,25 +155,17 @@ impl Shards {
                 .collect::<Result<_, _>>()?;
             Ok(Gradients { loss_sum, grads })
         });
-        let mut total: Option<Gradients> = None;
+        let mut total = Gradients::default();
         for part in parts {
-            let part = part?;
-            total = Some(match total {
-                None => part,
-                Some(mut t) => {
-                    t.add(&part, model)?;
-                    t
-                }
-            });
+            total.add(&part?, model)?;
         }
-        Ok(total.unwrap_or(Gradients { loss_sum: 0.0, grads: vec![] }))
+        Ok(total)
     }
 
     /// The evaluation of `sequences` (no gradients), split over the groups.
     pub fn evaluate(&self, model: &Model, sequences: &[Sequence<'_>]) -> Result<Evaluation, TrainError> {
-        let lengths: Vec<usize> = sequences.iter().map(|s| s.input_ids.len()).collect();
-        let groups = self.split(&lengths);
-        let parts = self.run(groups.len(), |g| model.evaluate(&groups[g].iter().map(|&i| sequences[i]).collect::<Vec<_>>()));
+        let groups = self.groups(sequences);
+        let parts = self.run(groups.len(), |g| model.evaluate(&groups[g]));
         let mut total = Evaluation::default();
         for part in parts {
             let part = part?;
@@ -197,24 +195,27 @@ impl Gradients {
 mod tests {
     use super::*;
 
-    fn shards(groups: usize) -> Shards {
-        let pools = (0..groups).map(|_| ThreadPoolBuilder::new().num_threads(1).build().expect("pool")).collect();
-        Shards { pools }
+    type Built = Result<(), rayon::ThreadPoolBuildError>;
+
+    fn shards(groups: usize) -> Result<Shards, rayon::ThreadPoolBuildError> {
+        let pools = (0..groups).map(|_| ThreadPoolBuilder::new().num_threads(1).build()).collect::<Result<_, _>>()?;
+        Ok(Shards { pools })
     }
 
     #[test]
-    fn split_balances_tokens_and_keeps_order() {
+    fn split_balances_tokens_and_keeps_order() -> Built {
         // 9 → group 0, 5 → group 1, 4 → group 1 (5 < 9), 3 → group 0 (9 = 9, the first).
-        assert_eq!(shards(2).split(&[5, 9, 4, 3]), vec![vec![1, 3], vec![0, 2]]);
-        assert_eq!(shards(2).split(&[4, 4, 4, 4]), vec![vec![0, 2], vec![1, 3]]);
-        assert_eq!(shards(3).split(&[7]), vec![vec![0]]);
+        assert_eq!(shards(2)?.split(&[5, 9, 4, 3]), vec![vec![1, 3], vec![0, 2]]);
+        assert_eq!(shards(2)?.split(&[4, 4, 4, 4]), vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!(shards(3)?.split(&[7]), vec![vec![0]]);
         assert_eq!(Shards::one().split(&[2, 1]), vec![vec![0, 1]]);
-        assert!(shards(2).split(&[]).is_empty());
+        assert!(shards(2)?.split(&[]).is_empty());
+        Ok(())
     }
 
     #[test]
-    fn run_returns_results_in_order_from_each_pool() {
-        let s = shards(2);
+    fn run_returns_results_in_order_from_each_pool() -> Built {
+        let s = shards(2)?;
         let ran = s.run(5, |g| (g, std::thread::current().id()));
         assert_eq!(ran.iter().map(|(g, _)| *g).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
         // Groups 0, 2, 4 share one pool and 1, 3 the other; each pool is a thread of its own.
@@ -225,5 +226,6 @@ mod tests {
         assert_eq!(s.run(2, |_| rayon::current_num_threads()), vec![1, 1]);
         // One group (a micro-batch of one sequence) keeps every thread.
         assert_eq!(s.run(1, |_| (rayon::current_num_threads(), std::thread::current().id())), vec![(rayon::current_num_threads(), std::thread::current().id())]);
+        Ok(())
     }
 }

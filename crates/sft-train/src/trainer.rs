@@ -167,7 +167,7 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
             .collect::<Result<_, _>>()?;
         let targets: usize = micro.iter().flatten().map(|b| b.targets.len()).sum();
         let tokens: usize = micro.iter().flatten().map(|b| b.batch * b.seq).sum();
-        let mut sum = Gradients { loss_sum: 0.0, grads: vec![] };
+        let mut sum = Gradients::default();
         for (m, batches) in micro.iter().enumerate() {
             // LoRA dropout masks: a pure function of seed, step, micro-batch (and group).
             let dropout_seed = cfg.seed ^ ((step as u64) << 20 | m as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
