@@ -53,15 +53,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let targets: usize = batches.iter().map(|b| b.targets.len()).sum();
     let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
-    let (mut times, mut losses, mut cpu) = (vec![], vec![], 0.0);
+    let (mut times, mut losses, mut cpu, mut optimizer_seconds) = (vec![], vec![], 0.0, 0.0);
     // One untimed warm-up step, then `steps` timed ones.
     for step in 0..=steps {
         let (start, cpu_start) = (Instant::now(), cpu_seconds());
         // As the trainer: the passes (their graphs gone once they return), then the optimizer.
         let g = shards.gradients(&model, &batches, 1.0 / targets as f64, None)?;
         losses.push(g.loss_sum / targets as f64);
+        let optimizer_start = Instant::now();
         optimizer.step(&g.grads, 1e-4)?;
         if step > 0 {
+            optimizer_seconds += optimizer_start.elapsed().as_secs_f64();
             times.push(start.elapsed().as_secs_f64());
             cpu += cpu_seconds() - cpu_start;
         }
@@ -70,7 +72,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let trainable: usize = model.params().iter().map(|(_, v)| v.elem_count()).sum();
     let line = serde_json::json!({
         "step_seconds": times, "losses": losses, "tokens_per_s": (seq * batch) as f64 / mean,
-        "busy_cores": cpu / times.iter().sum::<f64>(), "peak_rss_mib": peak_rss_mib(),
+        "busy_cores": cpu / times.iter().sum::<f64>(),
+        "optimizer_seconds": optimizer_seconds / times.len().max(1) as f64, "peak_rss_mib": peak_rss_mib(),
         "matmul_gflops": matmul_gflops(seq * batch, model.config().hidden_size, model.config().intermediate_size)?,
         "trainable": trainable,
     });

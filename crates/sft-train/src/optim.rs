@@ -39,6 +39,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
+use sft_model::ops::wide;
 
 /// Errors from the optimizer, gradient clipping and optimizer-state loading.
 #[derive(Debug, thiserror::Error)]
@@ -160,20 +161,26 @@ impl Coefficients {
     /// One pass over a parameter, in place, element by element in torch's order:
     /// p ← p·(1 − lr·wd); m ← m + (g − m)(1 − β1); v ← v·β2 + g²(1 − β2);
     /// p ← p − step·m / (√v / √(1 − β2ᵗ) + ε).
+    ///
+    /// Compiled for AVX-512 where the CPU has it: at the SSE2 baseline the loop ran one element
+    /// at a time (scalar square roots and divisions), 0.29 s of a full fine-tuning step of 135M
+    /// parameters against 0.10 s vectorised. Both round each operation the same way, so the
+    /// result is the same to the bit.
     fn update(&self, p: &mut [f32], g: &[f32], (m, v): (&mut [f32], &mut [f32]), decay: bool) {
         const CHUNK: usize = 1 << 14;
+        let one = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                let p0 = if decay { *p * self.decay } else { *p };
+                *m += (g - *m) * self.beta1;
+                *v = *v * self.beta2 + g * g * self.one_minus_beta2;
+                let denom = v.sqrt() * self.inv_bc2_sqrt + self.eps;
+                *p = p0 + (*m / denom) * self.step;
+            }
+        };
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(|((p, g), (m, v))| {
-                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                    let p0 = if decay { *p * self.decay } else { *p };
-                    *m += (g - *m) * self.beta1;
-                    *v = *v * self.beta2 + g * g * self.one_minus_beta2;
-                    let denom = v.sqrt() * self.inv_bc2_sqrt + self.eps;
-                    *p = p0 + (*m / denom) * self.step;
-                }
-            });
+            .for_each(|((p, g), (m, v))| wide(|| one(p, g, m, v)));
     }
 }
 

@@ -62,7 +62,7 @@ fn fold(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
 /// Runs `body` inside a function compiled for AVX-512 where the CPU has it, so its loops
 /// vectorize 16 wide; elsewhere as it is.
 #[inline(always)]
-pub(crate) fn wide<R>(body: impl FnOnce() -> R) -> R {
+pub fn wide<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         #[target_feature(enable = "avx512f")]

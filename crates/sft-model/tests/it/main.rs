@@ -4,3 +4,4 @@ mod common;
 mod generate;
 mod parity;
 mod checkpointing;
+mod backprop;
