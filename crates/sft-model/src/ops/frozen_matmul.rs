@@ -75,7 +75,7 @@ pub(crate) struct Tiles {
 
 /// The weight `[out, in]` packed for `x·Wᵀ`; `None` for other formats or without AMX.
 pub(crate) fn packed_forward(weight: &QuantWeight) -> Option<&amx::PackedB> {
-    packed(weight, &weight.tiles.forward, |w, out, inp| amx::PackedB::from_rows(w, out, inp))
+    packed(weight, &weight.tiles.forward, amx::PackedB::from_rows)
 }
 
 /// As [`packed_forward`], for input gradients `dy·W`.
