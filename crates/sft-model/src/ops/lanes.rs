@@ -4,7 +4,7 @@
 //! its matrix products. Here the work is split over independent lanes and compiled for AVX-512
 //! where the CPU has it.
 
-use super::exp_in_place;
+pub(crate) use super::exp_shifted_in_place as exp_shifted;
 
 const LANES: usize = 16;
 
@@ -16,12 +16,6 @@ pub(crate) fn max(xs: &[f32]) -> f32 {
 /// The sum of `xs`.
 pub(crate) fn sum(xs: &[f32]) -> f32 {
     wide(|| fold(xs, 0.0, |s, x| s + x))
-}
-
-/// `xs ← exp(xs − shift)`.
-pub(crate) fn exp_shifted(xs: &mut [f32], shift: f32) {
-    wide(|| xs.iter_mut().for_each(|x| *x -= shift));
-    exp_in_place(xs);
 }
 
 /// `xs ← exp(xs − max(xs))`; returns their log-sum-exp.

@@ -26,7 +26,7 @@ pub use linear::linear;
 pub use lora_linear::{lora_linear, LinearWeight, LoraLinear};
 pub use matvec::{matvec, MATVEC_MAX_ROWS};
 pub use frozen_matmul::{frozen_matmul, qmatmul};
-pub(crate) use exp::exp_in_place;
+pub(crate) use exp::{exp_in_place, exp_shifted_in_place};
 pub use lanes::wide;
 pub(crate) use frozen_matmul::Tiles;
 pub(crate) use matvec::{dot, matvec_rows};
