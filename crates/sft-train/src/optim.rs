@@ -452,7 +452,11 @@ impl AdamW {
                 var.as_tensor().inplace_op2(&grad, &op).map_err(on(name))?;
             } else {
                 let mut p = var.as_tensor().to_dtype(DType::F32).and_then(|p| p.flatten_all()).and_then(|p| p.to_vec1::<f32>()).map_err(on(name))?;
-                with_f32(&grad, |g| Ok(k.update(&mut p, g, moments, decay))).map_err(on(name))?;
+                with_f32(&grad, |g| {
+                    k.update(&mut p, g, moments, decay);
+                    Ok(())
+                })
+                .map_err(on(name))?;
                 let p = Tensor::from_vec(p, var.shape(), var.device()).and_then(|p| p.to_dtype(var.dtype())).map_err(on(name))?;
                 var.set(&p).map_err(on(name))?;
             }
