@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm, Dst, Mat};
 use super::lanes::{self, wide};
-use super::{cpu_f32, dot, lock, with_f32s, RopeTable};
+use super::{cpu_f32, dot, exp_shifted_in_place, lock, with_f32s, RopeTable};
 
 /// Queries per block.
 const BLOCK: usize = 64;
@@ -182,7 +182,7 @@ impl Attention {
             }
             let keys = &mut row[from..to];
             match &mut lse {
-                Lse::Known(l) => lanes::exp_shifted(keys, l[n]),
+                Lse::Known(l) => exp_shifted_in_place(keys, l[n]),
                 Lse::Find(out) => out[n] = lanes::softmax(keys),
             }
             row[..from].fill(0.0);

@@ -14,7 +14,7 @@ use super::amx::{self, PackedB};
 use super::frozen_matmul::{dense_forward, dense_input_grad, packed_forward, packed_input_grad, quant_forward, quant_input_grad};
 use super::gemm::{gemm, Dst, Mat};
 use super::lanes::{self, wide};
-use super::with_f32s;
+use super::{exp_shifted_in_place, with_f32s};
 use crate::quant::QuantWeight;
 
 /// Most logit elements per chunk: just under 32 MiB of f32, glibc's largest mmap threshold, so
@@ -187,7 +187,7 @@ impl CustomOp2 for LinearCrossEntropy {
                 // dz = g·(softmax(z) − onehot(target)), times 1 − (z/cap)² under a soft cap.
                 z.par_chunks_mut(vocab).zip(targets.par_iter().zip(lse)).for_each(|(row, (&t, &lse))| {
                     let capped = self.softcap.map(|cap| (cap as f32, row.to_vec()));
-                    lanes::exp_shifted(row, lse);
+                    exp_shifted_in_place(row, lse);
                     row[t as usize] -= 1.0;
                     wide(|| row.iter_mut().for_each(|x| *x *= g));
                     if let Some((cap, z)) = capped {

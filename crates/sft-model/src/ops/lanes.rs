@@ -4,7 +4,7 @@
 //! its matrix products. Here the work is split over independent lanes and compiled for AVX-512
 //! where the CPU has it.
 
-pub(crate) use super::exp_shifted_in_place as exp_shifted;
+use super::exp_shifted_in_place;
 
 const LANES: usize = 16;
 
@@ -35,7 +35,7 @@ pub(crate) fn softmax(xs: &mut [f32]) -> f32 {
 /// `xs ← exp(xs − max(xs))`; returns the max and the sum of the exponentials.
 fn exp_from_max(xs: &mut [f32]) -> (f32, f32) {
     let max = max(xs);
-    exp_shifted(xs, max);
+    exp_shifted_in_place(xs, max);
     (max, sum(xs))
 }
 
