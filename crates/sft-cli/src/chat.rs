@@ -62,8 +62,14 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<ExitCode> {
             text => messages.push(Message::text("user", text)),
         }
         turn += 1;
-        let conversation = Conversation { source: RowRef { file: "chat".into(), row: turn as usize }, messages: messages.clone(), tools: None, documents: None };
-        let sampling = Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed.wrapping_add(turn), ..Sampling::default() };
+        let conversation = Conversation {
+            source: RowRef { file: "chat".into(), row: turn as usize },
+            messages: messages.clone(),
+            tools: None,
+            documents: None,
+        };
+        let sampling =
+            Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed.wrapping_add(turn), ..Sampling::default() };
         let (text, _) = answer(&loaded, &conversation, args.max_new_tokens, &sampling, |piece| {
             print!("{piece}");
             let _ = std::io::stdout().flush();

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{Map, Value};
@@ -116,13 +115,7 @@ impl DataArgs {
 
     /// Prints the data file's format and row count, and the rows skipped as unreadable.
     pub fn report(&self, dataset: &Dataset, rows: usize) {
-        eprintln!(
-            "{}: {} format ({}), {} rows",
-            self.data(),
-            dataset.format,
-            if dataset.detected { "detected" } else { "given" },
-            rows
-        );
+        eprintln!("{}: {} format ({}), {} rows", self.data(), dataset.format, if dataset.detected { "detected" } else { "given" }, rows);
         if let Some(report) = dataset.skipped_report(self.data()) {
             eprintln!("{report}");
         }

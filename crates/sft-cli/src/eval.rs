@@ -51,8 +51,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     }
     let longest = encoded.examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
     let packed = pack(&encoded.examples, longest.max(PACK_TOKENS))?;
-    let sequences: Vec<Sequence> =
-        packed.iter().map(|p| Sequence::packed(&p.input_ids, &p.labels, &p.boundaries)).collect();
+    let sequences: Vec<Sequence> = packed.iter().map(|p| Sequence::packed(&p.input_ids, &p.labels, &p.boundaries)).collect();
     let result = shards.evaluate(&model, &sequences).with_context(|| {
         format!("evaluating {} with {} (do the tokenizer and the model match?)", data.data(), args.model.model.display())
     })?;

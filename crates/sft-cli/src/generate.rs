@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Map, Value};
 use sft_data::conversation::{Conversation, Message, RowRef};
-use sft_data::data::{openai, DataError};
 use sft_data::data::reader::read_rows;
+use sft_data::data::{openai, DataError};
 use sft_data::template::{Clock, Renderer, TemplateChoice};
 use sft_data::tokens::TextTokenizer;
 use sft_model::generate::{generate, Sampling};
@@ -50,7 +50,9 @@ fn generation_eos(path: &Path) -> anyhow::Result<Vec<u32>> {
         Some(one) => vec![one.clone()],
     };
     ids.iter()
-        .map(|i| i.as_u64().and_then(|n| u32::try_from(n).ok()).with_context(|| format!("{}: eos_token_id: expected token ids", path.display())))
+        .map(|i| {
+            i.as_u64().and_then(|n| u32::try_from(n).ok()).with_context(|| format!("{}: eos_token_id: expected token ids", path.display()))
+        })
         .collect()
 }
 
@@ -170,7 +172,8 @@ pub fn answer(
 fn stop_ids(loaded: &Loaded) -> Vec<u32> {
     let mut stop = loaded.model.config().eos_token_ids.clone();
     stop.extend(&loaded.generation_eos);
-    if let Some(id) = loaded.renderer.template_vars().get("eos_token").and_then(Value::as_str).and_then(|t| loaded.tokenizer.token_to_id(t)) {
+    if let Some(id) = loaded.renderer.template_vars().get("eos_token").and_then(Value::as_str).and_then(|t| loaded.tokenizer.token_to_id(t))
+    {
         stop.push(id);
     }
     stop.sort();
@@ -221,7 +224,8 @@ fn prompts_from(path: &Path) -> anyhow::Result<Vec<Prompt>> {
     let mut out = vec![];
     for row in read_rows(&name)?.rows {
         let row = row?;
-        let conversation = openai::convert(&row.value, &row.source, "messages").map_err(|error| DataError::Row { at: row.source.clone(), error })?;
+        let conversation =
+            openai::convert(&row.value, &row.source, "messages").map_err(|error| DataError::Row { at: row.source.clone(), error })?;
         let expected = match row.value.get("expected") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
@@ -270,7 +274,12 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if score.total > 0 {
-        eprintln!("scored {} prompts: exact match {:.1}%, contains {:.1}%", score.total, 100.0 * score.exact as f64 / score.total as f64, 100.0 * score.contains as f64 / score.total as f64);
+        eprintln!(
+            "scored {} prompts: exact match {:.1}%, contains {:.1}%",
+            score.total,
+            100.0 * score.exact as f64 / score.total as f64,
+            100.0 * score.contains as f64 / score.total as f64
+        );
         if let Some(path) = &args.scores {
             std::fs::write(path, score.to_json().to_string()).with_context(|| format!("writing {}", path.display()))?;
         }

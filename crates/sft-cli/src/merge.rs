@@ -30,7 +30,8 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<ExitCode> {
     require_new_dir(out)?;
     let model = Model::merged(&base, &adapter)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::copy(base.join("config.json"), out.join("config.json")).with_context(|| format!("copying {}", base.join("config.json").display()))?;
+    std::fs::copy(base.join("config.json"), out.join("config.json"))
+        .with_context(|| format!("copying {}", base.join("config.json").display()))?;
     model.save_weights(out)?;
     for dir in [&base, &tokenizer_dir] {
         copy_side_files(dir, out)?;

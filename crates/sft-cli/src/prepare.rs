@@ -91,9 +91,19 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
     let fingerprint = DataFingerprint::of(data.data())?;
     let (renderer, tokenizer, read) = data.load_tools()?;
     let key = ManifestKey::new(dir, &renderer, Settings::new(options, packing), data.now.as_deref(), fingerprint)?;
-    let inputs = BuildInputs { data: data.data(), read: &read, options, packing, renderer: &renderer, tokenizer: &tokenizer, keep_excluded: LISTED_EXCLUDED };
+    let inputs = BuildInputs {
+        data: data.data(),
+        read: &read,
+        options,
+        packing,
+        renderer: &renderer,
+        tokenizer: &tokenizer,
+        keep_excluded: LISTED_EXCLUDED,
+    };
     let built = build(&inputs, &args.out, key).map_err(|e| match e {
-        BuildError::Encode(e @ EncodeError::NothingLeft { .. }) => anyhow::Error::new(e).context(format!("{}: nothing to prepare", data.data())),
+        BuildError::Encode(e @ EncodeError::NothingLeft { .. }) => {
+            anyhow::Error::new(e).context(format!("{}: nothing to prepare", data.data()))
+        }
         BuildError::Prepared(e) => anyhow::Error::new(e).context(format!("writing {}", args.out.display())),
         other => other.into(),
     })?;

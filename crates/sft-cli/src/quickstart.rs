@@ -84,7 +84,10 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     let after = score_file(&load(&tuned, None)?, &heldout, MAX_ANSWER_TOKENS)?;
     print_table(before, after, summary.steps, seconds, summary.eval_loss);
     println!("checkpoint: {}", summary.checkpoint.display());
-    println!("try it:     sft generate --model {} --prompt \"The striker scored a goal. Which topic is this?\"", summary.checkpoint.display());
+    println!(
+        "try it:     sft generate --model {} --prompt \"The striker scored a goal. Which topic is this?\"",
+        summary.checkpoint.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -123,7 +126,11 @@ fn print_table(before: Score, after: Score, steps: usize, seconds: f64, eval_los
     println!();
     println!("held-out prompts ({}), greedy answers   before training   after {steps} steps", after.total);
     println!("  exact match                          {:<17} {}", percent(before.exact, before.total), percent(after.exact, after.total));
-    println!("  answer contains the expected text    {:<17} {}", percent(before.contains, before.total), percent(after.contains, after.total));
+    println!(
+        "  answer contains the expected text    {:<17} {}",
+        percent(before.contains, before.total),
+        percent(after.contains, after.total)
+    );
     if let Some(l) = eval_loss {
         println!("  eval loss after training             {l:.4}");
     }

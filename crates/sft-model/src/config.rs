@@ -232,7 +232,12 @@ impl HfConfig {
         let head_dim = match self.head_dim {
             Some(d) => cx.need(Some(d), "head_dim")?,
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
-            None => return Err(cx.err("head_dim", format!("missing, and hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"))),
+            None => {
+                return Err(cx.err(
+                    "head_dim",
+                    format!("missing, and hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"),
+                ))
+            }
         };
         let num_layers = cx.need(self.num_hidden_layers, "num_hidden_layers")?;
         let gemma = family.is_gemma();
@@ -331,9 +336,7 @@ impl HfConfig {
         Ok((0..n)
             .map(|i| match family {
                 Family::Mistral => kind(self.sliding_window.is_some()),
-                Family::Qwen2 | Family::Qwen3 => {
-                    kind(self.use_sliding_window.unwrap_or(false) && i >= self.max_window_layers.unwrap_or(0))
-                }
+                Family::Qwen2 | Family::Qwen3 => kind(self.use_sliding_window.unwrap_or(false) && i >= self.max_window_layers.unwrap_or(0)),
                 Family::Gemma2 => kind(i % 2 == 0),
                 Family::Gemma3 => kind((i + 1) % pattern != 0),
                 _ => kind(false),
@@ -381,14 +384,14 @@ impl HfConfig {
         }
         let rotary_dim = ((head_dim as f64 * factor) as usize) & !1;
         // transformers: inv_freq = 1 / theta^(arange(0, dim, 2) / dim), in f32.
-        let mut inv_freq: Vec<f32> =
-            (0..rotary_dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / rotary_dim as f32)).collect();
+        let mut inv_freq: Vec<f32> = (0..rotary_dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / rotary_dim as f32)).collect();
         let kind_name = match params.get("rope_type").or_else(|| params.get("type")) {
             None | Some(Value::Null) => "default".to_string(),
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(cx.err(&format!("{key}.rope_type"), "expected a string")),
         };
-        let need = |name: &str| num(name)?.ok_or_else(|| cx.err(&format!("{key}.{name}"), format!("missing (needed by rope_type {kind_name})")));
+        let need =
+            |name: &str| num(name)?.ok_or_else(|| cx.err(&format!("{key}.{name}"), format!("missing (needed by rope_type {kind_name})")));
         match kind_name.as_str() {
             "default" => {}
             "linear" => {
@@ -403,10 +406,7 @@ impl HfConfig {
                 need("original_max_position_embeddings")?,
             ),
             other => {
-                return Err(cx.err(
-                    &format!("{key}.rope_type"),
-                    format!("{other:?} is not supported (supported: default, linear, llama3)"),
-                ))
+                return Err(cx.err(&format!("{key}.rope_type"), format!("{other:?} is not supported (supported: default, linear, llama3)")))
             }
         }
         Ok(Rope { inv_freq })
@@ -433,7 +433,8 @@ fn llama3_scaling(inv_freq: &mut [f32], factor: f64, low: f64, high: f64, origin
 
 /// An id or a list of ids.
 fn token_ids(cx: &Ctx<'_>, v: Option<&Value>, key: &str) -> Result<Vec<u32>, ModelError> {
-    let one = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| cx.err(key, "expected a token id or a list of them"));
+    let one =
+        |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| cx.err(key, "expected a token id or a list of them"));
     match v {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Array(items)) => items.iter().map(one).collect(),

@@ -24,14 +24,14 @@
 #![deny(missing_docs)]
 
 pub mod config;
-pub mod generate;
 mod error;
+pub mod generate;
 pub mod lora;
-pub mod runtime;
 pub mod model;
 pub mod ops;
 pub mod quant;
 pub mod rng;
+pub mod runtime;
 mod weights;
 
 pub use error::ModelError;

@@ -102,8 +102,7 @@ impl LoraSettings {
     pub fn from_adapter_dir(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-        let raw: PeftConfig =
-            serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.clone(), message: e.to_string() })?;
+        let raw: PeftConfig = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.clone(), message: e.to_string() })?;
         raw.resolve(&path)
     }
 }
@@ -246,7 +245,12 @@ mod tests {
     #[test]
     fn dropout_masks_are_seeded_and_scaled() -> candle_core::Result<()> {
         let dev = candle_core::Device::Cpu;
-        let lora = Lora { a: Tensor::eye(3, candle_core::DType::F32, &dev)?, b: Tensor::eye(3, candle_core::DType::F32, &dev)?, scaling: 1.0, index: 4 };
+        let lora = Lora {
+            a: Tensor::eye(3, candle_core::DType::F32, &dev)?,
+            b: Tensor::eye(3, candle_core::DType::F32, &dev)?,
+            scaling: 1.0,
+            index: 4,
+        };
         let x = Tensor::ones((50, 3), candle_core::DType::F32, &dev)?;
         let d = Some(Dropout { p: 0.5, seed: 9 });
         let a = lora.forward(&x, d)?.flatten_all()?.to_vec1::<f32>()?;

@@ -92,16 +92,17 @@ impl Scales {
 
     fn quantize(absmax: Vec<f32>) -> Scales {
         let mean = absmax.iter().map(|&a| a as f64).sum::<f64>() as f32 / absmax.len().max(1) as f32;
-        let steps: Vec<f32> = absmax
-            .chunks(SCALE_BLOCK)
-            .map(|c| c.iter().map(|a| (a - mean).abs()).fold(0f32, f32::max) / 127.0)
-            .collect();
+        let steps: Vec<f32> = absmax.chunks(SCALE_BLOCK).map(|c| c.iter().map(|a| (a - mean).abs()).fold(0f32, f32::max) / 127.0).collect();
         let codes = absmax
             .iter()
             .enumerate()
             .map(|(i, a)| {
                 let step = steps[i / SCALE_BLOCK];
-                if step > 0.0 { ((a - mean) / step).round().clamp(-127.0, 127.0) as i8 } else { 0 }
+                if step > 0.0 {
+                    ((a - mean) / step).round().clamp(-127.0, 127.0) as i8
+                } else {
+                    0
+                }
             })
             .collect();
         Scales::Double { codes, steps, mean }

@@ -84,17 +84,16 @@ fn shard_paths(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io { path: index.into(), source })?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| ModelError::Json { path: index.into(), message: e.to_string() })?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Json {
-        path: index.into(),
-        message: "weight_map: missing or not an object".into(),
-    })?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ModelError::Json { path: index.into(), message: "weight_map: missing or not an object".into() })?;
     let mut seen = BTreeSet::new();
     let mut paths = vec![];
     for (name, file) in map {
-        let file = file.as_str().ok_or_else(|| ModelError::Json {
-            path: index.into(),
-            message: format!("weight_map.{name}: expected a file name"),
-        })?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| ModelError::Json { path: index.into(), message: format!("weight_map.{name}: expected a file name") })?;
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
             return Err(ModelError::Json { path: index.into(), message: format!("weight_map.{name}: {file:?} is not a plain file name") });
         }

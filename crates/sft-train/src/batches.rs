@@ -36,11 +36,7 @@ pub fn records(examples: &[Example], pack_to: Option<usize>) -> Result<Vec<Recor
             .collect(),
         None => examples
             .iter()
-            .map(|e| Record {
-                input_ids: e.input_ids.clone(),
-                labels: e.labels.clone(),
-                boundaries: vec![0, e.input_ids.len() as u32],
-            })
+            .map(|e| Record { input_ids: e.input_ids.clone(), labels: e.labels.clone(), boundaries: vec![0, e.input_ids.len() as u32] })
             .collect(),
     })
 }

@@ -71,7 +71,8 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 }
 
 fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
-    candle_core::safetensors::save(tensors, path).map_err(|e| TrainError::Io { path: path.into(), source: std::io::Error::other(e.to_string()) })?;
+    candle_core::safetensors::save(tensors, path)
+        .map_err(|e| TrainError::Io { path: path.into(), source: std::io::Error::other(e.to_string()) })?;
     File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
 }
 

@@ -205,12 +205,50 @@ mod defaults {
 
 /// The keys the file may have (for suggestions).
 const KEYS: &[&str] = &[
-    "model", "tokenizer", "chat_template", "template_kwargs", "datasets", "eval_dataset", "eval_split", "on_bad_row", "output_dir",
-    "finetuning", "masking", "instruction_part", "response_part", "append_eos", "max_seq_length", "truncation",
-    "packing", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "num_train_epochs", "max_steps",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "max_grad_norm", "adam_beta1",
-    "adam_beta2", "adam_epsilon", "seed", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "lora_r",
-    "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "gradient_checkpointing", "bf16", "load_in_4bit", "bnb_4bit_use_double_quant",
+    "model",
+    "tokenizer",
+    "chat_template",
+    "template_kwargs",
+    "datasets",
+    "eval_dataset",
+    "eval_split",
+    "on_bad_row",
+    "output_dir",
+    "finetuning",
+    "masking",
+    "instruction_part",
+    "response_part",
+    "append_eos",
+    "max_seq_length",
+    "truncation",
+    "packing",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "warmup_ratio",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "seed",
+    "logging_steps",
+    "eval_steps",
+    "save_steps",
+    "save_total_limit",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "use_rslora",
+    "gradient_checkpointing",
+    "bf16",
+    "load_in_4bit",
+    "bnb_4bit_use_double_quant",
     "bnb_4bit_quant_type",
 ];
 
@@ -367,7 +405,13 @@ impl RawTrainConfig {
         let err = |key: &str, message: &str| TrainError::Config { path: path.into(), key: key.into(), message: message.into() };
         let positive = |key: &str, v: f64| if v > 0.0 && v.is_finite() { Ok(()) } else { Err(err(key, "must be greater than 0")) };
         positive("learning_rate", self.learning_rate)?;
-        for (key, v) in [("per_device_train_batch_size", self.per_device_train_batch_size), ("gradient_accumulation_steps", self.gradient_accumulation_steps), ("max_seq_length", self.max_seq_length), ("logging_steps", self.logging_steps), ("save_steps", self.save_steps)] {
+        for (key, v) in [
+            ("per_device_train_batch_size", self.per_device_train_batch_size),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            ("max_seq_length", self.max_seq_length),
+            ("logging_steps", self.logging_steps),
+            ("save_steps", self.save_steps),
+        ] {
             if v == 0 {
                 return Err(err(key, "must be at least 1"));
             }
@@ -408,7 +452,9 @@ impl RawTrainConfig {
             "linear" => SchedulerKind::Linear,
             "cosine" => SchedulerKind::Cosine,
             "constant" | "constant_with_warmup" => SchedulerKind::Constant,
-            other => return Err(err("lr_scheduler_type", &format!("{other:?} is not one of linear, cosine, constant, constant_with_warmup"))),
+            other => {
+                return Err(err("lr_scheduler_type", &format!("{other:?} is not one of linear, cosine, constant, constant_with_warmup")))
+            }
         };
         let method = match self.finetuning.as_str() {
             "full" => Method::Full,

@@ -63,7 +63,9 @@ pub enum OptimError {
         got: usize,
     },
     /// A gradient's shape differs from its parameter's.
-    #[error("optimizer: gradient for {name:?} has shape {got:?}, the parameter has shape {expected:?}; gradients must be in params() order")]
+    #[error(
+        "optimizer: gradient for {name:?} has shape {got:?}, the parameter has shape {expected:?}; gradients must be in params() order"
+    )]
     GradShape {
         /// The parameter's name.
         name: String,
@@ -73,9 +75,7 @@ pub enum OptimError {
         got: Shape,
     },
     /// Two parameters have the same name.
-    #[error(
-        "optimizer: parameter name {name:?} appears twice; every parameter needs a unique name"
-    )]
+    #[error("optimizer: parameter name {name:?} appears twice; every parameter needs a unique name")]
     DuplicateName {
         /// The repeated name.
         name: String,
@@ -121,7 +121,9 @@ pub enum OptimError {
         got: Shape,
     },
     /// The saved state has a tensor that matches no parameter.
-    #[error("optimizer state: tensor {name:?} matches no parameter; was the checkpoint saved for a different set of trainable parameters?")]
+    #[error(
+        "optimizer state: tensor {name:?} matches no parameter; was the checkpoint saved for a different set of trainable parameters?"
+    )]
     UnexpectedState {
         /// The unknown key.
         name: String,
@@ -135,10 +137,7 @@ pub enum OptimError {
 }
 
 fn on(name: &str) -> impl FnOnce(candle_core::Error) -> OptimError + '_ {
-    move |source| OptimError::Tensor {
-        name: name.to_string(),
-        source,
-    }
+    move |source| OptimError::Tensor { name: name.to_string(), source }
 }
 
 /// The scalars of one AdamW step, in f32 as the update runs.
@@ -235,12 +234,7 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// torch's defaults except weight decay: 0.9, 0.999, 1e-8, 0.0 (as the HF Trainer).
     fn default() -> Self {
-        Self {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
     }
 }
 
@@ -250,38 +244,14 @@ impl AdamWConfig {
             if ok {
                 Ok(())
             } else {
-                Err(OptimError::Invalid {
-                    what,
-                    value,
-                    expected,
-                })
+                Err(OptimError::Invalid { what, value, expected })
             }
         };
-        check(
-            "beta1",
-            self.beta1,
-            (0.0..1.0).contains(&self.beta1),
-            "0 <= beta1 < 1",
-        )?;
-        check(
-            "beta2",
-            self.beta2,
-            (0.0..1.0).contains(&self.beta2),
-            "0 <= beta2 < 1",
-        )?;
-        check(
-            "eps",
-            self.eps,
-            self.eps.is_finite() && self.eps >= 0.0,
-            "a finite value >= 0",
-        )?;
+        check("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "0 <= beta1 < 1")?;
+        check("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "0 <= beta2 < 1")?;
+        check("eps", self.eps, self.eps.is_finite() && self.eps >= 0.0, "a finite value >= 0")?;
         let wd = self.weight_decay;
-        check(
-            "weight_decay",
-            wd,
-            wd.is_finite() && wd >= 0.0,
-            "a finite value >= 0",
-        )
+        check("weight_decay", wd, wd.is_finite() && wd >= 0.0, "a finite value >= 0")
     }
 }
 
@@ -290,29 +260,14 @@ pub const STEP_KEY: &str = "step";
 
 /// Reads the step count saved under [`STEP_KEY`]: one element holding an integer >= 0.
 fn read_step(state: &HashMap<String, Tensor>) -> Result<u64, OptimError> {
-    let t = state
-        .get(STEP_KEY)
-        .ok_or_else(|| OptimError::MissingState {
-            name: STEP_KEY.into(),
-        })?;
+    let t = state.get(STEP_KEY).ok_or_else(|| OptimError::MissingState { name: STEP_KEY.into() })?;
     if t.elem_count() != 1 {
-        return Err(OptimError::BadStep {
-            what: format!(
-                "tensor {STEP_KEY:?} has shape {:?}; expected one element",
-                t.shape()
-            ),
-        });
+        return Err(OptimError::BadStep { what: format!("tensor {STEP_KEY:?} has shape {:?}; expected one element", t.shape()) });
     }
-    let value = t
-        .flatten_all()
-        .and_then(|t| t.to_dtype(DType::F64))
-        .and_then(|t| t.to_vec1::<f64>())
-        .map_err(on(STEP_KEY))?;
+    let value = t.flatten_all().and_then(|t| t.to_dtype(DType::F64)).and_then(|t| t.to_vec1::<f64>()).map_err(on(STEP_KEY))?;
     let value = value.first().copied().unwrap_or(f64::NAN);
     if !(value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < 2f64.powi(63)) {
-        return Err(OptimError::BadStep {
-            what: format!("tensor {STEP_KEY:?} holds {value}; expected an integer >= 0"),
-        });
+        return Err(OptimError::BadStep { what: format!("tensor {STEP_KEY:?} holds {value}; expected an integer >= 0") });
     }
     Ok(value as u64)
 }
@@ -333,9 +288,7 @@ pub struct AdamW {
 }
 
 fn step_tensor(step: u64) -> Result<Tensor, OptimError> {
-    let value = i64::try_from(step).map_err(|_| OptimError::BadStep {
-        what: format!("step {step} is too large"),
-    })?;
+    let value = i64::try_from(step).map_err(|_| OptimError::BadStep { what: format!("step {step} is too large") })?;
     Tensor::new(&[value], &Device::Cpu).map_err(on(STEP_KEY))
 }
 
@@ -354,10 +307,7 @@ impl AdamW {
                 return Err(OptimError::DuplicateName { name: name.clone() });
             }
             if !var.dtype().is_float() {
-                return Err(OptimError::NotFloat {
-                    name: name.clone(),
-                    dtype: var.dtype(),
-                });
+                return Err(OptimError::NotFloat { name: name.clone(), dtype: var.dtype() });
             }
             decay.push(var.rank() >= 2);
             if !var.device().is_cpu() {
@@ -366,15 +316,7 @@ impl AdamW {
             exp_avg.push(vec![0f32; var.elem_count()]);
         }
         let exp_avg_sq = exp_avg.clone();
-        Ok(Self {
-            params,
-            decay,
-            exp_avg,
-            exp_avg_sq,
-            config,
-            step: 0,
-            step_tensor: step_tensor(0)?,
-        })
+        Ok(Self { params, decay, exp_avg, exp_avg_sq, config, step: 0, step_tensor: step_tensor(0)? })
     }
 
     /// The parameters, in the order gradients must be given.
@@ -405,25 +347,14 @@ impl AdamW {
     /// before anything changes. `lr` must be finite and >= 0.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<(), OptimError> {
         if !(lr.is_finite() && lr >= 0.0) {
-            return Err(OptimError::Invalid {
-                what: "lr",
-                value: lr,
-                expected: "a finite value >= 0",
-            });
+            return Err(OptimError::Invalid { what: "lr", value: lr, expected: "a finite value >= 0" });
         }
         if grads.len() != self.params.len() {
-            return Err(OptimError::GradCount {
-                expected: self.params.len(),
-                got: grads.len(),
-            });
+            return Err(OptimError::GradCount { expected: self.params.len(), got: grads.len() });
         }
         for ((name, var), grad) in self.params.iter().zip(grads) {
             if grad.shape() != var.shape() {
-                return Err(OptimError::GradShape {
-                    name: name.clone(),
-                    expected: var.shape().clone(),
-                    got: grad.shape().clone(),
-                });
+                return Err(OptimError::GradShape { name: name.clone(), expected: var.shape().clone(), got: grad.shape().clone() });
             }
         }
         let next_step = step_tensor(self.step + 1)?;
@@ -451,7 +382,12 @@ impl AdamW {
                 let op = InPlace { k, decay, moments: Mutex::new(moments) };
                 var.as_tensor().inplace_op2(&grad, &op).map_err(on(name))?;
             } else {
-                let mut p = var.as_tensor().to_dtype(DType::F32).and_then(|p| p.flatten_all()).and_then(|p| p.to_vec1::<f32>()).map_err(on(name))?;
+                let mut p = var
+                    .as_tensor()
+                    .to_dtype(DType::F32)
+                    .and_then(|p| p.flatten_all())
+                    .and_then(|p| p.to_vec1::<f32>())
+                    .map_err(on(name))?;
                 with_f32(&grad, |g| {
                     k.update(&mut p, g, moments, decay);
                     Ok(())
@@ -501,17 +437,12 @@ impl AdamW {
         for (name, var) in &self.params {
             for (suffix, out) in [("exp_avg", &mut exp_avg), ("exp_avg_sq", &mut exp_avg_sq)] {
                 let key = format!("{name}.{suffix}");
-                let saved = state
-                    .get(&key)
-                    .ok_or_else(|| OptimError::MissingState { name: key.clone() })?;
+                let saved = state.get(&key).ok_or_else(|| OptimError::MissingState { name: key.clone() })?;
                 if saved.shape() != var.shape() {
-                    return Err(OptimError::StateShape {
-                        name: key,
-                        expected: var.shape().clone(),
-                        got: saved.shape().clone(),
-                    });
+                    return Err(OptimError::StateShape { name: key, expected: var.shape().clone(), got: saved.shape().clone() });
                 }
-                let t = saved.detach().to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(on(&key))?;
+                let t =
+                    saved.detach().to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(on(&key))?;
                 out.push(t);
                 known.insert(key);
             }
@@ -519,9 +450,7 @@ impl AdamW {
         let mut unknown: Vec<&String> = state.keys().filter(|k| !known.contains(*k)).collect();
         unknown.sort();
         if let Some(name) = unknown.first() {
-            return Err(OptimError::UnexpectedState {
-                name: name.to_string(),
-            });
+            return Err(OptimError::UnexpectedState { name: name.to_string() });
         }
         self.exp_avg = exp_avg;
         self.exp_avg_sq = exp_avg_sq;
@@ -540,11 +469,7 @@ impl AdamW {
 /// in a gradient) leaves the gradients as they are: the caller should skip that step.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64, OptimError> {
     if !(max_norm.is_finite() && max_norm >= 0.0) {
-        return Err(OptimError::Invalid {
-            what: "max_norm",
-            value: max_norm,
-            expected: "a finite value >= 0",
-        });
+        return Err(OptimError::Invalid { what: "max_norm", value: max_norm, expected: "a finite value >= 0" });
     }
     let mut total_sq = 0f64;
     for (i, g) in grads.iter().enumerate() {
@@ -554,20 +479,14 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64, OptimE
             .and_then(|g| g.sqr())
             .and_then(|g| g.sum_all())
             .and_then(|s| s.to_scalar::<f32>())
-            .map_err(|source| OptimError::Tensor {
-                name: format!("gradient {i}"),
-                source,
-            })?;
+            .map_err(|source| OptimError::Tensor { name: format!("gradient {i}"), source })?;
         total_sq += f64::from(sum_sq);
     }
     let norm = total_sq.sqrt();
     let coef = max_norm / (norm + 1e-6);
     if norm.is_finite() && coef < 1.0 {
         for (i, g) in grads.iter_mut().enumerate() {
-            *g = g.affine(coef, 0.0).map_err(|source| OptimError::Tensor {
-                name: format!("gradient {i}"),
-                source,
-            })?;
+            *g = g.affine(coef, 0.0).map_err(|source| OptimError::Tensor { name: format!("gradient {i}"), source })?;
         }
     }
     Ok(norm)
@@ -598,28 +517,11 @@ mod tests {
     fn decay_only_on_matrices() {
         let w = var(&[1.0; 4], &[2, 2]);
         let b = var(&[1.0; 2], &[2]);
-        let config = AdamWConfig {
-            weight_decay: 0.5,
-            ..AdamWConfig::default()
-        };
-        let mut opt = AdamW::new(
-            vec![("w".into(), w.clone()), ("b".into(), b.clone())],
-            config,
-        )
-        .unwrap();
-        let grads = [
-            Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(),
-            Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
-        ];
+        let config = AdamWConfig { weight_decay: 0.5, ..AdamWConfig::default() };
+        let mut opt = AdamW::new(vec![("w".into(), w.clone()), ("b".into(), b.clone())], config).unwrap();
+        let grads = [Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap()];
         opt.step(&grads, 0.1).unwrap();
-        assert_eq!(
-            w.as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-            [0.95; 4]
-        );
+        assert_eq!(w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0.95; 4]);
         assert_eq!(b.as_tensor().to_vec1::<f32>().unwrap(), [1.0; 2]);
     }
 
@@ -633,10 +535,7 @@ mod tests {
 
     #[test]
     fn bad_config_is_rejected() {
-        let config = AdamWConfig {
-            beta2: 1.0,
-            ..AdamWConfig::default()
-        };
+        let config = AdamWConfig { beta2: 1.0, ..AdamWConfig::default() };
         let err = AdamW::new(vec![], config).unwrap_err();
         assert!(err.to_string().contains("beta2"), "{err}");
     }

@@ -115,21 +115,12 @@ mod tests {
     use super::*;
 
     fn sched(kind: SchedulerKind, warmup_steps: usize, total_steps: usize) -> Schedule {
-        Schedule {
-            kind,
-            peak_lr: 2.0,
-            warmup_steps,
-            total_steps,
-        }
+        Schedule { kind, peak_lr: 2.0, warmup_steps, total_steps }
     }
 
     #[test]
     fn warmup_starts_at_zero_and_reaches_peak() {
-        for kind in [
-            SchedulerKind::Constant,
-            SchedulerKind::Linear,
-            SchedulerKind::Cosine,
-        ] {
+        for kind in [SchedulerKind::Constant, SchedulerKind::Linear, SchedulerKind::Cosine] {
             let s = sched(kind, 4, 20);
             assert_eq!(s.lr(0), 0.0);
             assert_eq!(s.lr(2), 1.0);
@@ -139,11 +130,7 @@ mod tests {
 
     #[test]
     fn no_warmup_starts_at_peak() {
-        for kind in [
-            SchedulerKind::Constant,
-            SchedulerKind::Linear,
-            SchedulerKind::Cosine,
-        ] {
+        for kind in [SchedulerKind::Constant, SchedulerKind::Linear, SchedulerKind::Cosine] {
             assert_eq!(sched(kind, 0, 10).lr(0), 2.0);
         }
     }
@@ -176,10 +163,7 @@ mod tests {
     fn kind_serde_names() -> Result<(), serde_json::Error> {
         let k: SchedulerKind = serde_json::from_str("\"cosine\"")?;
         assert_eq!(k, SchedulerKind::Cosine);
-        assert_eq!(
-            serde_json::to_string(&SchedulerKind::Constant)?,
-            "\"constant\""
-        );
+        assert_eq!(serde_json::to_string(&SchedulerKind::Constant)?, "\"constant\"");
         Ok(())
     }
 }

@@ -225,7 +225,10 @@ mod tests {
         assert_ne!(ran[0].1, std::thread::current().id());
         assert_eq!(s.run(2, |_| rayon::current_num_threads()), vec![1, 1]);
         // One group (a micro-batch of one sequence) keeps every thread.
-        assert_eq!(s.run(1, |_| (rayon::current_num_threads(), std::thread::current().id())), vec![(rayon::current_num_threads(), std::thread::current().id())]);
+        assert_eq!(
+            s.run(1, |_| (rayon::current_num_threads(), std::thread::current().id())),
+            vec![(rayon::current_num_threads(), std::thread::current().id())]
+        );
         Ok(())
     }
 }

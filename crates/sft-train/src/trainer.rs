@@ -237,7 +237,10 @@ fn prepared_records(cfg: &TrainConfig, dir: &Path, renderer: &Renderer) -> Resul
         return Err(TrainError::Config {
             path: cfg.source.clone(),
             key: "datasets".into(),
-            message: format!("{}: the prepared dataset does not fit this run ({reason}); run `sft prepare` again or train on the data file", dir.display()),
+            message: format!(
+                "{}: the prepared dataset does not fit this run ({reason}); run `sft prepare` again or train on the data file",
+                dir.display()
+            ),
         });
     }
     Ok((0..dataset.len())
@@ -315,10 +318,5 @@ fn prepare(cfg: &TrainConfig) -> Result<Data, TrainError> {
     let pack_to = cfg.packing.then_some(cfg.encode.max_seq_length).flatten();
     let mut train = records(&train, pack_to)?;
     train.extend(prepared);
-    Ok(Data {
-        train,
-        eval: records(&eval, None)?,
-        template: renderer.templates().default.source().to_string(),
-        trained_tokens,
-    })
+    Ok(Data { train, eval: records(&eval, None)?, template: renderer.templates().default.source().to_string(), trained_tokens })
 }

@@ -58,7 +58,9 @@ fn run_with_timeout(args: &[String], scratch: &Path) -> Run {
 fn build_data(recipe: &str, dir: &Path) {
     let good = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#;
     let (name, bytes): (&str, Vec<u8>) = match recipe {
-        "invalid_utf8" => ("invalid_utf8.jsonl", [good.as_bytes(), b"\n{\"messages\": [{\"role\": \"user\", \"content\": \"caf\xe9 \xff\"}]}\n"].concat()),
+        "invalid_utf8" => {
+            ("invalid_utf8.jsonl", [good.as_bytes(), b"\n{\"messages\": [{\"role\": \"user\", \"content\": \"caf\xe9 \xff\"}]}\n"].concat())
+        }
         // 64 MiB on one line that never closes its string.
         "huge_line" => {
             let mut b = format!("{good}\n{{\"messages\": [{{\"role\": \"user\", \"content\": \"").into_bytes();
@@ -68,7 +70,8 @@ fn build_data(recipe: &str, dir: &Path) {
         // One valid row of 200k words: far over any max_seq_length.
         "over_long_row" => {
             let words = "lorem ipsum ".repeat(100_000);
-            let row = format!(r#"{{"messages": [{{"role": "user", "content": "{words}"}}, {{"role": "assistant", "content": "{words}"}}]}}"#);
+            let row =
+                format!(r#"{{"messages": [{{"role": "user", "content": "{words}"}}, {{"role": "assistant", "content": "{words}"}}]}}"#);
             ("over_long_row.jsonl", format!("{row}\n").into_bytes())
         }
         "deep_nesting" => {

@@ -44,9 +44,11 @@ fn spawn_train(yaml: &Path, resume: bool, fault: &str) -> Child {
 /// Whether a temporary checkpoint directory was written to at or after `since` (one left by an
 /// earlier kill does not count).
 fn partial_save(out: &Path, since: SystemTime) -> bool {
-    std::fs::read_dir(out).into_iter().flatten().flatten().any(|e| {
-        e.file_name().to_string_lossy().ends_with(".partial") && e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since)
-    })
+    std::fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".partial") && e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since))
 }
 
 /// Waits for `child` until `kill_now` says so (then SIGKILLs it: `Child::kill` sends SIGKILL)

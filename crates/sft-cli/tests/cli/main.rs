@@ -119,7 +119,8 @@ fn every_bad_data_file_fails_cleanly_naming_the_file() {
 
 #[test]
 fn on_bad_row_skip_lists_the_skipped_rows() {
-    let data = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}\n{not json\n{\"messages\":[{\"role\":\"robot\",\"content\":\"b\"}]}\n";
+    let data =
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}\n{not json\n{\"messages\":[{\"role\":\"robot\",\"content\":\"b\"}]}\n";
     let out = sft_stdin(&["render", "--chat-template", "chatml", "--on-bad-row", "skip", "-"], data);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(lines(&out).len(), 1);
@@ -283,7 +284,8 @@ fn prepare_packing_without_a_length_and_markers_without_parts_are_refused() {
 
 #[test]
 fn prepare_lists_twenty_excluded_rows_then_counts_the_rest() {
-    let mut data = String::from("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n");
+    let mut data =
+        String::from("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n");
     for _ in 0..23 {
         data.push_str("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
     }
@@ -353,7 +355,8 @@ fn qlora_trains_a_peft_adapter_on_a_4bit_base() {
     // An ordinary PEFT adapter: it loads on the 4-bit base and on the f32 base.
     assert_eq!(json_file(&ckpt.join("adapter_config.json"))["peft_type"], "LORA");
     let eval = |flags: &[&str]| {
-        let out = sft(&[&["eval", "--model", ckpt.to_str().unwrap(), "--data", "examples/quickstart/eval.jsonl", "--json"][..], flags].concat());
+        let out =
+            sft(&[&["eval", "--model", ckpt.to_str().unwrap(), "--data", "examples/quickstart/eval.jsonl", "--json"][..], flags].concat());
         assert!(out.status.success(), "{}", stderr(&out));
         lines(&out)[0]["loss"].as_f64().unwrap()
     };
@@ -388,7 +391,8 @@ fn eval_names_what_is_missing_or_mismatched() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("outside the vocabulary of 128"), "{}", stderr(&out));
     // An adapter made for another model.
-    let out = sft(&["eval", "--model", "tests/fixtures/model/eval/model", "--adapter", "tests/fixtures/model/phi3/adapter", "--data", data]);
+    let out =
+        sft(&["eval", "--model", "tests/fixtures/model/eval/model", "--adapter", "tests/fixtures/model/phi3/adapter", "--data", data]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("phi3/adapter"), "{}", stderr(&out));
 }
@@ -407,7 +411,17 @@ fn tiny_run(name: &str, extra: &str) -> PathBuf {
     )
     .unwrap();
     let model = dir.join("model");
-    let out = sft(&["init-model", "--config", config.to_str().unwrap(), "--tokenizer", "examples/quickstart/tokenizer", "--seed", "3", "--out", model.to_str().unwrap()]);
+    let out = sft(&[
+        "init-model",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        "examples/quickstart/tokenizer",
+        "--seed",
+        "3",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let finetuning = if extra.contains("lora_r") { "lora" } else { "full" };
     let yaml = format!(
@@ -591,9 +605,20 @@ fn merge_folds_the_adapter_in_and_eval_agrees() {
 fn chat_keeps_history_and_resets() {
     let ckpt = root().join("target/cli-tests/chat-model");
     let _ = std::fs::remove_dir_all(&ckpt);
-    let config = scratch("chat-config.json", r#"{"model_type": "llama", "vocab_size": 829, "hidden_size": 16, "intermediate_size": 32,
-        "num_hidden_layers": 1, "num_attention_heads": 2, "eos_token_id": 2}"#);
-    let out = sft(&["init-model", "--config", config.to_str().unwrap(), "--tokenizer", "examples/quickstart/tokenizer", "--out", ckpt.to_str().unwrap()]);
+    let config = scratch(
+        "chat-config.json",
+        r#"{"model_type": "llama", "vocab_size": 829, "hidden_size": 16, "intermediate_size": 32,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "eos_token_id": 2}"#,
+    );
+    let out = sft(&[
+        "init-model",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        "examples/quickstart/tokenizer",
+        "--out",
+        ckpt.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let args = ["chat", "--model", ckpt.to_str().unwrap(), "--temperature", "0", "--max-new-tokens", "5", "--system", "Be brief."];
     let out = sft_stdin(&args, "Hello there.\nAnd again?\n/reset\nHello there.\n/exit\nnever read\n");
@@ -615,10 +640,8 @@ fn generate_takes_a_prompt_a_messages_file_or_a_scored_batch() {
         lines(&out)
     };
     let by_prompt = run(&["--system", "Be brief.", "--prompt", "Name a colour."]);
-    let messages = scratch(
-        "generate-messages.json",
-        r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]"#,
-    );
+    let messages =
+        scratch("generate-messages.json", r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]"#);
     let by_file = run(&["--messages", messages.to_str().unwrap()]);
     assert_eq!(by_prompt.len(), 1);
     assert_eq!(by_prompt, by_file, "--prompt and --messages build the same prompt");
@@ -688,14 +711,36 @@ fn train_reuses_a_prepared_dataset_and_refuses_a_stale_one() {
     assert_eq!(logged_losses(&dir.join("out-prepared/checkpoint-4")), from_file, "same records, same run");
     // The same from the training config itself.
     let from_config = dir.join("prepared-from-config");
-    let out = sft(&["prepare", "--config", yaml.to_str().unwrap(), "examples/quickstart/train_sharegpt.jsonl", "--out", from_config.to_str().unwrap()]);
+    let out = sft(&[
+        "prepare",
+        "--config",
+        yaml.to_str().unwrap(),
+        "examples/quickstart/train_sharegpt.jsonl",
+        "--out",
+        from_config.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = train(&["--set", &format!("datasets=[{{path: {}}}]", from_config.display()), "--set", &format!("output_dir={}", dir.join("out-config").display())]);
+    let out = train(&[
+        "--set",
+        &format!("datasets=[{{path: {}}}]", from_config.display()),
+        "--set",
+        &format!("output_dir={}", dir.join("out-config").display()),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(logged_losses(&dir.join("out-config/checkpoint-4")), from_file);
-    let clash = sft(&["prepare", "--config", yaml.to_str().unwrap(), "--masking", "last", "examples/quickstart/train_sharegpt.jsonl", "--out", "target/cli-tests/never"]);
+    let clash = sft(&[
+        "prepare",
+        "--config",
+        yaml.to_str().unwrap(),
+        "--masking",
+        "last",
+        "examples/quickstart/train_sharegpt.jsonl",
+        "--out",
+        "target/cli-tests/never",
+    ]);
     assert!(!clash.status.success() && stderr(&clash).contains("cannot be used with"), "{}", stderr(&clash));
-    let stale = train(&["--set", &datasets, "--set", &format!("output_dir={}", dir.join("out-stale").display()), "--set", "max_seq_length=512"]);
+    let stale =
+        train(&["--set", &datasets, "--set", &format!("output_dir={}", dir.join("out-stale").display()), "--set", "max_seq_length=512"]);
     assert!(!stale.status.success());
     assert!(stderr(&stale).contains("does not fit this run (settings changed: max_seq_length)"), "{}", stderr(&stale));
 }

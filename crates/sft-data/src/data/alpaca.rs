@@ -33,8 +33,7 @@ pub fn convert(row: &Map<String, Value>, at: &RowRef) -> Result<Conversation, Ro
             return Err(wrong("\"history\"".into(), "a list of [user, assistant] pairs", history));
         };
         for (i, turn) in turns.iter().enumerate() {
-            let (user, assistant) =
-                pair(turn).ok_or_else(|| wrong(format!("\"history\" entry {}", i + 1), PAIR, turn))?;
+            let (user, assistant) = pair(turn).ok_or_else(|| wrong(format!("\"history\" entry {}", i + 1), PAIR, turn))?;
             messages.push(Message::text("user", user));
             messages.push(Message::text("assistant", assistant));
         }
@@ -115,10 +114,7 @@ mod tests {
         let e = run(json!({"instruction": 5, "output": "a"})).unwrap_err().to_string();
         assert_eq!(e, "\"instruction\" is a number; expected a string");
         let e = run(json!({"instruction": "q", "output": "a", "history": [["x", "y"], ["z"]]}));
-        assert_eq!(
-            e.unwrap_err().to_string(),
-            "\"history\" entry 2 is an array; expected a [user, assistant] pair of strings"
-        );
+        assert_eq!(e.unwrap_err().to_string(), "\"history\" entry 2 is an array; expected a [user, assistant] pair of strings");
         let e = run(json!({"instruction": "q", "output": "a", "history": "x"})).unwrap_err();
         assert!(e.to_string().starts_with("\"history\" is a string"));
     }

@@ -92,11 +92,7 @@ impl Plan {
             Format::ShareGpt => Plan::ShareGpt { opts: opts.clone() },
             Format::OpenAi => {
                 let fallback = &opts.messages_key;
-                let column = if !row.contains_key("messages") && row.contains_key(fallback) {
-                    fallback.clone()
-                } else {
-                    "messages".into()
-                };
+                let column = if !row.contains_key("messages") && row.contains_key(fallback) { fallback.clone() } else { "messages".into() };
                 Plan::OpenAi { column }
             }
         }

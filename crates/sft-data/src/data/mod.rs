@@ -213,12 +213,7 @@ impl<'a> RowConverter<'a> {
 
 /// Converts one raw row in a known format (nulls are dropped first). For a single row outside
 /// a file, e.g. one given on the command line.
-pub fn convert_row(
-    row: Value,
-    at: &RowRef,
-    format: Format,
-    sharegpt: &ShareGptOptions,
-) -> Result<Conversation, DataError> {
+pub fn convert_row(row: Value, at: &RowRef, format: Format, sharegpt: &ShareGptOptions) -> Result<Conversation, DataError> {
     let bad = |error| DataError::Row { at: at.clone(), error };
     let row = match row {
         Value::Object(row) => drop_null_keys(&row),
@@ -227,7 +222,6 @@ pub fn convert_row(
     let plan = Plan::explicit(format, &row, sharegpt);
     convert(&plan, &row, at).map_err(bad)
 }
-
 
 fn convert(plan: &Plan, row: &Map<String, Value>, at: &RowRef) -> Result<Conversation, RowError> {
     match plan {
@@ -253,11 +247,7 @@ mod tests {
     #[test]
     fn fail_stops_at_first_bad_row() {
         let e = read(MIXED, &ReadOptions::default()).unwrap_err().to_string();
-        assert!(
-            e.starts_with("t.jsonl:2: missing key \"instruction\"")
-                || e.starts_with("t.jsonl:2: missing key \"output\""),
-            "{e}"
-        );
+        assert!(e.starts_with("t.jsonl:2: missing key \"instruction\"") || e.starts_with("t.jsonl:2: missing key \"output\""), "{e}");
     }
 
     #[test]

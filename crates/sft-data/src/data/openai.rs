@@ -42,12 +42,7 @@ pub fn convert(row: &Map<String, Value>, at: &RowRef, column: &str) -> Result<Co
     if messages.is_empty() {
         return Err(RowError::EmptyConversation);
     }
-    Ok(Conversation {
-        source: at.clone(),
-        messages,
-        tools: tools(row.get("tools"))?,
-        documents: row.get("documents").cloned(),
-    })
+    Ok(Conversation { source: at.clone(), messages, tools: tools(row.get("tools"))?, documents: row.get("documents").cloned() })
 }
 
 fn message(number: usize, entry: &Value) -> Result<Message, RowError> {
@@ -84,15 +79,9 @@ fn message(number: usize, entry: &Value) -> Result<Message, RowError> {
                 )));
             }
         }
-        Some(other) => {
-            return Err(bad(format!("\"content\" is {}; expected a string or a list of parts", kind(other))))
-        }
+        Some(other) => return Err(bad(format!("\"content\" is {}; expected a string or a list of parts", kind(other)))),
         None if role == "assistant" && fields.contains_key("tool_calls") => {}
-        None => {
-            return Err(
-                bad("has no \"content\"; only an assistant message with \"tool_calls\" may leave it out".into()),
-            )
-        }
+        None => return Err(bad("has no \"content\"; only an assistant message with \"tool_calls\" may leave it out".into())),
     }
     Ok(Message { role: role.clone(), fields: fields.clone() })
 }

@@ -280,10 +280,7 @@ fn guard_parquet<T>(path: &str, step: impl FnOnce() -> Result<T, DataError>) -> 
 }
 
 fn parquet_error(path: &str, message: String) -> DataError {
-    DataError::Parquet {
-        path: path.to_string(),
-        message: message.strip_prefix("Parquet error: ").map(str::to_string).unwrap_or(message),
-    }
+    DataError::Parquet { path: path.to_string(), message: message.strip_prefix("Parquet error: ").map(str::to_string).unwrap_or(message) }
 }
 
 fn decode_parquet(path: &str, bytes: Vec<u8>) -> Result<Vec<Result<RawRow, DataError>>, DataError> {

@@ -49,12 +49,7 @@ pub struct ShareGptOptions {
 
 impl Default for ShareGptOptions {
     fn default() -> Self {
-        ShareGptOptions {
-            messages_key: "conversations".into(),
-            role_key: "from".into(),
-            content_key: "value".into(),
-            roles: Vec::new(),
-        }
+        ShareGptOptions { messages_key: "conversations".into(), role_key: "from".into(), content_key: "value".into(), roles: Vec::new() }
     }
 }
 
@@ -101,12 +96,7 @@ pub fn convert(row: &Map<String, Value>, at: &RowRef, opts: &ShareGptOptions) ->
                 found: kind(other),
             })
         }
-        None => {
-            return Err(RowError::MissingKey {
-                key: key.clone(),
-                hint: "sharegpt rows need a list of {\"from\", \"value\"} messages",
-            })
-        }
+        None => return Err(RowError::MissingKey { key: key.clone(), hint: "sharegpt rows need a list of {\"from\", \"value\"} messages" }),
     };
     let mut messages = Vec::with_capacity(list.len() + 1);
     for (i, entry) in list.iter().enumerate() {
@@ -129,16 +119,9 @@ pub fn convert(row: &Map<String, Value>, at: &RowRef, opts: &ShareGptOptions) ->
             }
             _ => messages.insert(0, Message::text("system", system)),
         },
-        Some(other) => {
-            return Err(RowError::WrongType { what: "\"system\"".into(), expected: "a string", found: kind(other) })
-        }
+        Some(other) => return Err(RowError::WrongType { what: "\"system\"".into(), expected: "a string", found: kind(other) }),
     }
-    Ok(Conversation {
-        source: at.clone(),
-        messages,
-        tools: openai::tools(row.get("tools"))?,
-        documents: row.get("documents").cloned(),
-    })
+    Ok(Conversation { source: at.clone(), messages, tools: openai::tools(row.get("tools"))?, documents: row.get("documents").cloned() })
 }
 
 fn message(number: usize, entry: &Value, opts: &ShareGptOptions) -> Result<Message, RowError> {
@@ -152,9 +135,7 @@ fn message(number: usize, entry: &Value, opts: &ShareGptOptions) -> Result<Messa
         Some(Value::String(from)) => from,
         Some(other) => return Err(bad(format!("\"{role_key}\" is {}; expected a string", kind(other)))),
         None if source.contains_key("role") => {
-            return Err(bad(format!(
-                "has no \"{role_key}\" key but has \"role\"; these are openai-style messages, read them as openai"
-            )))
+            return Err(bad(format!("has no \"{role_key}\" key but has \"role\"; these are openai-style messages, read them as openai")))
         }
         None => return Err(bad(format!("has no \"{role_key}\" key; every message needs one"))),
     };
@@ -196,8 +177,7 @@ fn tool_calls(value: &Value) -> Result<Value, String> {
     let parsed;
     let value = match value {
         Value::String(text) => {
-            parsed = serde_json::from_str::<Value>(text)
-                .map_err(|e| format!("function_call value is not valid JSON ({e}); {WANT}"))?;
+            parsed = serde_json::from_str::<Value>(text).map_err(|e| format!("function_call value is not valid JSON ({e}); {WANT}"))?;
             &parsed
         }
         other => other,
@@ -275,10 +255,7 @@ mod tests {
         let m = &c.messages[1];
         assert_eq!(m.role, "assistant");
         assert_eq!(m.content_str(), Some(""));
-        assert_eq!(
-            m.fields["tool_calls"],
-            json!([{"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}])
-        );
+        assert_eq!(m.fields["tool_calls"], json!([{"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]));
         assert_eq!(c.messages[3].fields["tool_calls"].as_array().unwrap().len(), 2);
         assert_eq!(c.tools, Some(json!([])));
         let e = run(json!({"conversations": [{"from": "function_call", "value": "get_weather(Oslo)"}]}));
@@ -309,9 +286,7 @@ mod tests {
             roles: vec![("bot".into(), "assistant".into()), ("human".into(), "system".into())],
         };
         assert!(opts.validate().is_ok());
-        let c =
-            run_with(json!({"dialog": [{"speaker": "human", "text": "s"}, {"speaker": "bot", "text": "b"}]}), &opts)
-                .unwrap();
+        let c = run_with(json!({"dialog": [{"speaker": "human", "text": "s"}, {"speaker": "bot", "text": "b"}]}), &opts).unwrap();
         assert_eq!(roles(&c), ["system", "assistant"]);
         let bad = ShareGptOptions { roles: vec![("x".into(), "robot".into())], ..ShareGptOptions::default() };
         assert!(bad.validate().unwrap_err().contains("sends \"x\" to \"robot\""));

@@ -141,7 +141,10 @@ impl Tally {
     /// The counts and the excluded rows kept; an error when no example was kept.
     pub fn finish(self) -> Result<(EncodeStats, Vec<Excluded>), EncodeError> {
         if self.stats.examples == 0 {
-            return Err(EncodeError::NothingLeft { rows: self.stats.rows, summary: summarize(&self.stats, &self.excluded, &self.first_of_kind) });
+            return Err(EncodeError::NothingLeft {
+                rows: self.stats.rows,
+                summary: summarize(&self.stats, &self.excluded, &self.first_of_kind),
+            });
         }
         Ok((self.stats, self.excluded))
     }
@@ -187,7 +190,10 @@ mod tests {
         }
         let s = tally.finish().unwrap_err().to_string();
         // Only one row is kept, but every reason still names its first row and all are counted.
-        assert!(s.contains("all 3 rows were excluded (2 longer than max_seq_length (truncation drop) (first d.jsonl:2: excluded: 9 tokens"), "{s}");
+        assert!(
+            s.contains("all 3 rows were excluded (2 longer than max_seq_length (truncation drop) (first d.jsonl:2: excluded: 9 tokens"),
+            "{s}"
+        );
         assert!(s.contains("; 1 no trained token (first d.jsonl:3"), "{s}");
         assert_eq!(summarize(&EncodeStats::default(), &[], &[]), "no rows");
     }

@@ -31,8 +31,8 @@ mod all;
 mod eos;
 mod error;
 mod length;
-mod mask;
 mod markers;
+mod mask;
 
 pub use all::{encode_all, EncodeStats, Encoded, Tally};
 pub use eos::AppendEos;
@@ -162,10 +162,8 @@ impl<'a> Encoder<'a> {
                 (rendered, ranges)
             }
         };
-        let tokenized = self
-            .tokenizer
-            .encode(&rendered.text, &ranges)
-            .map_err(|source| EncodeError::Token { row: conv.source.clone(), source })?;
+        let tokenized =
+            self.tokenizer.encode(&rendered.text, &ranges).map_err(|source| EncodeError::Token { row: conv.source.clone(), source })?;
         let mut ids = tokenized.input_ids;
         let mut trained: Vec<bool> = match self.options.masking {
             Masking::All => vec![true; ids.len()],

@@ -17,10 +17,8 @@ mod build;
 mod manifest;
 mod store;
 
-pub use manifest::{
-    file_sha256, template_sha256, Counts, DataFingerprint, Manifest, ManifestKey, Settings, FORMAT_VERSION,
-};
 pub use build::{build, BuildError, BuildInputs, Built};
+pub use manifest::{file_sha256, template_sha256, Counts, DataFingerprint, Manifest, ManifestKey, Settings, FORMAT_VERSION};
 pub use store::{PreparedDataset, Record, StoreWriter};
 
 use thiserror::Error;

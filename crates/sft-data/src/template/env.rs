@@ -39,13 +39,7 @@ pub const GEN_FILTER: &str = "__sft_generation";
 /// Builds the environment templates are compiled in.
 pub fn environment(clock: Clock) -> Environment<'static> {
     let mut env = Environment::new();
-    env.set_syntax(
-        minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .unwrap_or_default(),
-    );
+    env.set_syntax(minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().unwrap_or_default());
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_fuel(Some(FUEL));
     env.set_debug(false);
@@ -64,9 +58,8 @@ pub fn environment(clock: Clock) -> Environment<'static> {
             Clock::Fixed(t) => t,
         };
         let mut out = String::new();
-        std::fmt::write(&mut out, format_args!("{}", now.format(&format))).map_err(|_| {
-            Error::new(ErrorKind::InvalidOperation, format!("strftime_now: invalid format {format:?}"))
-        })?;
+        std::fmt::write(&mut out, format_args!("{}", now.format(&format)))
+            .map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("strftime_now: invalid format {format:?}")))?;
         Ok(Value::from(out))
     });
     env

@@ -14,8 +14,8 @@ mod source;
 use serde_json::{Map, Value as Json};
 
 pub use env::Clock;
-pub use renderer::{char_ranges, AssistantSpan, Renderer, Spans};
 use env::{GEN_END, GEN_FILTER, GEN_START};
+pub use renderer::{char_ranges, AssistantSpan, Renderer, Spans};
 pub use source::{builtin_names, load_template, special_tokens, TemplateChoice, TemplateSet, BUILTINS};
 
 use crate::conversation::Conversation;
@@ -93,8 +93,7 @@ impl ChatTemplate {
         let source = source.replace("\r\n", "\n").replace('\r', "\n");
         let (rewritten, has_generation) = rewrite_generation_tags(&source);
         let mut env = env::environment(clock);
-        env.add_template_owned(ROOT, rewritten)
-            .map_err(|e| TemplateError::Syntax { name: name.into(), message: describe(&e) })?;
+        env.add_template_owned(ROOT, rewritten).map_err(|e| TemplateError::Syntax { name: name.into(), message: describe(&e) })?;
         Ok(ChatTemplate { env, name: name.into(), source, has_generation })
     }
 
@@ -451,7 +450,8 @@ mod tests {
             Clock::System,
         )
         .unwrap();
-        let msgs = vec![serde_json::json!({"role": "user", "content": "héllo"}), serde_json::json!({"role": "assistant", "content": "wörld"})];
+        let msgs =
+            vec![serde_json::json!({"role": "user", "content": "héllo"}), serde_json::json!({"role": "assistant", "content": "wörld"})];
         let r = t.render_messages(&msgs, None, None, &RenderArgs::default()).unwrap();
         // trim_blocks eats the newline after `{% endif %}`, as in jinja2.
         assert_eq!(r.text, "user: hélloassistant: wörld");
@@ -460,7 +460,8 @@ mod tests {
 
     #[test]
     fn looping_template_ends_with_an_error() {
-        let t = ChatTemplate::new("loop", "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}", Clock::System).unwrap();
+        let t = ChatTemplate::new("loop", "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}", Clock::System)
+            .unwrap();
         let err = t.render_messages(&[], None, None, &RenderArgs::default()).unwrap_err();
         assert!(err.to_string().contains("fuel"), "{err}");
     }
@@ -475,7 +476,10 @@ mod tests {
     #[test]
     fn continue_final_message_cuts_after_the_content() {
         let t = ChatTemplate::new("c", "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}", Clock::System).unwrap();
-        let msgs = vec![serde_json::json!({"role": "user", "content": "hi"}), serde_json::json!({"role": "assistant", "content": "The answer is "})];
+        let msgs = vec![
+            serde_json::json!({"role": "user", "content": "hi"}),
+            serde_json::json!({"role": "assistant", "content": "The answer is "}),
+        ];
         let args = RenderArgs { continue_final_message: true, ..Default::default() };
         let r = t.render_messages(&msgs, None, None, &args).unwrap();
         assert_eq!(r.text, "<user>hi</s><assistant>The answer is ");

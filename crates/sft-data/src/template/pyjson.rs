@@ -47,9 +47,8 @@ pub fn tojson_filter(value: &Value, args: &[Value], kwargs: Kwargs) -> Result<Va
         None => None,
         Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_string()),
         Some(v) => {
-            let n = i64::try_from(v.clone()).map_err(|_| {
-                Error::new(ErrorKind::InvalidOperation, format!("tojson indent must be an int or a string, not {v}"))
-            })?;
+            let n = i64::try_from(v.clone())
+                .map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("tojson indent must be an int or a string, not {v}")))?;
             Some(" ".repeat(usize::try_from(n).unwrap_or(0)))
         }
     };
@@ -114,12 +113,7 @@ impl JsonWriter<'_> {
                     w.value(&entries[i].1, level)
                 })?;
             }
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("Object of type {} is not JSON serializable", value.kind()),
-                ))
-            }
+            _ => return Err(Error::new(ErrorKind::InvalidOperation, format!("Object of type {} is not JSON serializable", value.kind()))),
         }
         Ok(())
     }
@@ -172,10 +166,7 @@ fn key_string(key: &Value) -> Result<String, Error> {
             s
         }
         _ => {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!("keys must be str, int, float, bool or None, not {}", key.kind()),
-            ))
+            return Err(Error::new(ErrorKind::InvalidOperation, format!("keys must be str, int, float, bool or None, not {}", key.kind())))
         }
     })
 }
@@ -285,10 +276,7 @@ mod tests {
     #[test]
     fn compact_and_indented_like_json_dumps() {
         let v = serde_json::json!({"b": [1, 2.5, null, true], "a": {"x": "é<>&'"}, "e": [], "f": {}});
-        assert_eq!(
-            dumps(v.clone(), &DumpOptions::new(None)),
-            r#"{"b": [1, 2.5, null, true], "a": {"x": "é<>&'"}, "e": [], "f": {}}"#
-        );
+        assert_eq!(dumps(v.clone(), &DumpOptions::new(None)), r#"{"b": [1, 2.5, null, true], "a": {"x": "é<>&'"}, "e": [], "f": {}}"#);
         let mut opts = DumpOptions::new(Some("  ".into()));
         opts.sort_keys = true;
         assert_eq!(

@@ -75,16 +75,16 @@ impl Renderer {
     }
 
     fn args(&self, add_generation_prompt: bool, continue_final_message: bool) -> RenderArgs {
-        RenderArgs {
-            add_generation_prompt,
-            continue_final_message,
-            template_vars: self.template_vars.clone(),
-            kwargs: self.kwargs.clone(),
-        }
+        RenderArgs { add_generation_prompt, continue_final_message, template_vars: self.template_vars.clone(), kwargs: self.kwargs.clone() }
     }
 
     /// Renders `conv` like `apply_chat_template(..., tokenize=False)`.
-    pub fn render(&self, conv: &Conversation, add_generation_prompt: bool, continue_final_message: bool) -> Result<Rendered, TemplateError> {
+    pub fn render(
+        &self,
+        conv: &Conversation,
+        add_generation_prompt: bool,
+        continue_final_message: bool,
+    ) -> Result<Rendered, TemplateError> {
         let template = self.templates.select(conv.tools.is_some());
         if continue_final_message {
             return template.render(conv, &self.args(add_generation_prompt, continue_final_message));

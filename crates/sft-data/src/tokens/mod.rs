@@ -61,8 +61,8 @@ impl TextTokenizer {
     /// Loads `dir/tokenizer.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, TokenError> {
         let path = dir.join("tokenizer.json");
-        let json = std::fs::read_to_string(&path)
-            .map_err(|e| TokenError::Load { path: path.display().to_string(), message: e.to_string() })?;
+        let json =
+            std::fs::read_to_string(&path).map_err(|e| TokenError::Load { path: path.display().to_string(), message: e.to_string() })?;
         let tokenizer = TextTokenizer { path, inner: OnceLock::new(), fast: ByteLevelBpe::from_json(&json) };
         if tokenizer.fast.is_none() {
             tokenizer.inner.get_or_init(|| Tokenizer::from_str(&json).map_err(|e| e.to_string()));

@@ -55,8 +55,17 @@ fn a_chunked_build_equals_encoding_the_whole_file() {
 
     for packing in [false, true] {
         let out = dir.join(format!("prepared-{packing}"));
-        let key = ManifestKey::new(&tok_dir, &renderer, Settings::new(&options, packing), None, DataFingerprint::of(data).unwrap()).unwrap();
-        let inputs = BuildInputs { data, read: &read, options: &options, packing, renderer: &renderer, tokenizer: &tokenizer, keep_excluded: usize::MAX };
+        let key =
+            ManifestKey::new(&tok_dir, &renderer, Settings::new(&options, packing), None, DataFingerprint::of(data).unwrap()).unwrap();
+        let inputs = BuildInputs {
+            data,
+            read: &read,
+            options: &options,
+            packing,
+            renderer: &renderer,
+            tokenizer: &tokenizer,
+            keep_excluded: usize::MAX,
+        };
         let built = build(&inputs, &out, key).unwrap();
         assert_eq!(built.excluded, encoded.excluded);
         assert_eq!(built.stats, encoded.stats);
@@ -73,7 +82,8 @@ fn a_chunked_build_equals_encoding_the_whole_file() {
             let r = stored.get(i).unwrap();
             assert_eq!((r.input_ids, r.labels, r.position_ids), (ids.as_slice(), labels.as_slice(), positions.as_deref()), "record {i}");
         }
-        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+        let leftovers: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
         assert!(leftovers.is_empty(), "scratch or temporary directories left: {leftovers:?}");
     }
     std::fs::remove_dir_all(&dir).ok();

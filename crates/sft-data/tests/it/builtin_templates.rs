@@ -7,8 +7,6 @@ use crate::common::{assets, fixture};
 use serde_json::Value;
 use sft_data::template::{special_tokens, ChatTemplate, Clock, RenderArgs, BUILTINS};
 
-
-
 fn conversations() -> Vec<Value> {
     fixture("render/render_parity.json")["conversations"].as_array().unwrap().clone()
 }
@@ -59,7 +57,8 @@ fn trl(name: &str) -> String {
 
 fn tokenizer_template(name: &str) -> String {
     let cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(assets().join("tokenizers").join(name).join("tokenizer_config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(assets().join("tokenizers").join(name).join("tokenizer_config.json")).unwrap())
+            .unwrap();
     cfg["chat_template"].as_str().unwrap().to_string()
 }
 

@@ -78,10 +78,8 @@ fn json_array_errors_give_line_and_column() {
 
 #[test]
 fn corpus_and_cases_match() {
-    let mut on_disk: Vec<String> = std::fs::read_dir(bad_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut on_disk: Vec<String> =
+        std::fs::read_dir(bad_dir()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     on_disk.sort();
     let mut listed: Vec<String> = CASES.iter().map(|(n, _, _)| n.to_string()).collect();
     listed.sort();

@@ -104,8 +104,7 @@ type Row<'a> = Option<Vec<(&'a str, Option<&'a str>)>>;
 
 /// A `messages: list<struct<role, content>>` column; `None` rows are null lists.
 fn messages_column(rows: &[Row]) -> ArrayRef {
-    let fields =
-        Fields::from(vec![Field::new("role", DataType::Utf8, false), Field::new("content", DataType::Utf8, true)]);
+    let fields = Fields::from(vec![Field::new("role", DataType::Utf8, false), Field::new("content", DataType::Utf8, true)]);
     let flat: Vec<(&str, Option<&str>)> = rows.iter().flatten().flatten().copied().collect();
     let role: ArrayRef = Arc::new(StringArray::from_iter_values(flat.iter().map(|(r, _)| *r)));
     let content: ArrayRef = Arc::new(StringArray::from(flat.iter().map(|(_, c)| *c).collect::<Vec<_>>()));

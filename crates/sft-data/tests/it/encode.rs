@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 use sft_data::conversation::{Conversation, Message, RowRef};
 use sft_data::encode::{
-    encode_all, AppendEos, EncodeError, EncodeOptions, Encoded, Encoder, ExcludeReason, Example, Markers, Masking, Outcome,
-    Truncation, IGNORE_INDEX,
+    encode_all, AppendEos, EncodeError, EncodeOptions, Encoded, Encoder, Example, ExcludeReason, Markers, Masking, Outcome, Truncation,
+    IGNORE_INDEX,
 };
 use sft_data::template::{Renderer, TemplateChoice};
 use sft_data::tokens::TextTokenizer;
@@ -123,8 +123,7 @@ fn markers(instruction: &str, response: &str) -> EncodeOptions {
 }
 
 const CHATML_MARKERS: (&str, &str) = ("<|im_start|>user\n", "<|im_start|>assistant\n");
-const LLAMA3_MARKERS: (&str, &str) =
-    ("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n");
+const LLAMA3_MARKERS: (&str, &str) = ("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n");
 
 #[test]
 fn assistant_masking_trains_each_assistant_turn_with_its_end_of_turn() {
@@ -335,7 +334,9 @@ fn template_errors_exclude_and_nothing_left_is_an_error_listing_reasons() {
     );
     let s = setup("qwen2_5", path.to_str().unwrap(), false);
     let tool = conv_at(1, vec![Message::text("user", "q"), Message::text("tool", "x"), Message::text("assistant", "a")]);
-    assert!(matches!(s.excluded(&tool, &EncodeOptions::default()), ExcludeReason::Template(m) if m.contains("tool turns are not supported")));
+    assert!(
+        matches!(s.excluded(&tool, &EncodeOptions::default()), ExcludeReason::Template(m) if m.contains("tool turns are not supported"))
+    );
     let rows = [tool, conv_at(2, vec![Message::text("user", "q")]), conv_at(3, vec![Message::text("user", "q")])];
     let err = s.all(&rows, &EncodeOptions::default()).unwrap_err().to_string();
     assert!(err.starts_with("no training example left: all 3 rows were excluded"), "{err}");
@@ -373,7 +374,10 @@ fn generation_tags_and_prefix_spans_agree_up_to_where_trl_opens_the_block() {
     let differ: Vec<usize> = (0..tagged.labels.len()).filter(|&i| tagged.labels[i] != prefix.labels[i]).collect();
     assert_eq!(differ.len(), 3);
     for i in differ {
-        assert_eq!((vec![tagged.input_ids[i]], prefix.labels[i], tagged.labels[i] as u32), (newline.clone(), IGNORE_INDEX, tagged.input_ids[i]));
+        assert_eq!(
+            (vec![tagged.input_ids[i]], prefix.labels[i], tagged.labels[i] as u32),
+            (newline.clone(), IGNORE_INDEX, tagged.input_ids[i])
+        );
         assert_ne!(prefix.labels[i + 1], IGNORE_INDEX, "the extra token is the one just before a turn");
     }
 }

@@ -16,7 +16,6 @@ use sft_data::tokens::TextTokenizer;
 
 use crate::common::{assets, conversations_by_id, fixture, frozen_time};
 
-
 fn ids<T: serde::de::DeserializeOwned>(v: &Value) -> Vec<T> {
     serde_json::from_value(v.clone()).expect("a list of integers")
 }
@@ -95,10 +94,6 @@ fn encode_parity_with_python_reference() {
             }
         }
     }
-    println!(
-        "encode parity: {} cases, {compared} compared, {excluded} excluded, {} mismatches",
-        cases.len(),
-        failures.len()
-    );
+    println!("encode parity: {} cases, {compared} compared, {excluded} excluded, {} mismatches", cases.len(), failures.len());
     assert!(failures.is_empty(), "{} of {} cases differ from the Python reference:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }

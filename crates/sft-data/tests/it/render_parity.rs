@@ -13,9 +13,6 @@ use serde_json::{Map, Value};
 use sft_data::template::{special_tokens, ChatTemplate, Clock, RenderArgs};
 use sft_data::tokens::TextTokenizer;
 
-
-
-
 fn template_source(assets: &Path, name: &str) -> String {
     if let Some(file) = name.strip_prefix("trl/") {
         return std::fs::read_to_string(assets.join("trl_chat_templates").join(file)).expect("trl template");

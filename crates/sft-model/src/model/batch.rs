@@ -88,8 +88,9 @@ impl Batch {
                 if label == IGNORE || starts[t + 1] {
                     continue;
                 }
-                let target = u32::try_from(label)
-                    .map_err(|_| ModelError::Batch(format!("sequence {b}: label {label} at position {} is neither -100 nor a token id", t + 1)))?;
+                let target = u32::try_from(label).map_err(|_| {
+                    ModelError::Batch(format!("sequence {b}: label {label} at position {} is neither -100 nor a token id", t + 1))
+                })?;
                 target_rows.push((b * seq + t) as u32);
                 targets.push(target);
             }
@@ -101,8 +102,7 @@ impl Batch {
                 segment += 1;
             }
         }
-        let input_ids = Tensor::from_vec(ids, (sequences.len(), seq), &Device::Cpu)
-            .map_err(|e| ModelError::Batch(e.to_string()))?;
+        let input_ids = Tensor::from_vec(ids, (sequences.len(), seq), &Device::Cpu).map_err(|e| ModelError::Batch(e.to_string()))?;
         Ok(Self { input_ids, batch: sequences.len(), seq, positions, segments, target_rows, targets })
     }
 
@@ -126,10 +126,7 @@ impl Batch {
 }
 
 fn check_boundaries(b: usize, bounds: &[u32], len: usize) -> Result<(), ModelError> {
-    let ok = bounds.len() >= 2
-        && bounds[0] == 0
-        && bounds[bounds.len() - 1] as usize == len
-        && bounds.windows(2).all(|w| w[0] < w[1]);
+    let ok = bounds.len() >= 2 && bounds[0] == 0 && bounds[bounds.len() - 1] as usize == len && bounds.windows(2).all(|w| w[0] < w[1]);
     if ok {
         Ok(())
     } else {
@@ -146,8 +143,7 @@ mod tests {
         let ids = [5, 6, 7, 8, 9];
         let labels = [6, 7, IGNORE, 9, 10];
         let bounds = [0, 3, 5];
-        let batch = Batch::new(&[Sequence::packed(&ids, &labels, &bounds), Sequence::single(&[1, 2], &[IGNORE, 2])], 0)
-            .expect("valid");
+        let batch = Batch::new(&[Sequence::packed(&ids, &labels, &bounds), Sequence::single(&[1, 2], &[IGNORE, 2])], 0).expect("valid");
         assert_eq!(batch.positions, vec![0, 1, 2, 0, 1, 0, 1, 0, 1, 2]);
         // row 0: position 0 predicts 7 (label of 1); 1 → ignored; 2 → 9 is a row start; 3 → 10.
         // row 1 (offset 5): position 0 predicts 2.

@@ -11,8 +11,8 @@ use super::params::Builder;
 use crate::config::ModelConfig;
 use crate::lora::{Dropout, Lora};
 use crate::ops::{
-    attention, frozen_matmul, glu, linear, lora_linear, matvec, qmatmul, rms_norm, rope, AttentionSpec, LinearWeight, LoraLinear, RopeTable,
-    MATVEC_MAX_ROWS,
+    attention, frozen_matmul, glu, linear, lora_linear, matvec, qmatmul, rms_norm, rope, AttentionSpec, LinearWeight, LoraLinear,
+    RopeTable, MATVEC_MAX_ROWS,
 };
 use crate::ModelError;
 
@@ -40,7 +40,12 @@ impl Linear {
         };
         if let Some(l) = self.lora.as_ref().filter(|l| frozen && (l.a.track_op() || l.b.track_op())) {
             // Training an adapter: one op that keeps only x, A and B for the backward pass.
-            let layer = LoraLinear { weight: self.weight.clone(), bias: self.bias.clone(), scaling: l.scaling, dropout: dropout.map(|d| (d, l.index)) };
+            let layer = LoraLinear {
+                weight: self.weight.clone(),
+                bias: self.bias.clone(),
+                scaling: l.scaling,
+                dropout: dropout.map(|d| (d, l.index)),
+            };
             return lora_linear(x, &l.a, &l.b, &layer);
         }
         let mut y = match &self.weight {
@@ -105,7 +110,11 @@ impl Context {
 
 #[derive(Debug, Clone)]
 enum Projections {
-    Separate { q: Linear, k: Linear, v: Linear },
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
     /// Phi-3's `qkv_proj`: queries, then keys, then values.
     Fused(Linear),
 }
@@ -120,9 +129,16 @@ struct Attention {
 
 #[derive(Debug, Clone)]
 enum Mlp {
-    Separate { gate: Linear, up: Linear, down: Linear },
+    Separate {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
     /// Phi-3's `gate_up_proj`: gate, then up.
-    Fused { gate_up: Linear, down: Linear },
+    Fused {
+        gate_up: Linear,
+        down: Linear,
+    },
 }
 
 /// One decoder layer.
@@ -165,11 +181,8 @@ impl Layer {
                 v: Linear::load(b, format!("{p}.self_attn.v_proj"), kv_out, d, cfg.qkv_bias)?,
             }
         };
-        let (q_norm, k_norm) = if cfg.qk_norm {
-            (Some(norm(b, "self_attn.q_norm", hd)?), Some(norm(b, "self_attn.k_norm", hd)?))
-        } else {
-            (None, None)
-        };
+        let (q_norm, k_norm) =
+            if cfg.qk_norm { (Some(norm(b, "self_attn.q_norm", hd)?), Some(norm(b, "self_attn.k_norm", hd)?)) } else { (None, None) };
         let o = Linear::load(b, format!("{p}.self_attn.o_proj"), d, q_out, cfg.o_bias)?;
         let i = cfg.intermediate_size;
         let mlp = if cfg.fused {
@@ -204,7 +217,14 @@ impl Layer {
         }
     }
 
-    fn attention(&self, x: &Tensor, cfg: &ModelConfig, cx: &Context, cache: Option<&mut KvCache>, residual: Option<&Tensor>) -> Result<Tensor> {
+    fn attention(
+        &self,
+        x: &Tensor,
+        cfg: &ModelConfig,
+        cx: &Context,
+        cache: Option<&mut KvCache>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t, hd) = (cx.batch, cx.seq, cfg.head_dim);
         let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
         let (q, k, v) = match &self.attn.proj {

@@ -26,12 +26,12 @@ use crate::generate::argmax;
 use crate::lora::{Dropout, LoraSettings};
 use crate::ops::{linear_cross_entropy, qmatmul, rms_norm, CrossEntropy, RopeTable};
 use crate::quant::{BaseFormat, QuantWeight};
+use crate::rng::SplitMix;
 use crate::weights::Weights;
 use crate::ModelError;
+use greedy::GreedyScreen;
 pub use kv_cache::KvCache;
 use layer::{Context, Layer};
-use crate::rng::SplitMix;
-use greedy::GreedyScreen;
 use params::{BaseSource, Builder};
 use recompute::{Pending, Recompute};
 
@@ -80,7 +80,9 @@ impl Loss {
     /// inside checkpointed layers.
     pub fn backward(&self, scale: f64) -> Result<GradStore, ModelError> {
         let mut store = self.sum.affine(scale, 0.0).and_then(|l| l.backward()).during(|| "backward".into())?;
-        let pending = std::mem::take(&mut *self.pending.lock().map_err(|_| ModelError::Batch("gradient checkpointing: a backward pass panicked".into()))?);
+        let pending = std::mem::take(
+            &mut *self.pending.lock().map_err(|_| ModelError::Batch("gradient checkpointing: a backward pass panicked".into()))?,
+        );
         for (param, grad) in pending {
             let sum = match store.remove(&param) {
                 Some(prev) => (prev + grad).during(|| "adding recomputed gradients".into())?,
@@ -159,10 +161,8 @@ impl Model {
         let path = dir.join("model.safetensors");
         let tensors: std::collections::HashMap<String, Tensor> =
             self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-        candle_core::safetensors::save(&tensors, &path).map_err(|e| ModelError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })
+        candle_core::safetensors::save(&tensors, &path)
+            .map_err(|e| ModelError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })
     }
 
     fn build(config: ModelConfig, base: BaseSource, trainable: &Trainable, format: BaseFormat) -> Result<Self, ModelError> {

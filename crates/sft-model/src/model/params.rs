@@ -75,8 +75,11 @@ impl BaseSource {
         } else {
             (0..n).map(|_| (rng.next_normal() * std) as f32).collect()
         };
-        Tensor::from_vec(data, shape, &Device::Cpu)
-            .map_err(|e| ModelError::BadTensor { dir: dir.clone(), name: name.into(), message: e.to_string() })
+        Tensor::from_vec(data, shape, &Device::Cpu).map_err(|e| ModelError::BadTensor {
+            dir: dir.clone(),
+            name: name.into(),
+            message: e.to_string(),
+        })
     }
 }
 

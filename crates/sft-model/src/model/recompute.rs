@@ -55,7 +55,8 @@ impl CustomOp1 for Recompute {
         let input = Var::from_tensor(&h.detach())?;
         let out = self.run(input.as_tensor())?;
         let grads = (out * grad.detach())?.sum_all()?.backward()?;
-        let mut pending = self.pending.lock().map_err(|_| candle_core::Error::Msg("gradient checkpointing: a backward pass panicked".into()))?;
+        let mut pending =
+            self.pending.lock().map_err(|_| candle_core::Error::Msg("gradient checkpointing: a backward pass panicked".into()))?;
         for p in &self.params {
             if let Some(g) = grads.get(p) {
                 pending.push((p.clone(), g.clone()));

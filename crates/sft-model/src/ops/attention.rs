@@ -104,7 +104,10 @@ impl Dims {
         let (b, nh, nkv, hd) = (spec.batch, spec.heads, spec.kv_heads, spec.head_dim);
         let t = spec.first.len().checked_div(b).unwrap_or(0);
         if b * t != spec.first.len() || nkv == 0 || nh % nkv != 0 || q != b * t * nh * hd || k != b * t * nkv * hd || v != k {
-            candle_core::bail!("attention: q, k, v of {q}, {k}, {v} values do not fit {b} rows of {} tokens, {nh} query and {nkv} key/value heads of {hd}", spec.first.len());
+            candle_core::bail!(
+                "attention: q, k, v of {q}, {k}, {v} values do not fit {b} rows of {} tokens, {nh} query and {nkv} key/value heads of {hd}",
+                spec.first.len()
+            );
         }
         Ok(Self { b, t, nh, nkv, hd })
     }
@@ -209,7 +212,15 @@ impl CustomOp3 for Attention {
         "sft-attention"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::of(&self.spec, l1.shape().elem_count(), l2.shape().elem_count(), l3.shape().elem_count())?;
         let (q, k, v) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
         self.check(&d)?;
@@ -235,7 +246,14 @@ impl CustomOp3 for Attention {
         Ok((CpuStorage::F32(y), Shape::from((d.b * d.t, d.nh * d.hd))))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = Dims::of(&self.spec, q.elem_count(), k.elem_count(), v.elem_count())?;
         let lse = lock(&self.lse, "attention")?.clone();
         let Some(lse) = lse else { candle_core::bail!("attention: backward before forward") };
@@ -250,7 +268,11 @@ impl CustomOp3 for Attention {
             }
             Ok([dq, dk, dv])
         })?;
-        Ok((Some(Tensor::from_vec(dq, q.shape(), &Device::Cpu)?), Some(Tensor::from_vec(dk, k.shape(), &Device::Cpu)?), Some(Tensor::from_vec(dv, v.shape(), &Device::Cpu)?)))
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), &Device::Cpu)?),
+            Some(Tensor::from_vec(dk, k.shape(), &Device::Cpu)?),
+            Some(Tensor::from_vec(dv, v.shape(), &Device::Cpu)?),
+        ))
     }
 }
 
@@ -396,7 +418,8 @@ mod tests {
         for i in 0..t {
             first.push((i + 1).saturating_sub(20) as u32);
         }
-        let positions: Vec<u32> = first.iter().enumerate().map(|(n, &f)| if n < t { (n - f as usize) as u32 } else { (n - t) as u32 }).collect();
+        let positions: Vec<u32> =
+            first.iter().enumerate().map(|(n, &f)| if n < t { (n - f as usize) as u32 } else { (n - t) as u32 }).collect();
         let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| 0.5f32.powi(i as i32)).collect();
         let rope = rope.then(|| Arc::new(RopeTable::new(&positions, &inv_freq)));
         AttentionSpec { batch: 2, heads, kv_heads, head_dim, rope, scale: 0.3, softcap, first: Arc::new(first) }
@@ -476,8 +499,18 @@ mod speed {
         let positions: Vec<u32> = (0..b * t).map(|n| (n % t) as u32).collect();
         let inv_freq: Vec<f32> = (0..32).map(|i| 10000f32.powf(-(i as f32) / 32.0)).collect();
         let rope = Some(Arc::new(RopeTable::new(&positions, &inv_freq)));
-        let spec = AttentionSpec { batch: b, heads: 9, kv_heads: 3, head_dim: 64, rope, scale: 0.125, softcap: None, first: Arc::new(vec![0; b * t]) };
-        let vars = [random(&[b, t, 9, 64], 1)?, random(&[b, t, 3, 64], 2)?, random(&[b, t, 3, 64], 3)?].map(|x| candle_core::Var::from_tensor(&x).expect("var"));
+        let spec = AttentionSpec {
+            batch: b,
+            heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+            rope,
+            scale: 0.125,
+            softcap: None,
+            first: Arc::new(vec![0; b * t]),
+        };
+        let vars = [random(&[b, t, 9, 64], 1)?, random(&[b, t, 3, 64], 2)?, random(&[b, t, 3, 64], 3)?]
+            .map(|x| candle_core::Var::from_tensor(&x).expect("var"));
         let [q, k, v] = [0, 1, 2].map(|i| vars[i].as_tensor().clone());
         let g = random(&[b * t, 9 * 64], 4)?;
         let (mut fwd, mut bwd) = (f64::INFINITY, f64::INFINITY);

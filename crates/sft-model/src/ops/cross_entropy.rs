@@ -52,11 +52,22 @@ fn chunked(hidden: &Tensor, weight: &Tensor, targets: &[u32], opts: CrossEntropy
     }
     if let Some(q) = &opts.bf16_weight {
         if weight.track_op() || q.dims() != weight.dims2()? {
-            candle_core::bail!("cross-entropy: the bf16 output layer {:?} must be a copy of the frozen weight {:?}", q.dims(), weight.dims());
+            candle_core::bail!(
+                "cross-entropy: the bf16 output layer {:?} must be a copy of the frozen weight {:?}",
+                q.dims(),
+                weight.dims()
+            );
         }
     }
     let rows = (chunk / vocab.max(1)).max(1);
-    let op = LinearCrossEntropy { targets: Arc::new(targets.to_vec()), softcap: opts.softcap, bf16_weight: opts.bf16_weight, rows, lse: Vec::new(), sum: 0.0 };
+    let op = LinearCrossEntropy {
+        targets: Arc::new(targets.to_vec()),
+        softcap: opts.softcap,
+        bf16_weight: opts.bf16_weight,
+        rows,
+        lse: Vec::new(),
+        sum: 0.0,
+    };
     let op = op.forward(hidden, weight)?;
     if !hidden.track_op() && !weight.track_op() {
         return Tensor::new(op.sum, hidden.device());

@@ -84,7 +84,11 @@ pub(crate) fn packed_input_grad(weight: &QuantWeight) -> Option<&amx::PackedB> {
 }
 
 /// What `cell` holds, packed on first use by `pack(bf16 bits, out, in)`.
-fn packed<'a>(weight: &'a QuantWeight, cell: &'a OnceLock<Option<amx::PackedB>>, pack: impl FnOnce(&[u16], usize, usize) -> amx::PackedB) -> Option<&'a amx::PackedB> {
+fn packed<'a>(
+    weight: &'a QuantWeight,
+    cell: &'a OnceLock<Option<amx::PackedB>>,
+    pack: impl FnOnce(&[u16], usize, usize) -> amx::PackedB,
+) -> Option<&'a amx::PackedB> {
     let make = || {
         let w = weight.bf16_matmul().filter(|_| amx::available())?;
         let (out, inp) = weight.dims();
@@ -207,7 +211,8 @@ mod tests {
     #[test]
     fn bf16_products_equal_f32_products_of_the_inputs_rounded_to_bf16() -> Result<()> {
         let round = |t: &Tensor| -> Result<Tensor> {
-            let v: Vec<f32> = t.flatten_all()?.to_vec1::<f32>()?.iter().map(|&x| crate::quant::from_bf16(crate::quant::to_bf16(x))).collect();
+            let v: Vec<f32> =
+                t.flatten_all()?.to_vec1::<f32>()?.iter().map(|&x| crate::quant::from_bf16(crate::quant::to_bf16(x))).collect();
             Tensor::from_vec(v, t.shape(), &Device::Cpu)
         };
         // Without AMX the products are the f32 ones of Bf16 storage, so the inputs stay unrounded.

@@ -100,10 +100,7 @@ impl CustomOp2 for Glu {
             });
             Ok((dgate, dup))
         })?;
-        Ok((
-            Some(Tensor::from_vec(dgate, gate.shape(), gate.device())?),
-            Some(Tensor::from_vec(dup, up.shape(), up.device())?),
-        ))
+        Ok((Some(Tensor::from_vec(dgate, gate.shape(), gate.device())?), Some(Tensor::from_vec(dup, up.shape(), up.device())?)))
     }
 }
 

@@ -26,7 +26,12 @@ pub fn linear(x: &Tensor, weight: &Tensor, residual: Option<&Tensor>) -> Result<
 struct Linear;
 
 impl Linear {
-    fn forward(&self, x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), residual: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+    fn forward(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, _, out) = linear_dims("linear", x.1, w.1)?;
         let mut y = dense_forward(cpu_f32(x.0, x.1, "linear")?, n, cpu_f32(w.0, w.1, "linear")?, out);
         if let Some((s, l)) = residual {
@@ -74,11 +79,26 @@ impl CustomOp3 for Linear {
         "sft-linear-residual"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.forward((s1, l1), (s2, l2), Some((s3, l3)))
     }
 
-    fn bwd(&self, x: &Tensor, weight: &Tensor, _r: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = self.backward(x, weight, grad)?;
         Ok((dx, Some(dw), Some(grad.clone())))
     }

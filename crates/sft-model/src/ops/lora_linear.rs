@@ -114,14 +114,27 @@ impl CustomOp3 for LoraOp {
         "sft-lora-linear"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::new(l1, l2, l3)?;
         let (x, a, b) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
         let layer = &self.layer;
         let mut y = layer.weight.forward(x, d.n, d.out)?;
         let dropped = layer.drop(x);
         let t = d.down(dropped.as_ref().map_or(x, |(_, xd)| xd), a);
-        gemm(Dst::rows(&mut y, d.out).add().scaled(layer.scaling as f32).parallel(), (d.n, d.out, d.r), Mat::rows(&t, d.r), Mat::rows(b, d.r).t());
+        gemm(
+            Dst::rows(&mut y, d.out).add().scaled(layer.scaling as f32).parallel(),
+            (d.n, d.out, d.r),
+            Mat::rows(&t, d.r),
+            Mat::rows(b, d.r).t(),
+        );
         *lock(&self.down, "lora_linear")? = Some(t);
         if let Some(bias) = &layer.bias {
             with_f32(bias, self.name(), |bias| {
@@ -132,7 +145,14 @@ impl CustomOp3 for LoraOp {
         Ok((CpuStorage::F32(y), Shape::from((d.n, d.out))))
     }
 
-    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = Dims::new(x.layout(), a.layout(), b.layout())?;
         let (layer, s, x_tracked) = (&self.layer, self.layer.scaling as f32, x.track_op());
         let saved = lock(&self.down, "lora_linear")?.take();
@@ -153,7 +173,9 @@ impl CustomOp3 for LoraOp {
                             let dl = product((d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp), 1.0);
                             dx.iter_mut().zip(dl.iter().zip(mask)).for_each(|(dx, (l, m))| *dx += l * m);
                         }
-                        None => gemm(Dst::rows(&mut dx, d.inp).add().parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp)),
+                        None => {
+                            gemm(Dst::rows(&mut dx, d.inp).add().parallel(), (d.n, d.inp, d.r), Mat::rows(&gb, d.r), Mat::rows(a, d.inp))
+                        }
                     }
                     Some(tensor(dx, (d.n, d.inp))?)
                 }
@@ -205,7 +227,8 @@ mod tests {
         for (weight, dense) in bases {
             for (bias, dropout) in [(None, None), (Some(random(&[9], 5)?), Some(DROPOUT))] {
                 let layer = LoraLinear { weight: weight.clone(), bias, scaling: 1.7, dropout };
-                let [x, a, b] = [random(&[5, 12], 1)?, random(&[3, 12], 2)?, random(&[9, 3], 3)?].map(|t| Var::from_tensor(&t).expect("var"));
+                let [x, a, b] =
+                    [random(&[5, 12], 1)?, random(&[3, 12], 2)?, random(&[9, 3], 3)?].map(|t| Var::from_tensor(&t).expect("var"));
                 let ours = lora_linear(x.as_tensor(), a.as_tensor(), b.as_tensor(), &layer)?;
                 let theirs = composed(x.as_tensor(), a.as_tensor(), b.as_tensor(), &dense, &layer)?;
                 assert!((&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
@@ -222,7 +245,12 @@ mod tests {
 
     #[test]
     fn gradient_check() -> Result<()> {
-        let layer = LoraLinear { weight: LinearWeight::Dense(random(&[4, 6], 4)?), bias: Some(random(&[4], 5)?), scaling: 0.8, dropout: Some(DROPOUT) };
+        let layer = LoraLinear {
+            weight: LinearWeight::Dense(random(&[4, 6], 4)?),
+            bias: Some(random(&[4], 5)?),
+            scaling: 0.8,
+            dropout: Some(DROPOUT),
+        };
         let inputs = [random(&[3, 6], 1)?, random(&[2, 6], 2)?, random(&[4, 2], 3)?];
         check(&inputs, |t| weighted_sum(&lora_linear(&t[0], &t[1], &t[2], &layer)?, 7), 2e-2)
     }

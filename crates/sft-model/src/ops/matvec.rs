@@ -54,7 +54,11 @@ pub(crate) fn matvec_rows(x: &[f32], n: usize, out: usize, dot_row: impl Fn(usiz
             }
         }
     });
-    if n == 1 { yt } else { (0..n * out).map(|i| yt[(i % out) * n + i / out]).collect() }
+    if n == 1 {
+        yt
+    } else {
+        (0..n * out).map(|i| yt[(i % out) * n + i / out]).collect()
+    }
 }
 
 /// A weight element the dot product widens to f32: f32 itself, or bf16 bits (`u16`).

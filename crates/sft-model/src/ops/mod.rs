@@ -8,28 +8,28 @@ mod amx;
 mod attention;
 mod cross_entropy;
 mod exp;
-mod glu;
-mod lanes;
-mod lora_linear;
-mod matvec;
 mod frozen_matmul;
 mod gemm;
+mod glu;
+mod lanes;
 mod linear;
+mod lora_linear;
+mod matvec;
 mod rms_norm;
 mod rope;
 mod softmax;
 
 pub use attention::{attention, AttentionSpec};
 pub use cross_entropy::{linear_cross_entropy, CrossEntropy};
+pub(crate) use exp::{exp_in_place, exp_shifted_in_place};
+pub(crate) use frozen_matmul::Tiles;
+pub use frozen_matmul::{frozen_matmul, qmatmul};
 pub use glu::{glu, Activation};
+pub use lanes::wide;
 pub use linear::linear;
 pub use lora_linear::{lora_linear, LinearWeight, LoraLinear};
-pub use matvec::{matvec, MATVEC_MAX_ROWS};
-pub use frozen_matmul::{frozen_matmul, qmatmul};
-pub(crate) use exp::{exp_in_place, exp_shifted_in_place};
-pub use lanes::wide;
-pub(crate) use frozen_matmul::Tiles;
 pub(crate) use matvec::{dot, matvec_rows};
+pub use matvec::{matvec, MATVEC_MAX_ROWS};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTable};
 pub use softmax::softmax_last_dim;
@@ -113,11 +113,8 @@ pub(crate) mod gradcheck {
         let grads = loss(&tensors)?.backward()?;
         let eps = 1e-2f64;
         for (i, var) in vars.iter().enumerate() {
-            let analytic = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("input {i} received no gradient"))
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            let analytic =
+                grads.get(var.as_tensor()).unwrap_or_else(|| panic!("input {i} received no gradient")).flatten_all()?.to_vec1::<f32>()?;
             let base = inputs[i].flatten_all()?.to_vec1::<f32>()?;
             for j in 0..base.len() {
                 let eval = |delta: f64| -> Result<f64> {
@@ -131,10 +128,7 @@ pub(crate) mod gradcheck {
                 let numeric = (eval(eps)? - eval(-eps)?) / (2.0 * eps);
                 let got = analytic[j] as f64;
                 let err = (got - numeric).abs();
-                assert!(
-                    err <= tol * (1.0 + numeric.abs()),
-                    "input {i} element {j}: analytic {got} vs numeric {numeric} (error {err})"
-                );
+                assert!(err <= tol * (1.0 + numeric.abs()), "input {i} element {j}: analytic {got} vs numeric {numeric} (error {err})");
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Integration tests of sft-model, one module per stage.
 
+mod backprop;
+mod checkpointing;
 mod common;
 mod generate;
 mod parity;
-mod checkpointing;
-mod backprop;

@@ -8,17 +8,13 @@ use candle_core::Tensor;
 use serde_json::Value;
 use sft_model::model::{Batch, Model, Sequence, Trainable};
 
-use crate::common::{model_fixture, json, relative_error, tensors};
+use crate::common::{json, model_fixture, relative_error, tensors};
 
 const TOL: f32 = 1e-4;
 pub(crate) const CASES: &[&str] = &["llama", "llama3", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3"];
 
 fn ints<T: TryFrom<i64>>(v: &Value) -> Vec<T> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| T::try_from(x.as_i64().expect("int")).ok().expect("in range"))
-        .collect()
+    v.as_array().expect("array").iter().map(|x| T::try_from(x.as_i64().expect("int")).ok().expect("in range")).collect()
 }
 
 fn rows<T: TryFrom<i64>>(v: &Value) -> Vec<Vec<T>> {
@@ -43,11 +39,22 @@ impl Mismatches {
     }
 
     /// Every expected gradient `prefix<name>` against the model's parameter of that name.
-    fn grads(&mut self, what: &str, model: &Model, grads: &candle_core::backprop::GradStore, expected: &HashMap<String, Tensor>, prefix: &str) {
+    fn grads(
+        &mut self,
+        what: &str,
+        model: &Model,
+        grads: &candle_core::backprop::GradStore,
+        expected: &HashMap<String, Tensor>,
+        prefix: &str,
+    ) {
         let want: BTreeSet<&str> = expected.keys().filter_map(|k| k.strip_prefix(prefix)).collect();
         let have: BTreeSet<&str> = model.params().iter().map(|(n, _)| n.as_str()).collect();
         if want != have {
-            self.0.push(format!("{what}: parameters differ: only theirs {:?}, only ours {:?}", want.difference(&have).collect::<Vec<_>>(), have.difference(&want).collect::<Vec<_>>()));
+            self.0.push(format!(
+                "{what}: parameters differ: only theirs {:?}, only ours {:?}",
+                want.difference(&have).collect::<Vec<_>>(),
+                have.difference(&want).collect::<Vec<_>>()
+            ));
         }
         for (name, var) in model.params() {
             let Some(theirs) = expected.get(&format!("{prefix}{name}")) else { continue };

@@ -31,12 +31,7 @@ fn lrs_match_transformers() {
     let cases = cases();
     assert!(cases.len() >= 15);
     for case in &cases {
-        let s = Schedule {
-            kind: kind(&case.kind),
-            peak_lr: case.peak_lr,
-            warmup_steps: case.warmup_steps,
-            total_steps: case.total_steps,
-        };
+        let s = Schedule { kind: kind(&case.kind), peak_lr: case.peak_lr, warmup_steps: case.warmup_steps, total_steps: case.total_steps };
         assert_eq!(case.lrs.len(), case.total_steps + 1);
         for (step, want) in case.lrs.iter().enumerate() {
             let got = s.lr(step);
@@ -57,10 +52,7 @@ fn warmup_ratio_matches_training_arguments() {
     let mut seen = 0;
     for case in cases() {
         if let Some(ratio) = case.warmup_ratio {
-            assert_eq!(
-                warmup_from_ratio(ratio, case.total_steps),
-                case.warmup_steps
-            );
+            assert_eq!(warmup_from_ratio(ratio, case.total_steps), case.warmup_steps);
             seen += 1;
         }
     }

@@ -53,7 +53,10 @@ fn two_passes_side_by_side_equal_one_pass() {
             }
             assert_eq!(one.grads.len(), model.params().len());
             for ((a, b), (name, _)) in one.grads.iter().zip(&two.grads).zip(model.params()) {
-                let (a, b) = (a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a"), b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("b"));
+                let (a, b) = (
+                    a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a"),
+                    b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("b"),
+                );
                 let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
                 let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
                 if !(err <= 1e-5) {

@@ -241,9 +241,7 @@ fn keeps_offsets(post: &Value) -> bool {
     match kind(post) {
         Some("ByteLevel") => post.get("trim_offsets").and_then(Value::as_bool) == Some(false),
         Some("TemplateProcessing") => true,
-        Some("Sequence") => {
-            post.get("processors").and_then(Value::as_array).is_some_and(|ps| ps.iter().all(keeps_offsets))
-        }
+        Some("Sequence") => post.get("processors").and_then(Value::as_array).is_some_and(|ps| ps.iter().all(keeps_offsets)),
         _ => false,
     }
 }

@@ -20,7 +20,7 @@ use ahash::AHashMap;
 
 use bpe::BytePairs;
 use config::HfTokenizerFile;
-use split::{AddedTokens, PieceSplitter, Part};
+use split::{AddedTokens, Part, PieceSplitter};
 
 /// Token ids with `[start, end)` character offsets, as `encode_char_offsets` gives them.
 pub(super) struct Tokens {

@@ -87,10 +87,7 @@ fn automaton(tokens: Vec<(String, u32)>) -> Option<Option<(AhoCorasick, Vec<u32>
         return Some(None);
     }
     let ids = tokens.iter().map(|(_, id)| *id).collect();
-    let ac = AhoCorasick::builder()
-        .match_kind(MatchKind::LeftmostLongest)
-        .build(tokens.iter().map(|(content, _)| content))
-        .ok()?;
+    let ac = AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(tokens.iter().map(|(content, _)| content)).ok()?;
     Some(Some((ac, ids)))
 }
 
@@ -105,9 +102,7 @@ impl AddedTokens {
     pub(super) fn split(&self, text: &str) -> Vec<Part> {
         let mut parts = Vec::new();
         let mut rest = |start: usize, end: usize, parts: &mut Vec<Part>| match &self.normalized {
-            Some(found) => find(found, text, start, end, parts, &mut |s, e, parts: &mut Vec<Part>| {
-                parts.push(Part::Text(s, e))
-            }),
+            Some(found) => find(found, text, start, end, parts, &mut |s, e, parts: &mut Vec<Part>| parts.push(Part::Text(s, e))),
             None => parts.push(Part::Text(start, end)),
         };
         match &self.raw {
@@ -175,11 +170,7 @@ mod tests {
 
     #[test]
     fn added_tokens_are_found_leftmost_longest_raw_first() {
-        let added = AddedTokens::new(
-            vec![("<a>".into(), 1), ("<a><b>".into(), 2)],
-            vec![("xy".into(), 3)],
-        )
-        .unwrap();
+        let added = AddedTokens::new(vec![("<a>".into(), 1), ("<a><b>".into(), 2)], vec![("xy".into(), 3)]).unwrap();
         assert_eq!(
             added.split("q<a><b>xy<a>z"),
             [Part::Text(0, 1), Part::Added(2, 1, 7), Part::Added(3, 7, 9), Part::Added(1, 9, 12), Part::Text(12, 13)]
