@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-assets.sh
-cargo test --workspace --locked
+cargo test --workspace --locked --features sft-cli/fault-injection

@@ -8,39 +8,32 @@ use std::process::ExitCode;
 
 use clap::Args;
 use sft_data::conversation::{Conversation, Message, RowRef};
-use sft_model::generate::Sampling;
+use sft_data::template::TemplateSettings;
 
 use crate::common::ModelArgs;
-use crate::generate::{answer, load};
+use crate::generate::GenerationArgs;
 
-/// `sft chat` flags.
+/// `sft chat` flags: the generation flags of `sft generate`, with a chat's defaults (longer
+/// answers, sampled).
 #[derive(Debug, Args)]
+#[command(mut_arg("max_new_tokens", |a| a.default_value("512")))]
+#[command(mut_arg("temperature", |a| a.default_value("0.7")))]
+#[command(mut_arg("top_p", |a| a.default_value("0.9")))]
 pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// A system message that starts every conversation.
     #[arg(long)]
     pub system: Option<String>,
-    /// Chat template override.
-    #[arg(long)]
-    pub chat_template: Option<String>,
-    /// Most new tokens per answer.
-    #[arg(long, default_value_t = 512)]
-    pub max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.7)]
-    pub temperature: f64,
-    /// Nucleus sampling threshold.
-    #[arg(long, default_value_t = 0.9)]
-    pub top_p: f64,
-    /// Sampling seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub template: TemplateSettings,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
 }
 
 /// Runs `sft chat`.
 pub fn run(args: &ChatArgs) -> anyhow::Result<ExitCode> {
-    let loaded = load(&args.model, args.chat_template.clone())?;
+    let inference = args.model.load(&args.template)?;
     let start = || -> Vec<Message> { args.system.iter().map(|s| Message::text("system", s)).collect() };
     let mut messages = start();
     let mut turn = 0u64;
@@ -62,20 +55,15 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<ExitCode> {
             text => messages.push(Message::text("user", text)),
         }
         turn += 1;
-        let conversation = Conversation {
-            source: RowRef { file: "chat".into(), row: turn as usize },
-            messages: messages.clone(),
-            tools: None,
-            documents: None,
-        };
-        let sampling =
-            Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed.wrapping_add(turn), ..Sampling::default() };
-        let (text, _) = answer(&loaded, &conversation, args.max_new_tokens, &sampling, |piece| {
+        let source = RowRef { file: "chat".into(), row: turn as usize };
+        let conversation = Conversation { source, messages: messages.clone(), tools: None, documents: None };
+        let params = args.generation.params(args.generation.seed.wrapping_add(turn));
+        let answer = inference.answer(&conversation, &params, |piece| {
             print!("{piece}");
             let _ = std::io::stdout().flush();
         })?;
         println!();
-        messages.push(Message::text("assistant", &text));
+        messages.push(Message::text("assistant", &answer.text));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::{Map, Value};
-use sft_data::data::{read_dataset, Dataset, Format, OnBadRow, ReadOptions, ShareGptOptions};
-use sft_data::encode::{AppendEos, EncodeOptions, Markers, Masking, Truncation};
-use sft_data::template::{Clock, Renderer, TemplateChoice};
+use sft_data::data::{read_dataset, DataFormat, Dataset, OnBadRow, ReadOptions, ShareGptOptions};
+use sft_data::encode::{EncodeOptions, EncodeSettings};
+use sft_data::template::{Clock, Renderer, TemplateChoice, TemplateSettings};
 use sft_data::tokens::TextTokenizer;
-use sft_model::model::{Model, Trainable};
+use sft_hub::Resolved;
+use sft_infer::{Inference, LoadOptions};
+use sft_model::model::Model;
 use sft_model::quant::BaseFormat;
 
 /// Data and template flags.
@@ -18,25 +19,17 @@ pub struct DataArgs {
     /// Tokenizer directory (tokenizer.json, tokenizer_config.json, optional chat_template.jinja).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Chat template: a .jinja file, a built-in name (chatml, llama-3, llama-2, mistral, gemma,
-    /// phi-3, qwen-2.5, zephyr, vicuna, alpaca) or a name from the tokenizer config's list.
-    #[arg(long)]
-    pub chat_template: Option<String>,
-    /// With a built-in template: its end-of-turn token becomes the EOS.
-    #[arg(long)]
-    pub map_eos_token: bool,
-    /// Data format: auto, alpaca, sharegpt or openai.
-    #[arg(long, default_value = "auto")]
-    pub format: String,
-    /// Extra template variables as a JSON object, e.g. '{"enable_thinking": false}'.
-    #[arg(long)]
-    pub template_kwargs: Option<String>,
+    #[command(flatten)]
+    pub template: TemplateSettings,
+    /// Data format (detected from the first row with auto).
+    #[arg(long, value_enum, default_value_t, ignore_case = true)]
+    pub format: DataFormat,
     /// Freeze strftime_now at this local time (YYYY-MM-DDTHH:MM:SS), for reproducible renders.
     #[arg(long)]
     pub now: Option<String>,
-    /// What to do with a row that cannot be read: fail (default) or skip (counted and listed).
-    #[arg(long, default_value = "fail")]
-    pub on_bad_row: String,
+    /// What to do with a row that cannot be read: fail, or skip it (counted and listed).
+    #[arg(long, value_enum, default_value_t)]
+    pub on_bad_row: OnBadRow,
     /// Data file (JSONL, JSON array or Parquet), or - for stdin.
     #[arg(value_name = "DATA", required_unless_present = "data_flag")]
     pub data_arg: Option<String>,
@@ -58,20 +51,8 @@ impl DataArgs {
         self.data_arg.as_deref().or(self.data_flag.as_deref()).unwrap_or("-")
     }
 
-    /// The read options, template choice and template kwargs the flags give.
-    fn settings(&self) -> anyhow::Result<(ReadOptions, TemplateChoice, Map<String, Value>)> {
-        let format = match self.format.as_str() {
-            "auto" => None,
-            other => Some(other.parse::<Format>().map_err(|e| anyhow::anyhow!("--format: {e}"))?),
-        };
-        let on_bad_row: OnBadRow = self.on_bad_row.parse().map_err(|e| anyhow::anyhow!("--on-bad-row: {e}"))?;
-        let kwargs = match &self.template_kwargs {
-            None => Map::new(),
-            Some(text) => match serde_json::from_str(text).context("--template-kwargs: invalid JSON")? {
-                Value::Object(map) => map,
-                _ => bail!("--template-kwargs: expected a JSON object like '{{\"enable_thinking\": false}}'"),
-            },
-        };
+    /// The read options and template choice the flags give.
+    fn settings(&self) -> anyhow::Result<(ReadOptions, TemplateChoice)> {
         let clock = match &self.now {
             None => Clock::System,
             Some(t) => Clock::Fixed(
@@ -79,18 +60,18 @@ impl DataArgs {
                     .with_context(|| format!("--now {t:?}: expected YYYY-MM-DDTHH:MM:SS"))?,
             ),
         };
-        let choice = TemplateChoice { template: self.chat_template.clone(), map_eos_token: self.map_eos_token, clock };
-        Ok((ReadOptions { format, sharegpt: ShareGptOptions::default(), on_bad_row }, choice, kwargs))
+        let read = ReadOptions { format: self.format.format(), sharegpt: ShareGptOptions::default(), on_bad_row: self.on_bad_row };
+        Ok((read, self.template.choice(clock)))
     }
 
     /// Reads the data, loads the template and (when `need_tokenizer`) the tokenizer.
     pub fn load(&self, need_tokenizer: bool) -> anyhow::Result<Loaded> {
-        let (opts, choice, kwargs) = self.settings()?;
+        let (opts, choice) = self.settings()?;
         // Loading the tokenizer takes as long as reading a mid-sized data file: do both at once
         // (errors are reported in the order the steps are listed).
         let (tokenizer, (renderer, dataset)) = rayon::join(
             || self.tokenizer.as_deref().filter(|_| need_tokenizer).map(TextTokenizer::from_dir).transpose(),
-            || (Renderer::new(self.tokenizer.as_deref(), &choice, kwargs), read_dataset(self.data(), &opts)),
+            || (Renderer::new(self.tokenizer.as_deref(), &choice, self.template.kwargs()), read_dataset(self.data(), &opts)),
         );
         let renderer = renderer?;
         if need_tokenizer && self.tokenizer.is_none() {
@@ -104,11 +85,12 @@ impl DataArgs {
     /// Loads the template and the tokenizer, not the data (for reading it a chunk at a time
     /// with the read options returned).
     pub fn load_tools(&self) -> anyhow::Result<(Renderer, TextTokenizer, ReadOptions)> {
-        let (opts, choice, kwargs) = self.settings()?;
+        let (opts, choice) = self.settings()?;
         let Some(dir) = self.tokenizer.as_deref() else {
             bail!("tokenizing needs --tokenizer DIR (a directory with tokenizer.json)");
         };
-        let (tokenizer, renderer) = rayon::join(|| TextTokenizer::from_dir(dir), || Renderer::new(Some(dir), &choice, kwargs));
+        let (tokenizer, renderer) =
+            rayon::join(|| TextTokenizer::from_dir(dir), || Renderer::new(Some(dir), &choice, self.template.kwargs()));
         let renderer = renderer?;
         Ok((renderer, tokenizer?, opts))
     }
@@ -122,48 +104,9 @@ impl DataArgs {
     }
 }
 
-/// How conversations become training examples (shared by prepare, eval and train).
-#[derive(Debug, Args)]
-pub struct EncodeArgs {
-    /// Which tokens train: assistant (every assistant turn), last (the last one), all, or
-    /// markers (text after --response-part until --instruction-part).
-    #[arg(long, default_value = "assistant")]
-    pub masking: String,
-    /// With --masking markers: the text that starts a user turn, e.g. "<|im_start|>user\n".
-    #[arg(long)]
-    pub instruction_part: Option<String>,
-    /// With --masking markers: the text that starts an assistant turn, e.g. "<|im_start|>assistant\n".
-    #[arg(long)]
-    pub response_part: Option<String>,
-    /// When to append the EOS: auto (unless the template ends turns with it), always, never.
-    #[arg(long, default_value = "auto")]
-    pub append_eos: String,
-    /// The longest example in tokens (and, with --packing, the length of a sequence).
-    #[arg(long)]
-    pub max_seq_length: Option<usize>,
-    /// What to do with a longer example: drop it, or cut it on the right.
-    #[arg(long, default_value = "drop")]
-    pub truncation: String,
-}
-
-impl EncodeArgs {
-    /// Resolves the encode flags.
-    pub fn options(&self) -> anyhow::Result<EncodeOptions> {
-        let mut masking: Masking = self.masking.parse().map_err(|e| anyhow::anyhow!("--masking: {e}"))?;
-        match (&mut masking, &self.instruction_part, &self.response_part) {
-            (Masking::Markers(m), Some(i), Some(r)) => {
-                *m = Markers { instruction_part: i.clone(), response_part: r.clone() };
-            }
-            (Masking::Markers(_), _, _) => {
-                bail!("--masking markers needs --instruction-part and --response-part (e.g. \"<|im_start|>user\\n\" and \"<|im_start|>assistant\\n\")")
-            }
-            (_, None, None) => {}
-            _ => bail!("--instruction-part and --response-part apply only with --masking markers"),
-        }
-        let append_eos: AppendEos = self.append_eos.parse().map_err(|e| anyhow::anyhow!("--append-eos: {e}"))?;
-        let truncation: Truncation = self.truncation.parse().map_err(|e| anyhow::anyhow!("--truncation: {e}"))?;
-        Ok(EncodeOptions { masking, append_eos, max_seq_length: self.max_seq_length, truncation })
-    }
+/// The encode flags, checked (the same check a training config's keys get).
+pub fn encode_options(settings: &EncodeSettings) -> anyhow::Result<EncodeOptions> {
+    settings.resolve().map_err(|e| anyhow::anyhow!(e.for_flags()))
 }
 
 /// Which model to load: a model directory, optionally an adapter; or a checkpoint directory.
@@ -197,35 +140,29 @@ impl ModelArgs {
         Self { model, adapter: None, load_in_4bit: false, dtype: Dtype::F32 }
     }
 
-    /// (base model, adapter, tokenizer directory): a checkpoint holding an adapter names its
-    /// base model and carries its own tokenizer and chat template.
-    pub fn resolve(&self) -> anyhow::Result<(PathBuf, Option<PathBuf>, PathBuf)> {
-        let config = self.model.join("adapter_config.json");
-        if self.adapter.is_none() && config.is_file() {
-            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config.display()))?;
-            let base = v.get("base_model_name_or_path").and_then(Value::as_str).with_context(|| {
-                format!("{}: base_model_name_or_path is missing; pass --model BASE --adapter {}", config.display(), self.model.display())
-            })?;
-            return Ok((PathBuf::from(base), Some(self.model.clone()), self.model.clone()));
-        }
-        Ok((self.model.clone(), self.adapter.clone(), self.model.clone()))
-    }
-
-    /// Loads the model for inference (nothing trains); returns it with its tokenizer directory.
-    pub fn load_model(&self) -> anyhow::Result<(Model, PathBuf)> {
-        let (base, adapter, tokenizer_dir) = self.resolve()?;
-        let trainable = match adapter {
-            Some(dir) => Trainable::Adapter { dir, train: false },
-            None => Trainable::Frozen,
-        };
-        let format = match (self.load_in_4bit, self.dtype) {
+    /// How the base linear weights are held.
+    pub fn format(&self) -> BaseFormat {
+        match (self.load_in_4bit, self.dtype) {
             (true, _) => BaseFormat::Nf4 { double_quant: true },
             (false, Dtype::Bf16) => BaseFormat::Bf16,
             (false, Dtype::F32) => BaseFormat::F32,
-        };
-        let model = Model::load_as(&base, &trainable, format).with_context(|| format!("loading {}", base.display()))?;
-        Ok((model, tokenizer_dir))
+        }
+    }
+
+    /// What to load, with `template` as the template settings.
+    pub fn load_options(&self, template: &TemplateSettings) -> LoadOptions {
+        LoadOptions { model: self.model.clone(), adapter: self.adapter.clone(), format: self.format(), template: template.clone() }
+    }
+
+    /// Loads the model for scoring (nothing trains), with where its files are.
+    pub fn load_model(&self) -> anyhow::Result<(Model, Resolved)> {
+        sft_infer::load::load_model(&self.load_options(&TemplateSettings::default()))
+            .with_context(|| format!("loading {}", self.model.display()))
+    }
+
+    /// Loads the model with its tokenizer and template for generating.
+    pub fn load(&self, template: &TemplateSettings) -> anyhow::Result<Inference> {
+        Inference::load(&self.load_options(template)).with_context(|| format!("loading {}", self.model.display()))
     }
 }
 

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
-use sft_data::encode::encode_all;
+use sft_data::encode::{encode_all, EncodeSettings};
 use sft_data::pack::pack;
 use sft_model::model::Sequence;
-use sft_train::shards::Shards;
+use sft_train::threads::ThreadGroups;
 
-use crate::common::{DataArgs, EncodeArgs, ModelArgs};
+use crate::common::{encode_options, DataArgs, ModelArgs};
 
 /// Sequences are packed to at least this many tokens (rows never attend to each other).
 const PACK_TOKENS: usize = 2048;
@@ -27,18 +27,18 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
-    pub encode: EncodeArgs,
+    pub encode: EncodeSettings,
 }
 
 /// Runs `sft eval`.
 pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     // Packed sequences are evaluated side by side, one group per core (before any tensor op).
-    let shards = Shards::new(rayon::current_num_threads())?;
-    sft_model::runtime::tune_for_training(shards.is_parallel());
-    let options = args.encode.options()?;
-    let (model, tokenizer_dir) = args.model.load_model()?;
+    let groups = ThreadGroups::new(rayon::current_num_threads())?;
+    sft_model::runtime::tune_for_training(groups.is_parallel());
+    let options = encode_options(&args.encode)?;
+    let (model, source) = args.model.load_model()?;
     let mut data = args.data.clone();
-    data.tokenizer.get_or_insert(tokenizer_dir);
+    data.tokenizer.get_or_insert(source.tokenizer_dir);
     let loaded = data.load(true)?;
     let tokenizer = loaded.tokenizer.as_ref().context("eval needs a tokenizer")?;
     let encoded = encode_all(&loaded.dataset.conversations, &options, &loaded.renderer, tokenizer)
@@ -52,7 +52,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let longest = encoded.examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
     let packed = pack(&encoded.examples, longest.max(PACK_TOKENS))?;
     let sequences: Vec<Sequence> = packed.iter().map(|p| Sequence::packed(&p.input_ids, &p.labels, &p.boundaries)).collect();
-    let result = shards.evaluate(&model, &sequences).with_context(|| {
+    let result = groups.evaluate(&model, &sequences).with_context(|| {
         format!("evaluating {} with {} (do the tokenizer and the model match?)", data.data(), args.model.model.display())
     })?;
     if args.json {

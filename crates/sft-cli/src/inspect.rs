@@ -21,8 +21,20 @@ pub struct InspectArgs {
     #[arg(long)]
     pub rows: Option<String>,
     /// Colors: auto (when stdout is a terminal), always or never.
-    #[arg(long, default_value = "auto")]
-    pub color: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub color: Color,
+}
+
+/// `--color` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    /// When stdout is a terminal.
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never (`[[…]]` markers instead).
+    Never,
 }
 
 /// Parses `1-3,7` into 1-based row numbers.
@@ -51,11 +63,10 @@ const RESET: &str = "\x1b[0m";
 /// Runs `sft inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let loaded = args.data.load(args.data.tokenizer.is_some())?;
-    let color = match args.color.as_str() {
-        "always" => true,
-        "never" => false,
-        "auto" => std::io::stdout().is_terminal(),
-        other => bail!("--color {other:?}: expected auto, always or never"),
+    let color = match args.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stdout().is_terminal(),
     };
     let convs = &loaded.dataset.conversations;
     let picked: Vec<usize> = match &args.rows {

@@ -22,18 +22,19 @@ pub struct MergeArgs {
 
 /// Runs `sft merge`.
 pub fn run(args: &MergeArgs) -> anyhow::Result<ExitCode> {
-    let (base, adapter, tokenizer_dir) = args.model.resolve()?;
-    let Some(adapter) = adapter else {
+    let source = sft_hub::resolve(&args.model.model, args.model.adapter.as_deref())?;
+    let (base, tokenizer_dir) = (&source.base, &source.tokenizer_dir);
+    let Some(adapter) = &source.adapter else {
         bail!("merge needs --adapter DIR (or --model pointing at a LoRA checkpoint)");
     };
     let out = &args.out;
     require_new_dir(out)?;
-    let model = Model::merged(&base, &adapter)?;
+    let model = Model::merged(base, adapter)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::copy(base.join("config.json"), out.join("config.json"))
         .with_context(|| format!("copying {}", base.join("config.json").display()))?;
     model.save_weights(out)?;
-    for dir in [&base, &tokenizer_dir] {
+    for dir in [base, tokenizer_dir] {
         copy_side_files(dir, out)?;
     }
     eprintln!("{}: {} merged into {}", out.display(), adapter.display(), base.display());

@@ -9,12 +9,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::{json, Value};
-use sft_data::encode::{EncodeError, EncodeOptions};
+use serde_json::json;
+use sft_data::encode::{EncodeError, EncodeOptions, EncodeSettings};
 use sft_data::pack::fill_ratio;
 use sft_data::prepared::{build, BuildError, BuildInputs, Built, DataFingerprint, ManifestKey, PreparedDataset, Settings};
 
-use crate::common::{DataArgs, EncodeArgs};
+use crate::common::{encode_options, DataArgs};
 
 /// How many excluded rows the summary lists before counting the rest.
 const LISTED_EXCLUDED: usize = 20;
@@ -36,7 +36,7 @@ pub struct PrepareArgs {
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
-    pub encode: EncodeArgs,
+    pub encode: EncodeSettings,
     /// Pack examples into sequences of --max-seq-length tokens (best-fit decreasing).
     #[arg(long)]
     pub packing: bool,
@@ -57,7 +57,7 @@ impl PrepareArgs {
     /// Resolves the flags, or the training config's settings with `--config`.
     fn job(&self) -> anyhow::Result<Job> {
         let Some(path) = &self.config else {
-            let options = self.encode.options()?;
+            let options = encode_options(&self.encode)?;
             if self.packing && options.max_seq_length.is_none() {
                 bail!("--packing needs --max-seq-length N (the length of a packed sequence)");
             }
@@ -67,10 +67,9 @@ impl PrepareArgs {
         let listed = cfg.datasets.iter().chain(&cfg.eval_dataset).find(|d| d.path == Path::new(self.data.data()));
         let mut data = self.data.clone();
         data.tokenizer = Some(cfg.tokenizer.clone());
-        data.chat_template = cfg.chat_template.clone();
-        data.template_kwargs = (!cfg.template_kwargs.is_empty()).then(|| Value::Object(cfg.template_kwargs.clone()).to_string());
-        if let Some(format) = listed.and_then(|d| d.format.clone()) {
-            data.format = format;
+        data.template = cfg.template.clone();
+        if let Some(listed) = listed {
+            data.format = listed.format;
         }
         Ok(Job { data, options: cfg.encode.clone(), packing: cfg.packing })
     }

@@ -13,8 +13,12 @@ use clap::Args;
 use sft_model::config::HfConfig;
 use sft_model::model::Model;
 
+use sft_data::template::TemplateSettings;
+use sft_infer::score::score_file;
+use sft_infer::Score;
+use sft_train::trainer::Outcome;
+
 use crate::common::ModelArgs;
-use crate::generate::{load, score_file, Score};
 
 /// The bundled files, by their name under examples/quickstart.
 const FILES: &[(&str, &str)] = &[
@@ -72,16 +76,23 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     drop(model);
 
     let heldout = data.join("heldout.jsonl");
-    let before = score_file(&load(&ModelArgs::dir(base.clone()), None)?, &heldout, MAX_ANSWER_TOKENS)?;
+    let template = TemplateSettings::default();
+    let before = score_file(&ModelArgs::dir(base.clone()).load(&template)?, &heldout, MAX_ANSWER_TOKENS)?;
     eprintln!("quickstart: held-out exact match before training: {}", percent(before.exact, before.total));
 
     let cfg = sft_train::config::load(&data.join("quickstart.yaml"), &args.overrides)?;
     let started = Instant::now();
-    let summary = crate::train::run_config(&cfg, None)?;
+    let summary = match crate::train::run_config(&cfg, None)? {
+        Outcome::Finished(summary) => summary,
+        Outcome::Interrupted { step, saved } => {
+            eprintln!("stopped at step {step}; the checkpoint is {}", saved.display());
+            return Ok(ExitCode::from(130));
+        }
+    };
     let seconds = started.elapsed().as_secs_f64();
 
     let tuned = ModelArgs::dir(summary.checkpoint.clone());
-    let after = score_file(&load(&tuned, None)?, &heldout, MAX_ANSWER_TOKENS)?;
+    let after = score_file(&tuned.load(&template)?, &heldout, MAX_ANSWER_TOKENS)?;
     print_table(before, after, summary.steps, seconds, summary.eval_loss);
     println!("checkpoint: {}", summary.checkpoint.display());
     println!(

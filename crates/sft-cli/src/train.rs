@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Args;
-use sft_train::trainer::{train, Options, Resume, Summary};
-use sft_train::TrainError;
+use sft_train::config::{Method, TrainConfig};
+use sft_train::threads::ThreadGroups;
+use sft_train::trainer::{train, Options, Outcome, Resume};
 
 /// `sft train` flags.
 #[derive(Debug, Args)]
@@ -28,13 +29,22 @@ pub struct TrainArgs {
 /// Runs `sft train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = sft_train::config::load(&args.config, &args.overrides)?;
-    let summary = run_config(&cfg, args.resume.as_deref())?;
-    eprintln!("done: {} steps; final checkpoint {}", summary.steps, summary.checkpoint.display());
-    Ok(ExitCode::SUCCESS)
+    match run_config(&cfg, args.resume.as_deref())? {
+        Outcome::Finished(summary) => {
+            eprintln!("done: {} steps; final checkpoint {}", summary.steps, summary.checkpoint.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Interrupted { step, saved } => {
+            eprintln!("stopped at step {step}; resume with --resume {}", saved.display());
+            Ok(ExitCode::from(130))
+        }
+    }
 }
 
-/// Trains a resolved config with Ctrl-C handling; shared with the quickstart.
-pub fn run_config(cfg: &sft_train::config::TrainConfig, resume: Option<&str>) -> anyhow::Result<Summary> {
+/// Trains with the process tuned for it (sft-model's runtime settings, applied here, in the
+/// binary) and Ctrl-C handling; shared with the quickstart.
+pub fn run_config(cfg: &TrainConfig, resume: Option<&str>) -> anyhow::Result<Outcome> {
+    sft_model::runtime::tune_for_training(ThreadGroups::training_groups(cfg.batch_size, matches!(cfg.method, Method::Full)) > 1);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // First Ctrl-C: finish the step, save, exit. Second: exit at once.
@@ -46,11 +56,5 @@ pub fn run_config(cfg: &sft_train::config::TrainConfig, resume: Option<&str>) ->
     });
     let resume = resume.map(|r| if r == "latest" { Resume::Latest } else { Resume::Path(r.into()) });
     let opts = Options { resume, stop, progress_bar: std::io::stderr().is_terminal() };
-    match train(cfg, &opts) {
-        Err(TrainError::Interrupted { step, saved }) => {
-            eprintln!("stopped at step {step}; resume with --resume {}", saved.display());
-            std::process::exit(130);
-        }
-        other => Ok(other?),
-    }
+    Ok(train(cfg, &opts)?)
 }

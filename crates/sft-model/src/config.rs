@@ -242,34 +242,8 @@ impl HfConfig {
         let num_layers = cx.need(self.num_hidden_layers, "num_hidden_layers")?;
         let gemma = family.is_gemma();
         let activation = self.activation(&cx, family)?;
-        let attention_scale = match (family, self.query_pre_attn_scalar) {
-            (Family::Gemma2 | Family::Gemma3, Some(s)) if s > 0.0 => s.powf(-0.5),
-            (Family::Gemma2 | Family::Gemma3, Some(_)) => return Err(cx.err("query_pre_attn_scalar", "must be positive")),
-            _ => (head_dim as f64).powf(-0.5),
-        };
-        let softcap = |v: Option<f64>, key: &str| match v {
-            Some(c) if c <= 0.0 => Err(cx.err(key, "must be positive")),
-            other => Ok(other),
-        };
-        let (attn_softcap, final_softcap) = match family {
-            Family::Gemma2 | Family::Gemma3 => (
-                softcap(self.attn_logit_softcapping, "attn_logit_softcapping")?,
-                softcap(self.final_logit_softcapping, "final_logit_softcapping")?,
-            ),
-            _ => (None, None),
-        };
-        let layer_types = self.layer_types(&cx, family, num_layers)?;
-        let mut layers = Vec::with_capacity(num_layers);
-        for kind in &layer_types {
-            let sliding = kind == "sliding_attention";
-            let sliding_window = match (sliding, self.sliding_window) {
-                (false, _) => None,
-                (true, Some(0)) => return Err(cx.err("sliding_window", "must be at least 1")),
-                (true, Some(w)) => Some(w),
-                (true, None) => return Err(cx.err("sliding_window", "missing, but layer_types has sliding_attention layers")),
-            };
-            layers.push(LayerConfig { sliding_window, rope: self.rope(&cx, family, kind, head_dim)? });
-        }
+        let (attention_scale, attn_softcap, final_softcap) = self.attention_scaling(&cx, family, head_dim)?;
+        let layers = self.layer_configs(&cx, family, num_layers, head_dim)?;
         Ok(ModelConfig {
             family,
             vocab_size: cx.need(self.vocab_size, "vocab_size")?,
@@ -300,6 +274,44 @@ impl HfConfig {
             eos_token_ids: token_ids(&cx, self.eos_token_id.as_ref(), "eos_token_id")?,
             bos_token_id: token_ids(&cx, self.bos_token_id.as_ref(), "bos_token_id")?.first().copied(),
         })
+    }
+
+    /// The attention score scale, and Gemma 2/3's attention and final logit soft-caps.
+    fn attention_scaling(&self, cx: &Ctx<'_>, family: Family, head_dim: usize) -> Result<(f64, Option<f64>, Option<f64>), ModelError> {
+        let attention_scale = match (family, self.query_pre_attn_scalar) {
+            (Family::Gemma2 | Family::Gemma3, Some(s)) if s > 0.0 => s.powf(-0.5),
+            (Family::Gemma2 | Family::Gemma3, Some(_)) => return Err(cx.err("query_pre_attn_scalar", "must be positive")),
+            _ => (head_dim as f64).powf(-0.5),
+        };
+        let softcap = |v: Option<f64>, key: &str| match v {
+            Some(c) if c <= 0.0 => Err(cx.err(key, "must be positive")),
+            other => Ok(other),
+        };
+        match family {
+            Family::Gemma2 | Family::Gemma3 => Ok((
+                attention_scale,
+                softcap(self.attn_logit_softcapping, "attn_logit_softcapping")?,
+                softcap(self.final_logit_softcapping, "final_logit_softcapping")?,
+            )),
+            _ => Ok((attention_scale, None, None)),
+        }
+    }
+
+    /// Each decoder layer's attention window and rotary embedding.
+    fn layer_configs(&self, cx: &Ctx<'_>, family: Family, num_layers: usize, head_dim: usize) -> Result<Vec<LayerConfig>, ModelError> {
+        let layer_types = self.layer_types(cx, family, num_layers)?;
+        let mut layers = Vec::with_capacity(num_layers);
+        for kind in &layer_types {
+            let sliding = kind == "sliding_attention";
+            let sliding_window = match (sliding, self.sliding_window) {
+                (false, _) => None,
+                (true, Some(0)) => return Err(cx.err("sliding_window", "must be at least 1")),
+                (true, Some(w)) => Some(w),
+                (true, None) => return Err(cx.err("sliding_window", "missing, but layer_types has sliding_attention layers")),
+            };
+            layers.push(LayerConfig { sliding_window, rope: self.rope(cx, family, kind, head_dim)? });
+        }
+        Ok(layers)
     }
 
     fn activation(&self, cx: &Ctx<'_>, family: Family) -> Result<Activation, ModelError> {

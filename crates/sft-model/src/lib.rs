@@ -25,7 +25,7 @@
 
 pub mod config;
 mod error;
-pub mod generate;
+pub mod kernels;
 pub mod lora;
 pub mod model;
 pub mod ops;

@@ -200,7 +200,7 @@ impl QuantWeight {
     pub fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
         let start = r * self.cols;
         match &self.data {
-            Packed::Bf16(v) => super::ops::dot(&v[start..start + self.cols], x),
+            Packed::Bf16(v) => super::kernels::dot(&v[start..start + self.cols], x),
             Packed::Nf4 { codes, scales } => {
                 let mut sum = 0f32;
                 let mut buf = [0f32; NF4_BLOCK];
@@ -213,7 +213,7 @@ impl QuantWeight {
                         let k = k0 + t;
                         *b = NF4_LEVELS[((codes[k / 2] >> (4 * (k % 2))) & 15) as usize] * scale;
                     }
-                    sum += super::ops::dot(&buf[..len], &x[j..j + len]);
+                    sum += super::kernels::dot(&buf[..len], &x[j..j + len]);
                     j += len;
                 }
                 sum

@@ -1,23 +1,21 @@
-//! Process-wide settings for training, applied once before the first step.
+//! Process-wide settings for training. Library code never applies them: a binary (`sft train`,
+//! `sft eval`, the training benchmark) calls [`tune_for_training`] once, before its first tensor
+//! op.
 //!
 //! - The allocator. A training step frees and allocates the same multi-megabyte activation
 //!   buffers over and over. By default glibc gives large freed blocks back to the kernel
 //!   (`munmap`, heap trimming), so every new buffer page-faults its pages in again and the kernel
-//!   zeroes them. Measured on a SmolLM2-135M-shaped LoRA step (scripts/bench-train.sh shapes):
-//!   1.16 M page faults per run without, 0.51 M with these settings, at the same peak resident
-//!   memory.
+//!   zeroes them; kept in the heap, the next buffer reuses pages already mapped.
 //! - candle's own thread pool. Our kernels run on rayon's threads; the candle element-wise ops
-//!   left (above all the gradient sums of its backward pass, a zero fill and an add for every
-//!   graph edge) run on candle's pool, whose worker by default spins for 25,000 rounds after each
-//!   op on the cores rayon is using. With those ops on the calling thread alone
-//!   (`CANDLE_NUM_THREADS=1`) they became serial: a LoRA bench step kept only 1.69 of 2 cores
-//!   busy. With the pool's worker parking after 200 rounds instead
-//!   (`CANDLE_BARRIER_POOL_SPIN_LIMIT=200`), 1.8 cores are busy and, alternating six times on
-//!   the bench, f32 LoRA ran at a median 218 tokens/s against 191 with one thread (bf16: 291
-//!   against 277, four times each).
-//! - When passes run side by side, one per core (data parallelism, sft-train's `shards`), every
+//!   left (above all the gradient sums of its backward pass) run on candle's pool, whose worker
+//!   by default spins for 25,000 rounds after each op on the cores rayon is using. Parking it
+//!   after 200 rounds (`CANDLE_BARRIER_POOL_SPIN_LIMIT=200`) keeps those ops parallel without the
+//!   spinning; running them on the calling thread alone would make them serial.
+//! - When passes run side by side, one per core (data parallelism, sft-train's `threads`), every
 //!   thread runs its own element-wise ops: candle's pool, shared by the process, would make the
 //!   passes take turns.
+//!
+//! The measurements behind each are in docs/performance.md.
 
 /// Applies both settings; `side_by_side`: training passes run in parallel, one per core, and
 /// candle's element-wise ops stay on their calling thread (`CANDLE_NUM_THREADS=1`). A user's

@@ -16,7 +16,7 @@ use sft_model::lora::{LoraSettings, Targets};
 use sft_model::model::{Model, Sequence, Trainable};
 use sft_model::quant::BaseFormat;
 use sft_train::optim::{AdamW, AdamWConfig};
-use sft_train::shards::Shards;
+use sft_train::threads::ThreadGroups;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().collect();
@@ -36,8 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lora-bf16" => (lora, BaseFormat::Bf16Matmul),
         other => return Err(format!("mode {other:?}: expected lora, lora-bf16 or full").into()),
     };
-    let shards = if one { Shards::one() } else { Shards::for_training(batch, matches!(trainable, Trainable::Full))? };
-    sft_model::runtime::tune_for_training(shards.is_parallel());
+    let groups = if one { ThreadGroups::one() } else { ThreadGroups::for_training(batch, matches!(trainable, Trainable::Full))? };
+    sft_model::runtime::tune_for_training(groups.is_parallel());
     let mut model = Model::load_as(&PathBuf::from(dir), &trainable, format)?;
     model.set_gradient_checkpointing(checkpointing);
     let vocab = model.config().vocab_size as u64;
@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let sequences: Vec<Sequence<'_>> = rows.iter().map(|(i, l)| Sequence::single(i, l)).collect();
-    let batches = shards.batches(&sequences)?;
+    let batches = groups.batches(&sequences)?;
     let targets: usize = batches.iter().map(|b| b.targets.len()).sum();
     let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
@@ -58,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for step in 0..=steps {
         let (start, cpu_start) = (Instant::now(), cpu_seconds());
         // As the trainer: the passes (their graphs gone once they return), then the optimizer.
-        let g = shards.gradients(&model, &batches, 1.0 / targets as f64, None)?;
+        let g = groups.gradients(&model, &batches, 1.0 / targets as f64, None)?;
         losses.push(g.loss_sum / targets as f64);
         let optimizer_start = Instant::now();
         optimizer.step(&g.grads, 1e-4)?;

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use sft_model::lora::{PeftConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use sft_model::model::Model;
 
+use crate::metrics::LogEntry;
 use crate::TrainError;
 
 /// Files copied from the tokenizer directory.
@@ -29,7 +30,7 @@ pub struct TrainerState {
     /// The planned total of steps.
     pub max_steps: usize,
     /// Logged metrics, in order.
-    pub log_history: Vec<Value>,
+    pub log_history: Vec<LogEntry>,
     /// Log interval.
     pub logging_steps: usize,
     /// Save interval.
@@ -42,6 +43,23 @@ pub struct TrainerState {
     /// same averages).
     #[serde(default)]
     pub window: (f64, usize),
+}
+
+impl TrainerState {
+    /// The state of a new run of `max_steps` steps.
+    pub fn new(cfg: &crate::config::TrainConfig, max_steps: usize) -> Self {
+        TrainerState {
+            global_step: 0,
+            epoch: 0.0,
+            max_steps,
+            log_history: vec![],
+            logging_steps: cfg.logging_steps,
+            save_steps: cfg.save_steps,
+            train_batch_size: cfg.batch_size,
+            seed: cfg.seed,
+            window: (0.0, 0),
+        }
+    }
 }
 
 /// What goes into a checkpoint besides the trainer state.
@@ -158,7 +176,7 @@ fn write_weights(dir: &Path, c: &Contents<'_>) -> Result<(), TrainError> {
     let tensors: HashMap<String, Tensor> = c.model.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
     match c.model.lora() {
         Some(lora) => {
-            save_tensors(&dir.join("adapter_model.safetensors"), &tensors)?;
+            save_tensors(&dir.join(ADAPTER_WEIGHTS), &tensors)?;
             let mut targets: Vec<String> = c
                 .model
                 .params()
@@ -167,26 +185,8 @@ fn write_weights(dir: &Path, c: &Contents<'_>) -> Result<(), TrainError> {
                 .collect();
             targets.sort();
             targets.dedup();
-            let config = json!({
-                "peft_type": "LORA",
-                "task_type": "CAUSAL_LM",
-                "base_model_name_or_path": c.base_model.display().to_string(),
-                "r": lora.r,
-                "lora_alpha": lora.alpha,
-                "lora_dropout": lora.dropout,
-                "use_rslora": lora.use_rslora,
-                "target_modules": targets,
-                "bias": "none",
-                "fan_in_fan_out": false,
-                "inference_mode": true,
-                "init_lora_weights": true,
-                "modules_to_save": null,
-                "rank_pattern": {},
-                "alpha_pattern": {},
-                "use_dora": false,
-            });
-            let text = serde_json::to_vec_pretty(&config).map_err(|e| TrainError::Io { path: dir.into(), source: e.into() })?;
-            write_synced(&dir.join("adapter_config.json"), &text)
+            let config = PeftConfig::for_adapter(lora, targets, c.base_model.display().to_string());
+            write_synced(&dir.join(ADAPTER_CONFIG), &config.to_json())
         }
         None => {
             save_tensors(&dir.join("model.safetensors"), &tensors)?;

@@ -1,14 +1,20 @@
 //! The training config: [`RawTrainConfig`] mirrors the YAML file with the keys TRL / Axolotl
-//! users know; [`RawTrainConfig::resolve`] validates it once into [`TrainConfig`]. Unknown keys
-//! are errors with the closest known key suggested; `--set key=value` overrides are applied to
-//! the YAML before it is read.
+//! users know (the template and encode keys are sft-data's [`TemplateSettings`] and
+//! [`EncodeSettings`], flattened in, the same structs the CLI's flags are); every default lives
+//! in its [`Default`]. [`RawTrainConfig::resolve`] validates it once into [`TrainConfig`].
+//! Unknown keys, nested ones too, are errors with the closest known key suggested; the known
+//! keys are read off the struct itself ([`known_keys`]). `--set key=value` overrides are applied
+//! to the YAML before it is read.
 
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use sft_data::data::OnBadRow;
-use sft_data::encode::{AppendEos, EncodeOptions, Markers, Masking, Truncation};
+use serde_json::Value;
+use serde_yaml::Value as Yaml;
+use sft_data::data::{DataFormat, OnBadRow};
+use sft_data::encode::{EncodeOptions, EncodeSettings};
+use sft_data::template::TemplateSettings;
 use sft_model::lora::{LoraSettings, Targets};
 use sft_model::quant::BaseFormat;
 
@@ -16,241 +22,147 @@ use crate::schedule::SchedulerKind;
 use crate::TrainError;
 
 /// One training data file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct RawDataset {
-    /// JSONL, JSON or Parquet file.
+    /// JSONL, JSON or Parquet file, or a prepared dataset directory.
     pub path: PathBuf,
     /// auto (default), alpaca, sharegpt or openai.
-    #[serde(default)]
-    pub format: Option<String>,
+    pub format: DataFormat,
+}
+
+/// `finetuning`: what trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finetuning {
+    /// LoRA adapters on a frozen base.
+    #[default]
+    Lora,
+    /// Every weight.
+    Full,
+}
+
+/// `bnb_4bit_quant_type`: the 4-bit data type of `load_in_4bit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantType {
+    /// NormalFloat4, QLoRA's type.
+    #[default]
+    Nf4,
 }
 
 /// The YAML file, key for key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 #[allow(missing_docs)]
 pub struct RawTrainConfig {
     pub model: PathBuf,
-    #[serde(default)]
     pub tokenizer: Option<PathBuf>,
-    #[serde(default)]
-    pub chat_template: Option<String>,
-    #[serde(default)]
-    pub template_kwargs: Option<Map<String, Value>>,
+    #[serde(flatten)]
+    pub template: TemplateSettings,
     pub datasets: Vec<RawDataset>,
-    #[serde(default)]
     pub eval_dataset: Option<RawDataset>,
-    #[serde(default = "defaults::on_bad_row")]
-    pub on_bad_row: String,
-    #[serde(default)]
+    pub on_bad_row: OnBadRow,
     pub eval_split: Option<f64>,
-    #[serde(default = "defaults::output_dir")]
     pub output_dir: PathBuf,
-    #[serde(default = "defaults::finetuning")]
-    pub finetuning: String,
-    #[serde(default = "defaults::masking")]
-    pub masking: String,
-    #[serde(default)]
-    pub instruction_part: Option<String>,
-    #[serde(default)]
-    pub response_part: Option<String>,
-    #[serde(default = "defaults::auto")]
-    pub append_eos: String,
-    #[serde(default = "defaults::max_seq_length")]
-    pub max_seq_length: usize,
-    #[serde(default = "defaults::truncation")]
-    pub truncation: String,
-    #[serde(default)]
+    pub finetuning: Finetuning,
+    #[serde(flatten)]
+    pub encode: EncodeSettings,
     pub packing: bool,
-    #[serde(default = "defaults::learning_rate")]
     pub learning_rate: f64,
-    #[serde(default = "defaults::scheduler")]
-    pub lr_scheduler_type: String,
-    #[serde(default)]
+    pub lr_scheduler_type: SchedulerKind,
     pub warmup_steps: Option<usize>,
-    #[serde(default)]
     pub warmup_ratio: Option<f64>,
-    #[serde(default = "defaults::epochs")]
     pub num_train_epochs: f64,
-    #[serde(default)]
     pub max_steps: Option<i64>,
-    #[serde(default = "defaults::one")]
     pub per_device_train_batch_size: usize,
-    #[serde(default = "defaults::one")]
     pub gradient_accumulation_steps: usize,
-    #[serde(default)]
     pub weight_decay: f64,
-    #[serde(default = "defaults::max_grad_norm")]
     pub max_grad_norm: f64,
-    #[serde(default = "defaults::beta1")]
     pub adam_beta1: f64,
-    #[serde(default = "defaults::beta2")]
     pub adam_beta2: f64,
-    #[serde(default = "defaults::adam_epsilon")]
     pub adam_epsilon: f64,
-    #[serde(default = "defaults::seed")]
     pub seed: u64,
-    #[serde(default = "defaults::logging_steps")]
     pub logging_steps: usize,
-    #[serde(default)]
     pub eval_steps: Option<usize>,
-    #[serde(default = "defaults::save_steps")]
     pub save_steps: usize,
-    #[serde(default)]
     pub save_total_limit: Option<usize>,
-    #[serde(default = "defaults::lora_r")]
     pub lora_r: usize,
-    #[serde(default = "defaults::lora_alpha")]
     pub lora_alpha: f64,
-    #[serde(default)]
     pub lora_dropout: f64,
-    #[serde(default = "defaults::target_modules")]
     pub target_modules: Value,
-    #[serde(default)]
     pub use_rslora: bool,
     /// Recompute each layer in the backward pass instead of keeping its activations.
-    #[serde(default)]
     pub gradient_checkpointing: bool,
     /// Frozen base linear weights in bf16, multiplied in bf16 with f32 sums (on AMX tiles where
     /// the CPU has them); adapters, optimizer states and everything else stay f32 (LoRA only).
-    #[serde(default)]
     pub bf16: bool,
     /// QLoRA: frozen base linear weights in 4-bit NF4 (LoRA only).
-    #[serde(default)]
     pub load_in_4bit: bool,
     /// With load_in_4bit: also quantize the NF4 block scales (8-bit).
-    #[serde(default = "defaults::yes")]
     pub bnb_4bit_use_double_quant: bool,
-    /// With load_in_4bit: the 4-bit data type (only "nf4").
-    #[serde(default = "defaults::nf4")]
-    pub bnb_4bit_quant_type: String,
+    /// With load_in_4bit: the 4-bit data type.
+    pub bnb_4bit_quant_type: QuantType,
 }
 
-mod defaults {
-    use std::path::PathBuf;
+/// Training's `max_seq_length` when the config sets none (the flattened encode keys take their
+/// defaults from [`EncodeSettings`], which has no limit, so it is applied when resolving).
+pub const MAX_SEQ_LENGTH: usize = 1024;
 
-    use serde_json::Value;
-
-    pub fn on_bad_row() -> String {
-        "fail".into()
-    }
-    pub fn output_dir() -> PathBuf {
-        "outputs".into()
-    }
-    pub fn finetuning() -> String {
-        "lora".into()
-    }
-    pub fn yes() -> bool {
-        true
-    }
-    pub fn nf4() -> String {
-        "nf4".into()
-    }
-    pub fn masking() -> String {
-        "assistant".into()
-    }
-    pub fn auto() -> String {
-        "auto".into()
-    }
-    pub fn max_seq_length() -> usize {
-        1024
-    }
-    pub fn truncation() -> String {
-        "drop".into()
-    }
-    pub fn learning_rate() -> f64 {
-        2e-4
-    }
-    pub fn scheduler() -> String {
-        "linear".into()
-    }
-    pub fn epochs() -> f64 {
-        1.0
-    }
-    pub fn one() -> usize {
-        1
-    }
-    pub fn max_grad_norm() -> f64 {
-        1.0
-    }
-    pub fn beta1() -> f64 {
-        0.9
-    }
-    pub fn beta2() -> f64 {
-        0.999
-    }
-    pub fn adam_epsilon() -> f64 {
-        1e-8
-    }
-    pub fn seed() -> u64 {
-        42
-    }
-    pub fn logging_steps() -> usize {
-        10
-    }
-    pub fn save_steps() -> usize {
-        500
-    }
-    pub fn lora_r() -> usize {
-        16
-    }
-    pub fn lora_alpha() -> f64 {
-        32.0
-    }
-    pub fn target_modules() -> Value {
-        Value::String("all-linear".into())
+impl Default for RawTrainConfig {
+    /// Every key's default (transformers' `TrainingArguments` / PEFT's where they have one).
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            tokenizer: None,
+            template: TemplateSettings::default(),
+            datasets: vec![],
+            eval_dataset: None,
+            on_bad_row: OnBadRow::Fail,
+            eval_split: None,
+            output_dir: "outputs".into(),
+            finetuning: Finetuning::Lora,
+            encode: EncodeSettings { max_seq_length: Some(MAX_SEQ_LENGTH), ..EncodeSettings::default() },
+            packing: false,
+            learning_rate: 2e-4,
+            lr_scheduler_type: SchedulerKind::Linear,
+            warmup_steps: None,
+            warmup_ratio: None,
+            num_train_epochs: 1.0,
+            max_steps: None,
+            per_device_train_batch_size: 1,
+            gradient_accumulation_steps: 1,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            seed: 42,
+            logging_steps: 10,
+            eval_steps: None,
+            save_steps: 500,
+            save_total_limit: None,
+            lora_r: 16,
+            lora_alpha: 32.0,
+            lora_dropout: 0.0,
+            target_modules: Value::String("all-linear".into()),
+            use_rslora: false,
+            gradient_checkpointing: false,
+            bf16: false,
+            load_in_4bit: false,
+            bnb_4bit_use_double_quant: true,
+            bnb_4bit_quant_type: QuantType::Nf4,
+        }
     }
 }
 
-/// The keys the file may have (for suggestions).
-const KEYS: &[&str] = &[
-    "model",
-    "tokenizer",
-    "chat_template",
-    "template_kwargs",
-    "datasets",
-    "eval_dataset",
-    "eval_split",
-    "on_bad_row",
-    "output_dir",
-    "finetuning",
-    "masking",
-    "instruction_part",
-    "response_part",
-    "append_eos",
-    "max_seq_length",
-    "truncation",
-    "packing",
-    "learning_rate",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "warmup_ratio",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "weight_decay",
-    "max_grad_norm",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "seed",
-    "logging_steps",
-    "eval_steps",
-    "save_steps",
-    "save_total_limit",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "target_modules",
-    "use_rslora",
-    "gradient_checkpointing",
-    "bf16",
-    "load_in_4bit",
-    "bnb_4bit_use_double_quant",
-    "bnb_4bit_quant_type",
-];
+/// Every key a config may have, as a tree: [`RawTrainConfig`] serialized with one dataset in
+/// each list, so nested keys (`datasets[].format`) are there too.
+pub fn known_keys() -> Yaml {
+    let example =
+        RawTrainConfig { datasets: vec![RawDataset::default()], eval_dataset: Some(RawDataset::default()), ..RawTrainConfig::default() };
+    serde_yaml::to_value(example).unwrap_or(Yaml::Null)
+}
 
 /// What fine-tuning trains.
 #[derive(Debug, Clone)]
@@ -279,10 +191,8 @@ pub struct TrainConfig {
     pub model: PathBuf,
     /// Tokenizer directory (the model's when not given).
     pub tokenizer: PathBuf,
-    /// Template choice (None: the tokenizer's).
-    pub chat_template: Option<String>,
-    /// Extra template variables.
-    pub template_kwargs: Map<String, Value>,
+    /// The chat template, `map_eos_token` and extra template variables.
+    pub template: TemplateSettings,
     /// Training files.
     pub datasets: Vec<RawDataset>,
     /// Held-out file.
@@ -341,49 +251,78 @@ pub struct TrainConfig {
 
 /// Reads `path`, applies `--set key=value` overrides, and resolves.
 pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig, TrainError> {
+    let config_err = |key: &str, message: String| TrainError::Config { path: path.into(), key: key.into(), message };
     let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.into(), source })?;
-    let mut value: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| TrainError::Config { path: path.into(), key: String::new(), message: e.to_string() })?;
-    let map = value.as_mapping_mut().ok_or_else(|| TrainError::Config {
-        path: path.into(),
-        key: String::new(),
-        message: "expected a mapping of keys to values".into(),
-    })?;
+    let mut value: Yaml = serde_yaml::from_str(&text).map_err(|e| config_err("", e.to_string()))?;
+    let map = value.as_mapping_mut().ok_or_else(|| config_err("", "expected a mapping of keys to values".into()))?;
     for o in overrides {
-        let (key, v) = o.split_once('=').ok_or_else(|| TrainError::Config {
-            path: path.into(),
-            key: o.clone(),
-            message: "--set expects key=value".into(),
-        })?;
-        let parsed: serde_yaml::Value = serde_yaml::from_str(v).unwrap_or(serde_yaml::Value::String(v.into()));
-        map.insert(serde_yaml::Value::String(key.trim().into()), parsed);
+        let (key, v) = o.split_once('=').ok_or_else(|| config_err(o, "--set expects key=value".into()))?;
+        let parsed: Yaml = serde_yaml::from_str(v).unwrap_or(Yaml::String(v.into()));
+        map.insert(Yaml::String(key.trim().into()), parsed);
     }
-    for k in map.keys() {
-        let name = k.as_str().unwrap_or_default();
-        if !KEYS.contains(&name) {
-            let hint = closest(name).map(|c| format!("; did you mean {c}?")).unwrap_or_default();
-            return Err(TrainError::Config { path: path.into(), key: name.into(), message: format!("unknown key{hint}") });
-        }
-    }
-    let raw: RawTrainConfig = serde_yaml::from_value(value.clone()).map_err(|e| TrainError::Config {
-        path: path.into(),
-        key: String::new(),
-        message: keyed_message(&value).unwrap_or_else(|| e.to_string()),
-    })?;
+    check_keys(&value, &known_keys(), "").map_err(|(key, message)| config_err(&key, message))?;
+    let raw: RawTrainConfig =
+        serde_yaml::from_value(value.clone()).map_err(|e| config_err("", keyed_message(&value).unwrap_or_else(|| e.to_string())))?;
     raw.resolve(path)
 }
 
-/// The deserialization error of `value` with the key it is at (`from_value` does not track
-/// it; reading the same YAML back as text does). The line and column refer to that text, not
-/// the user's file, so they are dropped.
-fn keyed_message(value: &serde_yaml::Value) -> Option<String> {
-    let text = serde_yaml::to_string(value).ok()?;
-    let e = serde_yaml::from_str::<RawTrainConfig>(&text).err()?.to_string();
-    Some(e.rsplit_once(" at line ").map_or(e.clone(), |(message, _)| message.to_string()))
+/// Checks every key of `value` (and of its nested mappings and lists of mappings) against the
+/// tree of known keys; an unknown one is `(its path, "unknown key; did you mean ...?")`.
+fn check_keys(value: &Yaml, known: &Yaml, at: &str) -> Result<(), (String, String)> {
+    let (Some(map), Some(known)) = (value.as_mapping(), known.as_mapping()) else { return Ok(()) };
+    for (k, v) in map {
+        let name = k.as_str().unwrap_or_default();
+        let path = if at.is_empty() { name.to_string() } else { format!("{at}.{name}") };
+        let Some(expected) = known.get(k) else {
+            let siblings = known.keys().filter_map(Yaml::as_str);
+            let hint = closest(name, siblings).map(|c| format!("; did you mean {c}?")).unwrap_or_default();
+            return Err((path, format!("unknown key{hint}")));
+        };
+        match (v, expected) {
+            (Yaml::Sequence(items), Yaml::Sequence(example)) => {
+                if let Some(example) = example.first() {
+                    for (i, item) in items.iter().enumerate() {
+                        check_keys(item, example, &format!("{path}[{i}]"))?;
+                    }
+                }
+            }
+            _ => check_keys(v, expected, &path)?,
+        }
+    }
+    Ok(())
 }
 
-/// The known key nearest to `name` by edit distance, when close enough.
-fn closest(name: &str) -> Option<&'static str> {
+/// The deserialization error of `value` with the key it is at. `from_value` does not track the
+/// key, and neither does serde for the flattened template and encode keys; reading the YAML
+/// back as text does, so the whole file is read from text, then each flattened group from the
+/// text of its own keys. Line and column refer to that text, not the user's file, so they are
+/// dropped.
+fn keyed_message(value: &Yaml) -> Option<String> {
+    fn from_text<T: DeserializeOwned>(value: &Yaml) -> Option<String> {
+        let e = serde_yaml::from_str::<T>(&serde_yaml::to_string(value).ok()?).err()?.to_string();
+        Some(e.rsplit_once(" at line ").map_or(e.clone(), |(message, _)| message.to_string()))
+    }
+    fn group<T: DeserializeOwned + Serialize + Default>(value: &Yaml) -> Option<String> {
+        let keys = serde_yaml::to_value(T::default()).ok()?;
+        let mut own = serde_yaml::Mapping::new();
+        for (k, v) in value.as_mapping()? {
+            if keys.as_mapping()?.contains_key(k) {
+                own.insert(k.clone(), v.clone());
+            }
+        }
+        from_text::<T>(&Yaml::Mapping(own))
+    }
+    let whole = from_text::<RawTrainConfig>(value)?;
+    let known = known_keys();
+    let names_a_key = whole.split_once(": ").is_some_and(|(key, _)| known.as_mapping().is_some_and(|m| m.contains_key(key)));
+    match names_a_key {
+        true => Some(whole),
+        false => group::<TemplateSettings>(value).or_else(|| group::<EncodeSettings>(value)).or(Some(whole)),
+    }
+}
+
+/// The name among `known` nearest to `name` by edit distance, when close enough.
+fn closest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     fn distance(a: &str, b: &str) -> usize {
         let b: Vec<char> = b.chars().collect();
         let mut prev: Vec<usize> = (0..=b.len()).collect();
@@ -396,100 +335,54 @@ fn closest(name: &str) -> Option<&'static str> {
         }
         prev[b.len()]
     }
-    KEYS.iter().map(|k| (distance(name, k), *k)).filter(|(d, k)| *d <= 3.max(k.len() / 3)).min().map(|(_, k)| k)
+    known.map(|k| (distance(name, k), k)).filter(|(d, k)| *d <= 3.max(k.len() / 3)).min().map(|(_, k)| k)
 }
 
 impl RawTrainConfig {
     /// Validates every key; `path` names the file in errors.
     pub fn resolve(&self, path: &Path) -> Result<TrainConfig, TrainError> {
         let err = |key: &str, message: &str| TrainError::Config { path: path.into(), key: key.into(), message: message.into() };
-        let positive = |key: &str, v: f64| if v > 0.0 && v.is_finite() { Ok(()) } else { Err(err(key, "must be greater than 0")) };
-        positive("learning_rate", self.learning_rate)?;
-        for (key, v) in [
-            ("per_device_train_batch_size", self.per_device_train_batch_size),
-            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
-            ("max_seq_length", self.max_seq_length),
-            ("logging_steps", self.logging_steps),
-            ("save_steps", self.save_steps),
-        ] {
-            if v == 0 {
-                return Err(err(key, "must be at least 1"));
-            }
+        self.check_numbers(path)?;
+        if self.model.as_os_str().is_empty() {
+            return Err(err("model", "missing: the base model directory"));
         }
         if self.datasets.is_empty() {
             return Err(err("datasets", "needs at least one file"));
         }
-        if !(0.0..1.0).contains(&self.weight_decay) {
-            return Err(err("weight_decay", "must be in [0, 1)"));
-        }
-        if self.max_grad_norm < 0.0 {
-            return Err(err("max_grad_norm", "must be 0 (off) or positive"));
-        }
-        for (key, b) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return Err(err(key, "must be in [0, 1)"));
+        for (i, ds) in self.datasets.iter().enumerate() {
+            if ds.path.as_os_str().is_empty() {
+                return Err(err(&format!("datasets[{i}].path"), "missing"));
             }
         }
-        positive("adam_epsilon", self.adam_epsilon)?;
         let length = match self.max_steps {
             Some(n) if n > 0 => Length::Steps(n as usize),
             Some(0) => return Err(err("max_steps", "must be positive (or -1 to use num_train_epochs)")),
-            _ => {
-                positive("num_train_epochs", self.num_train_epochs)?;
-                Length::Epochs(self.num_train_epochs)
-            }
+            _ => Length::Epochs(self.num_train_epochs),
         };
-        let warmup_ratio = self.warmup_ratio.unwrap_or(0.0);
-        if !(0.0..=1.0).contains(&warmup_ratio) {
-            return Err(err("warmup_ratio", "must be in [0, 1]"));
-        }
-        if let Some(s) = self.eval_split {
-            if !(s > 0.0 && s < 1.0) {
-                return Err(err("eval_split", "must be a fraction in (0, 1)"));
-            }
-        }
-        let scheduler = match self.lr_scheduler_type.as_str() {
-            "linear" => SchedulerKind::Linear,
-            "cosine" => SchedulerKind::Cosine,
-            "constant" | "constant_with_warmup" => SchedulerKind::Constant,
-            other => {
-                return Err(err("lr_scheduler_type", &format!("{other:?} is not one of linear, cosine, constant, constant_with_warmup")))
-            }
+        let method = match self.finetuning {
+            Finetuning::Full => Method::Full,
+            Finetuning::Lora => Method::Lora(self.lora(path)?),
         };
-        let method = match self.finetuning.as_str() {
-            "full" => Method::Full,
-            "lora" => Method::Lora(self.lora(path)?),
-            other => return Err(err("finetuning", &format!("{other:?} is not one of lora, full"))),
-        };
-        let encode = self.encode().map_err(|(key, message)| err(key, &message))?;
-        let base_format = match (self.load_in_4bit, &method, self.bnb_4bit_quant_type.as_str()) {
-            (false, Method::Full, _) if self.bf16 => return Err(err("bf16", "bf16 base weights are frozen: use finetuning: lora")),
-            (false, _, _) if self.bf16 => BaseFormat::Bf16Matmul,
-            (true, _, _) if self.bf16 => return Err(err("bf16", "choose one of bf16 and load_in_4bit")),
-            (false, _, _) => BaseFormat::F32,
-            (true, Method::Full, _) => return Err(err("load_in_4bit", "4-bit base weights are frozen: use finetuning: lora")),
-            (true, Method::Lora(_), "nf4") => BaseFormat::Nf4 { double_quant: self.bnb_4bit_use_double_quant },
-            (true, _, other) => return Err(err("bnb_4bit_quant_type", &format!("{other:?} is not supported; use \"nf4\""))),
-        };
-        let on_bad_row = self.on_bad_row.parse().map_err(|message: String| err("on_bad_row", &message))?;
+        let mut encode = self.encode.resolve().map_err(|e| err(e.key, &e.message))?;
+        encode.max_seq_length = encode.max_seq_length.or(Some(MAX_SEQ_LENGTH));
         Ok(TrainConfig {
             source: path.into(),
             model: self.model.clone(),
             tokenizer: self.tokenizer.clone().unwrap_or_else(|| self.model.clone()),
-            chat_template: self.chat_template.clone(),
-            template_kwargs: self.template_kwargs.clone().unwrap_or_default(),
+            template: self.template.clone(),
             datasets: self.datasets.clone(),
             eval_dataset: self.eval_dataset.clone(),
             eval_split: self.eval_split,
-            on_bad_row,
+            on_bad_row: self.on_bad_row,
             output_dir: self.output_dir.clone(),
+            base_format: self.base_format(&method, path)?,
             method,
             encode,
             packing: self.packing,
             learning_rate: self.learning_rate,
-            scheduler,
+            scheduler: self.lr_scheduler_type,
             warmup_steps: self.warmup_steps,
-            warmup_ratio,
+            warmup_ratio: self.warmup_ratio.unwrap_or(0.0),
             length,
             batch_size: self.per_device_train_batch_size,
             accumulation: self.gradient_accumulation_steps,
@@ -503,9 +396,66 @@ impl RawTrainConfig {
             save_steps: self.save_steps,
             save_total_limit: self.save_total_limit,
             gradient_checkpointing: self.gradient_checkpointing,
-            base_format,
             raw: self.clone(),
         })
+    }
+
+    /// The numeric keys' ranges.
+    fn check_numbers(&self, path: &Path) -> Result<(), TrainError> {
+        let err = |key: &str, message: &str| TrainError::Config { path: path.into(), key: key.into(), message: message.into() };
+        let positive = |key: &str, v: f64| if v > 0.0 && v.is_finite() { Ok(()) } else { Err(err(key, "must be greater than 0")) };
+        positive("learning_rate", self.learning_rate)?;
+        positive("adam_epsilon", self.adam_epsilon)?;
+        if !matches!(self.max_steps, Some(n) if n > 0) {
+            positive("num_train_epochs", self.num_train_epochs)?;
+        }
+        for (key, v) in [
+            ("per_device_train_batch_size", self.per_device_train_batch_size),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            ("logging_steps", self.logging_steps),
+            ("save_steps", self.save_steps),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be at least 1"));
+            }
+        }
+        let fractions = [
+            ("weight_decay", self.weight_decay, "must be in [0, 1)"),
+            ("adam_beta1", self.adam_beta1, "must be in [0, 1)"),
+            ("adam_beta2", self.adam_beta2, "must be in [0, 1)"),
+        ];
+        for (key, v, message) in fractions {
+            if !(0.0..1.0).contains(&v) {
+                return Err(err(key, message));
+            }
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return Err(err("max_grad_norm", "must be 0 (off) or positive"));
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio.unwrap_or(0.0)) {
+            return Err(err("warmup_ratio", "must be in [0, 1]"));
+        }
+        if self.eval_split.is_some_and(|s| !(s > 0.0 && s < 1.0)) {
+            return Err(err("eval_split", "must be a fraction in (0, 1)"));
+        }
+        Ok(())
+    }
+
+    /// How the frozen base linear weights are held: `bf16` and `load_in_4bit` are for LoRA only,
+    /// and exclusive.
+    fn base_format(&self, method: &Method, path: &Path) -> Result<BaseFormat, TrainError> {
+        let err = |key: &str, message: &str| TrainError::Config { path: path.into(), key: key.into(), message: message.into() };
+        let full = matches!(method, Method::Full);
+        match (self.bf16, self.load_in_4bit) {
+            (true, true) => Err(err("bf16", "choose one of bf16 and load_in_4bit")),
+            (true, false) if full => Err(err("bf16", "bf16 base weights are frozen: use finetuning: lora")),
+            (false, true) if full => Err(err("load_in_4bit", "4-bit base weights are frozen: use finetuning: lora")),
+            (true, false) => Ok(BaseFormat::Bf16Matmul),
+            (false, true) => match self.bnb_4bit_quant_type {
+                QuantType::Nf4 => Ok(BaseFormat::Nf4 { double_quant: self.bnb_4bit_use_double_quant }),
+            },
+            (false, false) => Ok(BaseFormat::F32),
+        }
     }
 
     fn lora(&self, path: &Path) -> Result<LoraSettings, TrainError> {
@@ -530,19 +480,6 @@ impl RawTrainConfig {
             _ => return Err(err("target_modules", "expected \"all-linear\" or a list of module names like [q_proj, v_proj]")),
         };
         Ok(LoraSettings { r: self.lora_r, alpha: self.lora_alpha, use_rslora: self.use_rslora, dropout: self.lora_dropout, targets })
-    }
-
-    fn encode(&self) -> Result<EncodeOptions, (&'static str, String)> {
-        let mut masking: Masking = self.masking.parse().map_err(|e| ("masking", format!("{e}")))?;
-        if let Masking::Markers(m) = &mut masking {
-            match (&self.instruction_part, &self.response_part) {
-                (Some(i), Some(r)) => *m = Markers { instruction_part: i.clone(), response_part: r.clone() },
-                _ => return Err(("masking", "markers needs instruction_part and response_part".into())),
-            }
-        }
-        let append_eos: AppendEos = self.append_eos.parse().map_err(|e| ("append_eos", format!("{e}")))?;
-        let truncation: Truncation = self.truncation.parse().map_err(|e| ("truncation", format!("{e}")))?;
-        Ok(EncodeOptions { masking, append_eos, max_seq_length: Some(self.max_seq_length), truncation })
     }
 }
 
@@ -578,6 +515,32 @@ mod tests {
         let p = write("typo.yaml", &format!("{MIN}learning_rte: 0.1\n"));
         let e = load(&p, &[]).unwrap_err().to_string();
         assert!(e.contains("learning_rte: unknown key; did you mean learning_rate?"), "{e}");
+        let p = write("nested.yaml", "model: m\ndatasets:\n  - path: d.jsonl\n  - pth: e.jsonl\n");
+        let e = load(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("datasets[1].pth: unknown key; did you mean path?"), "{e}");
+        let p = write("nested-eval.yaml", &format!("{MIN}eval_dataset:\n  path: e.jsonl\n  formt: alpaca\n"));
+        let e = load(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("eval_dataset.formt: unknown key; did you mean format?"), "{e}");
+    }
+
+    #[test]
+    fn the_known_keys_are_the_fields_of_the_struct_and_its_flattened_groups() {
+        let keys = known_keys();
+        let top: Vec<&str> = keys.as_mapping().unwrap().keys().filter_map(Yaml::as_str).collect();
+        for key in ["model", "chat_template", "map_eos_token", "template_kwargs", "masking", "max_seq_length", "bnb_4bit_quant_type"] {
+            assert!(top.contains(&key), "{key} missing from {top:?}");
+        }
+        let p = write("all.yaml", &format!("{MIN}map_eos_token: true\nchat_template: chatml\nmasking: last\nformat_typo: 1\n"));
+        let e = load(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("format_typo: unknown key"), "{e}");
+        let p = write("flat.yaml", &format!("{MIN}map_eos_token: true\nchat_template: chatml\nmasking: last\nmax_seq_length: 64\n"));
+        let c = load(&p, &[]).expect("valid");
+        assert!(c.template.map_eos_token);
+        assert_eq!(c.template.chat_template.as_deref(), Some("chatml"));
+        assert_eq!(c.encode.masking, sft_data::encode::Masking::Last);
+        assert_eq!(c.encode.max_seq_length, Some(64));
+        let c = load(&write("min.yaml", MIN), &[]).expect("valid");
+        assert_eq!(c.encode.max_seq_length, Some(1024), "training's default length");
     }
 
     #[test]
@@ -590,6 +553,13 @@ mod tests {
             ("finetuning: qlora", "finetuning"),
             ("finetuning: full\nbf16: true", "bf16: bf16 base weights are frozen: use finetuning: lora"),
             ("bf16: true\nload_in_4bit: true", "bf16: choose one of bf16 and load_in_4bit"),
+            ("masking: lst", "masking: unknown variant `lst`"),
+            ("max_seq_length: big", "max_seq_length: invalid type"),
+            ("template_kwargs: [1]", "template_kwargs: invalid type"),
+            ("masking: markers", "masking: markers needs instruction_part and response_part"),
+            ("instruction_part: '<u>'", "instruction_part: applies only with masking markers"),
+            ("bnb_4bit_quant_type: fp4", "bnb_4bit_quant_type: unknown variant `fp4`"),
+            ("max_grad_norm: -1", "max_grad_norm: must be 0 (off) or positive"),
         ] {
             let p = write("bad.yaml", &format!("{MIN}{extra}\n"));
             let e = load(&p, &[]).unwrap_err().to_string();

@@ -1,21 +1,28 @@
-//! Faults the crash-safety tests inject through the `SFT_FAULT` environment variable, unset in
-//! real runs (issue 9): `disk-full:N` fails the save of checkpoint N after its weights are
-//! written, as a full disk would; `slow-save:MS` pauses every save there, so that a test can
-//! kill the process mid-save; `nan-loss:N` makes the loss of step N (0-based) NaN.
+//! Faults the crash-safety tests inject, with the `fault-injection` feature only (the CLI's
+//! crash tests enable it; release builds have none of this). `SFT_FAULT`, read once per process:
+//! `disk-full:N` fails the save of checkpoint N after its weights are written, as a full disk
+//! would; `slow-save:MS` pauses every save there, so that a test can kill the process mid-save;
+//! `nan-loss:N` makes the loss of step N (0-based) NaN. Without the feature these are no-ops.
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::TrainError;
 
-/// The fault asked for, as (kind, argument).
-fn fault() -> Option<(String, String)> {
-    let spec = std::env::var("SFT_FAULT").ok()?;
-    let (kind, arg) = spec.split_once(':')?;
-    Some((kind.to_string(), arg.to_string()))
+/// The fault asked for, as (kind, argument), read from the environment on first use.
+#[cfg(feature = "fault-injection")]
+fn fault() -> Option<&'static (String, String)> {
+    static FAULT: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
+    FAULT
+        .get_or_init(|| {
+            let spec = std::env::var("SFT_FAULT").ok()?;
+            let (kind, arg) = spec.split_once(':')?;
+            Some((kind.to_string(), arg.to_string()))
+        })
+        .as_ref()
 }
 
 /// Called by a checkpoint save once the weights are in `dir`.
+#[cfg(feature = "fault-injection")]
 pub(crate) fn after_weights(step: usize, dir: &Path) -> Result<(), TrainError> {
     match fault() {
         Some((kind, n)) if kind == "disk-full" && n.parse::<usize>() == Ok(step) => Err(TrainError::Io {
@@ -23,7 +30,7 @@ pub(crate) fn after_weights(step: usize, dir: &Path) -> Result<(), TrainError> {
             source: std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"),
         }),
         Some((kind, ms)) if kind == "slow-save" => {
-            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
             Ok(())
         }
         _ => Ok(()),
@@ -31,9 +38,22 @@ pub(crate) fn after_weights(step: usize, dir: &Path) -> Result<(), TrainError> {
 }
 
 /// The loss of `step`, or NaN when the fault says so.
+#[cfg(feature = "fault-injection")]
 pub(crate) fn loss(step: usize, loss: f64) -> f64 {
     match fault() {
         Some((kind, n)) if kind == "nan-loss" && n.parse::<usize>() == Ok(step) => f64::NAN,
         _ => loss,
     }
+}
+
+/// Called by a checkpoint save once the weights are in `dir`.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn after_weights(_step: usize, _dir: &Path) -> Result<(), TrainError> {
+    Ok(())
+}
+
+/// The loss of `step`.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn loss(_step: usize, loss: f64) -> f64 {
+    loss
 }

@@ -1,18 +1,19 @@
-//! Training for sft, stage by stage: the YAML config ([`config`]), the data order
-//! ([`batches`]), passes side by side on the cores ([`shards`]), learning-rate schedules as pure
-//! functions of the step ([`schedule`]), AdamW ([`optim`]), checkpoints ([`checkpoint`]),
-//! metrics ([`metrics`]) and the training loop, one straight-line function
-//! ([`trainer::train`]).
+//! Training for sft, stage by stage: the YAML config ([`config`]), the data read and encoded
+//! ([`data`]), its order ([`batches`]), passes side by side on the cores ([`threads`]),
+//! learning-rate schedules as pure functions of the step ([`schedule`]), AdamW ([`optim`]),
+//! checkpoints ([`checkpoint`]), metrics ([`metrics`]) and the training loop, one
+//! straight-line function ([`trainer::train`]).
 #![deny(missing_docs)]
 
 pub mod batches;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 mod fault;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
-pub mod shards;
+pub mod threads;
 pub mod trainer;
 
 use std::path::PathBuf;
@@ -110,14 +111,6 @@ pub enum TrainError {
     Threads {
         /// The cause.
         message: String,
-    },
-    /// The run was interrupted (Ctrl-C) after saving a checkpoint.
-    #[error("interrupted at step {step}; saved {}", saved.display())]
-    Interrupted {
-        /// The step.
-        step: usize,
-        /// The checkpoint.
-        saved: PathBuf,
     },
 }
 

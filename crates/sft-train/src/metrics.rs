@@ -7,54 +7,111 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+
+/// One logged event, as `trainer_state.json`'s `log_history` holds it (transformers' keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogEntry {
+    /// Training, averaged over the steps since the last one.
+    Train {
+        /// The optimizer step after which it was logged.
+        step: usize,
+        /// Epochs done, fractional.
+        epoch: f64,
+        /// Mean training loss over the logged steps.
+        loss: f64,
+        /// The learning rate of the last step.
+        learning_rate: f64,
+        /// The gradient norm of the last step, before clipping.
+        grad_norm: f64,
+    },
+    /// An evaluation.
+    Eval {
+        /// The optimizer step after which it ran.
+        step: usize,
+        /// Epochs done, fractional.
+        epoch: f64,
+        /// Token-weighted mean loss over the eval data.
+        eval_loss: f64,
+        /// Target tokens evaluated.
+        eval_tokens: usize,
+    },
+}
+
+impl LogEntry {
+    /// The step it was logged at.
+    pub fn step(&self) -> usize {
+        match self {
+            LogEntry::Train { step, .. } | LogEntry::Eval { step, .. } => *step,
+        }
+    }
+}
+
+/// How long a step took (metrics.jsonl only; not part of the trainer state).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Timing {
+    /// Input tokens per second of the step.
+    pub tokens_per_second: f64,
+    /// The step's wall time.
+    pub step_seconds: f64,
+}
+
+/// A line of metrics.jsonl: the entry, and the timing of training entries.
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    entry: &'a LogEntry,
+    #[serde(flatten)]
+    timing: Option<Timing>,
+}
 
 /// `metrics.jsonl` and the loss curve of an output directory.
 pub struct Metrics {
     path: PathBuf,
     file: File,
-    history: Vec<Value>,
 }
 
 impl Metrics {
     /// Starts `output_dir/metrics.jsonl` over from `history` (a resumed run drops lines logged
     /// after its checkpoint).
-    pub fn open(output_dir: &Path, history: &[Value]) -> Result<Self, TrainError> {
+    pub fn open(output_dir: &Path, history: &[LogEntry]) -> Result<Self, TrainError> {
         std::fs::create_dir_all(output_dir).map_err(|source| TrainError::Io { path: output_dir.into(), source })?;
         let path = output_dir.join("metrics.jsonl");
-        let io = |source| TrainError::Io { path: path.clone(), source };
-        let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(io)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|source| TrainError::Io { path: path.clone(), source })?;
+        let mut metrics = Self { path, file };
         for entry in history {
-            writeln!(file, "{entry}").map_err(io)?;
+            metrics.log(entry, None)?;
         }
-        Ok(Self { path, file, history: history.to_vec() })
+        Ok(metrics)
     }
 
-    /// Appends an entry (with `extra` timing fields that are not part of the trainer state).
-    pub fn log(&mut self, entry: &Value, extra: Value) -> Result<(), TrainError> {
-        let mut line = entry.clone();
-        if let (Some(obj), Value::Object(more)) = (line.as_object_mut(), extra) {
-            obj.extend(more);
-        }
-        writeln!(self.file, "{line}").map_err(|source| TrainError::Io { path: self.path.clone(), source })?;
-        self.history.push(entry.clone());
-        Ok(())
+    /// Appends an entry (with the timing of its step, for training entries).
+    pub fn log(&mut self, entry: &LogEntry, timing: Option<Timing>) -> Result<(), TrainError> {
+        let io = |e: std::io::Error| TrainError::Io { path: self.path.clone(), source: e };
+        let line = serde_json::to_string(&Line { entry, timing }).map_err(|e| io(e.into()))?;
+        writeln!(self.file, "{line}").map_err(io)
     }
 
-    /// Draws `loss_curve.png` beside metrics.jsonl: training loss (blue) and evaluation loss
-    /// (red) against the step, on a shared scale.
-    pub fn plot(&self) -> Result<PathBuf, TrainError> {
+    /// Draws `loss_curve.png` beside metrics.jsonl from `history`: training loss (blue) and
+    /// evaluation loss (red) against the step, on a shared scale.
+    pub fn plot(&self, history: &[LogEntry]) -> Result<PathBuf, TrainError> {
         let out = self.path.with_file_name("loss_curve.png");
-        let series = |key: &str| -> Vec<(f64, f64)> {
-            self.history
-                .iter()
-                .filter_map(|e| Some((e.get("step")?.as_f64()?, e.get(key)?.as_f64()?)))
-                .filter(|(_, y)| y.is_finite())
-                .collect()
-        };
-        let (train, eval) = (series("loss"), series("eval_loss"));
+        let (mut train, mut eval) = (vec![], vec![]);
+        for e in history {
+            match *e {
+                LogEntry::Train { step, loss, .. } if loss.is_finite() => train.push((step as f64, loss)),
+                LogEntry::Eval { step, eval_loss, .. } if eval_loss.is_finite() => eval.push((step as f64, eval_loss)),
+                _ => {}
+            }
+        }
         let all: Vec<&(f64, f64)> = train.iter().chain(&eval).collect();
         if all.is_empty() {
             return Ok(out);
@@ -114,8 +171,8 @@ impl Progress {
     }
 
     /// A logged entry, as a line.
-    pub fn line(&self, entry: &Value) {
-        let text = entry.to_string();
+    pub fn line(&self, entry: &LogEntry) {
+        let text = serde_json::to_string(entry).unwrap_or_default();
         match &self.bar {
             Some(pb) => pb.println(text),
             None => eprintln!("{text}"),

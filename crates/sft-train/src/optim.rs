@@ -39,7 +39,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
-use sft_model::ops::wide;
+use sft_model::kernels::wide;
 
 /// Errors from the optimizer, gradient clipping and optimizer-state loading.
 #[derive(Debug, thiserror::Error)]
@@ -462,7 +462,8 @@ impl AdamW {
 
 /// Global L2 norm of all gradients; if it exceeds max_norm, scales every gradient by
 /// max_norm/(norm+1e-6) as torch.nn.utils.clip_grad_norm_ does. Returns the norm before
-/// clipping.
+/// clipping. `max_norm` 0 turns clipping off (the norm is still measured), as transformers'
+/// Trainer skips clipping for `max_grad_norm: 0`.
 ///
 /// As torch, the gradients are scaled when `max_norm / (norm + 1e-6) < 1`. Per-tensor sums of
 /// squares are computed in f32 and added in f64. Unlike torch, a non-finite norm (NaN or inf
@@ -484,7 +485,7 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64, OptimE
     }
     let norm = total_sq.sqrt();
     let coef = max_norm / (norm + 1e-6);
-    if norm.is_finite() && coef < 1.0 {
+    if max_norm > 0.0 && norm.is_finite() && coef < 1.0 {
         for (i, g) in grads.iter_mut().enumerate() {
             *g = g.affine(coef, 0.0).map_err(|source| OptimError::Tensor { name: format!("gradient {i}"), source })?;
         }
@@ -531,6 +532,18 @@ mod tests {
         let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
         assert!((norm - 0.5).abs() < 1e-7);
         assert_eq!(grads[0].to_vec1::<f32>().unwrap(), [0.3, 0.4]);
+    }
+
+    #[test]
+    fn max_norm_zero_turns_clipping_off() {
+        let mut grads = vec![Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()];
+        let norm = clip_grad_norm(&mut grads, 0.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-6);
+        assert_eq!(grads[0].to_vec1::<f32>().unwrap(), [3.0, 4.0]);
+        let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-6);
+        let clipped = grads[0].to_vec1::<f32>().unwrap();
+        assert!((clipped[0] - 0.6).abs() < 1e-6 && (clipped[1] - 0.8).abs() < 1e-6, "{clipped:?}");
     }
 
     #[test]

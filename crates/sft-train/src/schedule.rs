@@ -22,6 +22,7 @@
 #[serde(rename_all = "snake_case")]
 pub enum SchedulerKind {
     /// Linear warmup from 0, then the peak learning rate (`get_constant_schedule_with_warmup`).
+    #[serde(alias = "constant_with_warmup")]
     Constant,
     /// Linear warmup from 0, then linear decay to 0 at `total_steps`
     /// (`get_linear_schedule_with_warmup`).

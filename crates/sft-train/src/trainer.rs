@@ -1,27 +1,24 @@
-//! The training loop, top to bottom: read and encode the data, plan the order, load the model
-//! (or resume a checkpoint), then for every step: learning rate → micro-batches with the loss
-//! token-weighted over the whole step → clip → AdamW → log → evaluate → checkpoint.
+//! The training loop, top to bottom: the data ([`data::prepare`]) and its order ([`Plan`]), the
+//! learning-rate schedule, the model and optimizer, new or resumed from a checkpoint
+//! ([`Run::start`]); then for every step: stop if asked → learning rate → micro-batches with the
+//! loss token-weighted over the whole step → clip → AdamW ([`Run::step`]) → log → evaluate →
+//! checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
-use sft_data::data::{read_dataset, ReadOptions, ShareGptOptions};
-use sft_data::encode::{encode_all, Example};
-use sft_data::prepared::{DataFingerprint, ManifestKey, PreparedDataset, Settings, MANIFEST};
-use sft_data::template::{Clock, Renderer, TemplateChoice};
-use sft_data::tokens::TextTokenizer;
-use sft_model::model::{Batch, Model, Trainable, IGNORE};
+use sft_model::model::{Batch, Model, Trainable};
 
-use crate::batches::{records, Plan, Record};
+use crate::batches::{Plan, Record};
 use crate::checkpoint::{self, Contents, TrainerState};
-use crate::config::{Length, Method, RawDataset, TrainConfig};
-use crate::metrics::{Metrics, Progress};
+use crate::config::{Length, Method, TrainConfig};
+use crate::data::{self, TrainData};
+use crate::metrics::{LogEntry, Metrics, Progress, Timing};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::schedule::{warmup_from_ratio, Schedule};
-use crate::shards::{Gradients, Shards};
+use crate::threads::{Gradients, ThreadGroups};
 use crate::TrainError;
 
 /// Where to continue from.
@@ -57,63 +54,221 @@ pub struct Summary {
     pub checkpoint: PathBuf,
 }
 
-/// The encoded data of a run.
-struct Data {
-    train: Vec<Record>,
-    eval: Vec<Record>,
-    template: String,
-    trained_tokens: usize,
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Every step was taken.
+    Finished(Summary),
+    /// [`Options::stop`] was set: a checkpoint of the steps so far was saved.
+    Interrupted {
+        /// The step that was about to run.
+        step: usize,
+        /// The checkpoint saved.
+        saved: PathBuf,
+    },
 }
 
 /// Trains as `cfg` says.
-pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
-    let shards = Shards::for_training(cfg.batch_size, matches!(cfg.method, Method::Full))?;
-    sft_model::runtime::tune_for_training(shards.is_parallel());
-    let data = prepare(cfg)?;
+pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Outcome, TrainError> {
+    let groups = ThreadGroups::for_training(cfg.batch_size, matches!(cfg.method, Method::Full))?;
+    let data = data::prepare(cfg)?;
     let plan = Plan { records: data.train.len(), batch_size: cfg.batch_size, accumulation: cfg.accumulation, seed: cfg.seed };
+    let schedule = schedule(cfg, &plan);
+    let mut run = Run::start(cfg, opts, &data, schedule.total_steps)?;
+    for step in run.state.global_step..schedule.total_steps {
+        if opts.stop.load(Ordering::SeqCst) {
+            return Ok(Outcome::Interrupted { step, saved: run.save()? });
+        }
+        let started = Instant::now();
+        let lr = schedule.lr(step);
+        let update = run.step(&plan, &groups, step, lr)?;
+        run.state.global_step = step + 1;
+        run.state.epoch = plan.epoch_at(step + 1);
+        let last = step + 1 == schedule.total_steps;
+        let seconds = started.elapsed().as_secs_f64();
+        let timing = Timing { tokens_per_second: update.tokens as f64 / seconds.max(1e-9), step_seconds: seconds };
+        run.log(&update, lr, timing, last)?;
+        if !data.eval.is_empty() && (last || cfg.eval_steps.is_some_and(|n| (step + 1).is_multiple_of(n))) {
+            run.evaluate(&groups)?;
+        }
+        if (step + 1).is_multiple_of(cfg.save_steps) || last {
+            run.last_saved = Some(run.save()?);
+        }
+    }
+    run.finish().map(Outcome::Finished)
+}
+
+/// The learning rate of every step: the config's schedule over the run's total steps.
+fn schedule(cfg: &TrainConfig, plan: &Plan) -> Schedule {
     let total = match cfg.length {
         Length::Steps(n) => n,
         Length::Epochs(e) => ((e * plan.steps_per_epoch() as f64).ceil() as usize).max(1),
     };
     let warmup = cfg.warmup_steps.unwrap_or_else(|| warmup_from_ratio(cfg.warmup_ratio, total));
-    let schedule = Schedule { kind: cfg.scheduler, peak_lr: cfg.learning_rate, warmup_steps: warmup, total_steps: total };
+    Schedule { kind: cfg.scheduler, peak_lr: cfg.learning_rate, warmup_steps: warmup, total_steps: total }
+}
 
-    let resume_dir = match &opts.resume {
-        None => None,
-        Some(Resume::Latest) => Some(checkpoint::latest(&cfg.output_dir).ok_or_else(|| TrainError::Checkpoint {
-            path: cfg.output_dir.clone(),
-            message: "--resume latest: no checkpoint-N directory with a trainer_state.json here".into(),
-        })?),
-        Some(Resume::Path(p)) => Some(p.clone()),
-    };
-    let mut model = match (&cfg.method, &resume_dir) {
-        (Method::Full, None) => Model::load(&cfg.model, &Trainable::Full)?,
-        (Method::Full, Some(dir)) => Model::load(dir, &Trainable::Full)?,
-        (Method::Lora(settings), None) => {
-            Model::load_as(&cfg.model, &Trainable::NewLora { settings: settings.clone(), seed: cfg.seed }, cfg.base_format)?
+/// What one optimizer step did.
+struct Update {
+    /// The mean loss over the step's target tokens.
+    loss: f64,
+    /// The gradient norm before clipping.
+    grad_norm: f64,
+    /// Input tokens in the step (padding included).
+    tokens: usize,
+}
+
+/// A run in progress: the model, its optimizer and the state a checkpoint keeps.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    data: &'a TrainData,
+    model: Model,
+    optimizer: AdamW,
+    state: TrainerState,
+    metrics: Metrics,
+    progress: Progress,
+    /// The resolved config as saved beside the checkpoints.
+    config_yaml: String,
+    last_saved: Option<PathBuf>,
+    eval_loss: Option<f64>,
+}
+
+impl<'a> Run<'a> {
+    /// Loads the model and a new optimizer, or resumes both and the trainer state from the
+    /// checkpoint `opts` names; prints what trains.
+    fn start(cfg: &'a TrainConfig, opts: &Options, data: &'a TrainData, total: usize) -> Result<Self, TrainError> {
+        let resume_dir = match &opts.resume {
+            None => None,
+            Some(Resume::Latest) => Some(checkpoint::latest(&cfg.output_dir).ok_or_else(|| TrainError::Checkpoint {
+                path: cfg.output_dir.clone(),
+                message: "--resume latest: no checkpoint-N directory with a trainer_state.json here".into(),
+            })?),
+            Some(Resume::Path(p)) => Some(p.clone()),
+        };
+        let mut model = match (&cfg.method, &resume_dir) {
+            (Method::Full, None) => Model::load(&cfg.model, &Trainable::Full)?,
+            (Method::Full, Some(dir)) => Model::load(dir, &Trainable::Full)?,
+            (Method::Lora(settings), None) => {
+                Model::load_as(&cfg.model, &Trainable::NewLora { settings: settings.clone(), seed: cfg.seed }, cfg.base_format)?
+            }
+            (Method::Lora(_), Some(dir)) => {
+                Model::load_as(&cfg.model, &Trainable::Adapter { dir: dir.clone(), train: true }, cfg.base_format)?
+            }
+        };
+        model.set_gradient_checkpointing(cfg.gradient_checkpointing);
+        let adam = AdamWConfig { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.adam_epsilon, weight_decay: cfg.weight_decay };
+        let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
+        let mut state = TrainerState::new(cfg, total);
+        if let Some(dir) = &resume_dir {
+            state = checkpoint::read_state(dir)?;
+            optimizer.load_state(&checkpoint::read_optimizer(dir)?)?;
+            state.max_steps = total;
+            eprintln!("resuming from {} at step {}", dir.display(), state.global_step);
         }
-        (Method::Lora(_), Some(dir)) => Model::load_as(&cfg.model, &Trainable::Adapter { dir: dir.clone(), train: true }, cfg.base_format)?,
-    };
-    model.set_gradient_checkpointing(cfg.gradient_checkpointing);
-    let adam = AdamWConfig { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.adam_epsilon, weight_decay: cfg.weight_decay };
-    let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
-    let mut state = TrainerState {
-        global_step: 0,
-        epoch: 0.0,
-        max_steps: total,
-        log_history: vec![],
-        logging_steps: cfg.logging_steps,
-        save_steps: cfg.save_steps,
-        train_batch_size: cfg.batch_size,
-        seed: cfg.seed,
-        window: (0.0, 0),
-    };
-    if let Some(dir) = &resume_dir {
-        state = checkpoint::read_state(dir)?;
-        optimizer.load_state(&checkpoint::read_optimizer(dir)?)?;
-        state.max_steps = total;
-        eprintln!("resuming from {} at step {}", dir.display(), state.global_step);
+        describe(cfg, data, &model, &optimizer, total);
+        let metrics = Metrics::open(&cfg.output_dir, &state.log_history)?;
+        let progress = Progress::new(total, state.global_step, opts.progress_bar);
+        let config_yaml = serde_yaml::to_string(&cfg.raw).unwrap_or_default();
+        let config_copy = cfg.output_dir.join("training_config.yaml");
+        std::fs::write(&config_copy, &config_yaml).map_err(|source| TrainError::Io { path: config_copy, source })?;
+        Ok(Run { cfg, data, model, optimizer, state, metrics, progress, config_yaml, last_saved: None, eval_loss: None })
     }
+
+    /// One optimizer step: every micro-batch's gradients of the loss token-weighted over the
+    /// whole step (each micro-batch as passes side by side), summed; clipped; AdamW. A loss or
+    /// norm that is not finite saves the last good step and stops.
+    fn step(&mut self, plan: &Plan, groups: &ThreadGroups, step: usize, lr: f64) -> Result<Update, TrainError> {
+        let micro: Vec<Vec<Batch>> = plan
+            .step(step)
+            .iter()
+            .map(|m| groups.batches(&m.iter().map(|&i| self.data.train[i].sequence()).collect::<Vec<_>>()))
+            .collect::<Result<_, _>>()?;
+        let targets: usize = micro.iter().flatten().map(|b| b.targets.len()).sum();
+        let tokens: usize = micro.iter().flatten().map(|b| b.batch * b.seq).sum();
+        let mut sum = Gradients::default();
+        for (m, batches) in micro.iter().enumerate() {
+            // LoRA dropout masks: a pure function of seed, step, micro-batch (and group).
+            let dropout_seed = self.cfg.seed ^ ((step as u64) << 20 | m as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let part = groups.gradients(&self.model, batches, 1.0 / targets.max(1) as f64, Some(dropout_seed))?;
+            sum.add(&part, &self.model)?;
+        }
+        let Gradients { loss_sum, mut grads } = sum;
+        let loss = crate::fault::loss(step, loss_sum / targets.max(1) as f64);
+        let grad_norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            let saved = self.save()?;
+            let what = if loss.is_finite() { "the gradient norm" } else { "the loss" };
+            return Err(TrainError::NonFinite { step, what: what.into(), saved });
+        }
+        self.optimizer.step(&grads, lr)?;
+        Ok(Update { loss, grad_norm, tokens })
+    }
+
+    /// Adds the step's loss to the window and, every `logging_steps` (and at the `last` step),
+    /// logs the window's mean.
+    fn log(&mut self, update: &Update, lr: f64, timing: Timing, last: bool) -> Result<(), TrainError> {
+        let state = &mut self.state;
+        state.window = (state.window.0 + update.loss, state.window.1 + 1);
+        self.progress.step(update.loss, lr, timing.tokens_per_second);
+        if !state.global_step.is_multiple_of(self.cfg.logging_steps) && !last {
+            return Ok(());
+        }
+        let mean = state.window.0 / state.window.1.max(1) as f64;
+        let entry =
+            LogEntry::Train { step: state.global_step, epoch: state.epoch, loss: mean, learning_rate: lr, grad_norm: update.grad_norm };
+        state.window = (0.0, 0);
+        self.metrics.log(&entry, Some(timing))?;
+        self.progress.line(&entry);
+        self.state.log_history.push(entry);
+        Ok(())
+    }
+
+    /// Evaluates on the held-out records, logs the loss and redraws the plot.
+    fn evaluate(&mut self, groups: &ThreadGroups) -> Result<(), TrainError> {
+        let sequences: Vec<_> = self.data.eval.iter().map(Record::sequence).collect();
+        let result = groups.evaluate(&self.model, &sequences)?;
+        self.eval_loss = Some(result.loss());
+        let entry =
+            LogEntry::Eval { step: self.state.global_step, epoch: self.state.epoch, eval_loss: result.loss(), eval_tokens: result.tokens };
+        self.metrics.log(&entry, None)?;
+        self.progress.line(&entry);
+        self.state.log_history.push(entry);
+        self.metrics.plot(&self.state.log_history)?;
+        Ok(())
+    }
+
+    /// Saves a checkpoint of the steps so far.
+    fn save(&self) -> Result<PathBuf, TrainError> {
+        let contents = Contents {
+            model: &self.model,
+            base_model: &self.cfg.model,
+            optimizer: self.optimizer.state(),
+            config_yaml: self.config_yaml.clone(),
+            tokenizer: &self.cfg.tokenizer,
+            chat_template: &self.data.template,
+        };
+        checkpoint::save(&self.cfg.output_dir, &self.state, &contents, self.cfg.save_total_limit)
+    }
+
+    /// Ends the run: the bar, the plot, the final checkpoint (saved unless the last step was).
+    fn finish(self) -> Result<Summary, TrainError> {
+        self.progress.finish();
+        self.metrics.plot(&self.state.log_history)?;
+        let checkpoint = match &self.last_saved {
+            Some(p) => p.clone(),
+            None => self.save()?,
+        };
+        let last_loss = self.state.log_history.iter().rev().find_map(|e| match e {
+            LogEntry::Train { loss, .. } => Some(*loss),
+            LogEntry::Eval { .. } => None,
+        });
+        Ok(Summary { steps: self.state.global_step, last_loss, eval_loss: self.eval_loss, checkpoint })
+    }
+}
+
+/// Prints what trains: records, tokens, steps, parameters with and without weight decay, and
+/// the memory of compact base weights.
+fn describe(cfg: &TrainConfig, data: &TrainData, model: &Model, optimizer: &AdamW, total: usize) {
     let (decayed, plain) = optimizer.decay_counts();
     let n_params: usize = model.params().iter().map(|(_, v)| v.elem_count()).sum();
     eprintln!(
@@ -133,190 +288,4 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Summary, TrainError> {
             mib(2 * quantized)
         );
     }
-    let mut metrics = Metrics::open(&cfg.output_dir, &state.log_history)?;
-    let mut progress = Progress::new(total, state.global_step, opts.progress_bar);
-    let config_yaml = serde_yaml::to_string(&cfg.raw).unwrap_or_default();
-    let config_copy = cfg.output_dir.join("training_config.yaml");
-    std::fs::write(&config_copy, &config_yaml).map_err(|source| TrainError::Io { path: config_copy, source })?;
-    let save = |state: &TrainerState, model: &Model, optimizer: &AdamW| -> Result<PathBuf, TrainError> {
-        let contents = Contents {
-            model,
-            base_model: &cfg.model,
-            optimizer: optimizer.state(),
-            config_yaml: config_yaml.clone(),
-            tokenizer: &cfg.tokenizer,
-            chat_template: &data.template,
-        };
-        checkpoint::save(&cfg.output_dir, state, &contents, cfg.save_total_limit)
-    };
-    let mut last_saved = None;
-    let mut eval_loss = None;
-    for step in state.global_step..total {
-        if opts.stop.load(Ordering::SeqCst) {
-            let saved = save(&state, &model, &optimizer)?;
-            return Err(TrainError::Interrupted { step, saved });
-        }
-        let started = Instant::now();
-        let lr = schedule.lr(step);
-        // Each micro-batch as one batch per pass side by side; the loss is token-weighted over
-        // the whole step.
-        let micro: Vec<Vec<Batch>> = plan
-            .step(step)
-            .iter()
-            .map(|m| shards.batches(&m.iter().map(|&i| data.train[i].sequence()).collect::<Vec<_>>()))
-            .collect::<Result<_, _>>()?;
-        let targets: usize = micro.iter().flatten().map(|b| b.targets.len()).sum();
-        let tokens: usize = micro.iter().flatten().map(|b| b.batch * b.seq).sum();
-        let mut sum = Gradients::default();
-        for (m, batches) in micro.iter().enumerate() {
-            // LoRA dropout masks: a pure function of seed, step, micro-batch (and group).
-            let dropout_seed = cfg.seed ^ ((step as u64) << 20 | m as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-            let part = shards.gradients(&model, batches, 1.0 / targets.max(1) as f64, Some(dropout_seed))?;
-            sum.add(&part, &model)?;
-        }
-        let Gradients { loss_sum, mut grads } = sum;
-        let loss = crate::fault::loss(step, loss_sum / targets.max(1) as f64);
-        let norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
-        if !loss.is_finite() || !norm.is_finite() {
-            let saved = save(&state, &model, &optimizer)?;
-            let what = if loss.is_finite() { "the gradient norm" } else { "the loss" };
-            return Err(TrainError::NonFinite { step, what: what.into(), saved });
-        }
-        optimizer.step(&grads, lr)?;
-        state.global_step = step + 1;
-        state.epoch = plan.epoch_at(step + 1);
-        state.window = (state.window.0 + loss, state.window.1 + 1);
-        let seconds = started.elapsed().as_secs_f64();
-        progress.step(loss, lr, tokens as f64 / seconds.max(1e-9));
-        let last = step + 1 == total;
-        if (step + 1) % cfg.logging_steps == 0 || last {
-            let entry = json!({
-                "step": step + 1,
-                "epoch": state.epoch,
-                "loss": state.window.0 / state.window.1.max(1) as f64,
-                "learning_rate": lr,
-                "grad_norm": norm,
-            });
-            state.window = (0.0, 0);
-            metrics.log(&entry, json!({ "tokens_per_second": tokens as f64 / seconds.max(1e-9), "step_seconds": seconds }))?;
-            state.log_history.push(entry);
-            progress.line(&state.log_history[state.log_history.len() - 1]);
-        }
-        let eval_due = !data.eval.is_empty() && (last || cfg.eval_steps.is_some_and(|n| (step + 1) % n == 0));
-        if eval_due {
-            let seqs: Vec<_> = data.eval.iter().map(Record::sequence).collect();
-            let result = shards.evaluate(&model, &seqs)?;
-            eval_loss = Some(result.loss());
-            let entry = json!({ "step": step + 1, "epoch": state.epoch, "eval_loss": result.loss(), "eval_tokens": result.tokens });
-            metrics.log(&entry, json!({}))?;
-            state.log_history.push(entry);
-            progress.line(&state.log_history[state.log_history.len() - 1]);
-            metrics.plot()?;
-        }
-        if (step + 1) % cfg.save_steps == 0 || last {
-            last_saved = Some(save(&state, &model, &optimizer)?);
-        }
-    }
-    progress.finish();
-    metrics.plot()?;
-    let checkpoint = match last_saved {
-        Some(p) => p,
-        None => save(&state, &model, &optimizer)?,
-    };
-    let last_loss = state.log_history.iter().rev().find_map(|e| e.get("loss").and_then(|v| v.as_f64()));
-    Ok(Summary { steps: state.global_step, last_loss, eval_loss, checkpoint })
-}
-
-/// The records of a prepared dataset directory (`sft prepare`), after checking that it was made
-/// with this run's tokenizer, template, settings and an unchanged data file.
-fn prepared_records(cfg: &TrainConfig, dir: &Path, renderer: &Renderer) -> Result<Vec<Record>, TrainError> {
-    let dataset = PreparedDataset::open(dir)?;
-    let source = DataFingerprint::of(&dataset.manifest().key.data.path)?;
-    let expected = ManifestKey::new(&cfg.tokenizer, renderer, Settings::new(&cfg.encode, cfg.packing), None, source)?;
-    if let Some(reason) = dataset.is_stale(&expected) {
-        return Err(TrainError::Config {
-            path: cfg.source.clone(),
-            key: "datasets".into(),
-            message: format!(
-                "{}: the prepared dataset does not fit this run ({reason}); run `sft prepare` again or train on the data file",
-                dir.display()
-            ),
-        });
-    }
-    Ok((0..dataset.len())
-        .filter_map(|i| dataset.get(i))
-        .map(|r| {
-            let len = r.input_ids.len() as u32;
-            // Packed rows restart their positions at 0.
-            let mut boundaries: Vec<u32> = match r.position_ids {
-                Some(p) => p.iter().enumerate().filter(|(_, &x)| x == 0).map(|(i, _)| i as u32).collect(),
-                None => vec![0],
-            };
-            boundaries.push(len);
-            Record { input_ids: r.input_ids.to_vec(), labels: r.labels.to_vec(), boundaries }
-        })
-        .collect())
-}
-
-/// Reads, renders, tokenizes and masks the training (and evaluation) data.
-fn prepare(cfg: &TrainConfig) -> Result<Data, TrainError> {
-    let choice = TemplateChoice { template: cfg.chat_template.clone(), map_eos_token: false, clock: Clock::System };
-    let renderer = Renderer::new(Some(&cfg.tokenizer), &choice, cfg.template_kwargs.clone())?;
-    let tokenizer = TextTokenizer::from_dir(&cfg.tokenizer)?;
-    let encode = |ds: &RawDataset| -> Result<Vec<Example>, TrainError> {
-        let format = match ds.format.as_deref() {
-            None | Some("auto") => None,
-            Some(f) => Some(f.parse().map_err(|e| TrainError::Config {
-                path: cfg.source.clone(),
-                key: "datasets.format".into(),
-                message: format!("{e}"),
-            })?),
-        };
-        let opts = ReadOptions { format, sharegpt: ShareGptOptions::default(), on_bad_row: cfg.on_bad_row };
-        let dataset = read_dataset(&ds.path.to_string_lossy(), &opts)?;
-        if let Some(report) = dataset.skipped_report(&ds.path.to_string_lossy()) {
-            eprintln!("{report}");
-        }
-        let encoded = encode_all(&dataset.conversations, &cfg.encode, &renderer, &tokenizer)?;
-        for ex in encoded.excluded.iter().take(10) {
-            eprintln!("{}: excluded {ex}", ds.path.display());
-        }
-        if encoded.excluded.len() > 10 {
-            eprintln!("{}: ... {} rows excluded in all", ds.path.display(), encoded.excluded.len());
-        }
-        if let Some(w) = encoded.stats.eos_warning() {
-            eprintln!("warning: {}: {w}", ds.path.display());
-        }
-        Ok(encoded.examples)
-    };
-    let mut train: Vec<Example> = vec![];
-    let mut prepared: Vec<Record> = vec![];
-    for ds in &cfg.datasets {
-        if ds.path.join(MANIFEST).is_file() {
-            prepared.extend(prepared_records(cfg, &ds.path, &renderer)?);
-        } else {
-            train.extend(encode(ds)?);
-        }
-    }
-    let mut eval = match &cfg.eval_dataset {
-        Some(ds) => encode(ds)?,
-        None => vec![],
-    };
-    if let (Some(frac), true) = (cfg.eval_split, eval.is_empty()) {
-        let n = ((train.len() as f64 * frac).round() as usize).clamp(1, train.len().saturating_sub(1).max(1));
-        let order = Plan { records: train.len(), batch_size: 1, accumulation: 1, seed: cfg.seed ^ 0x5EED }.order(0);
-        let held: std::collections::BTreeSet<usize> = order.into_iter().take(n).collect();
-        let (e, t): (Vec<_>, Vec<_>) = train.into_iter().enumerate().partition(|(i, _)| held.contains(i));
-        eval = e.into_iter().map(|(_, x)| x).collect();
-        train = t.into_iter().map(|(_, x)| x).collect();
-    }
-    if train.is_empty() && prepared.is_empty() {
-        return Err(TrainError::Config { path: cfg.source.clone(), key: "datasets".into(), message: "no training example left".into() });
-    }
-    let trained_tokens = train.iter().map(Example::trained_tokens).sum::<usize>()
-        + prepared.iter().map(|r| r.labels.iter().filter(|&&l| l != IGNORE).count()).sum::<usize>();
-    let pack_to = cfg.packing.then_some(cfg.encode.max_seq_length).flatten();
-    let mut train = records(&train, pack_to)?;
-    train.extend(prepared);
-    Ok(Data { train, eval: records(&eval, None)?, template: renderer.templates().default.source().to_string(), trained_tokens })
 }

@@ -100,7 +100,7 @@ fn split_safetensors(bytes: &[u8]) -> (Map<String, Value>, Vec<u8>) {
 
 fn join_safetensors(header: &Map<String, Value>, data: &[u8]) -> Vec<u8> {
     let mut json = serde_json::to_vec(header).expect("header json");
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     [&(json.len() as u64).to_le_bytes()[..], &json, data].concat()

@@ -6,7 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 mod bad_inputs;
+#[cfg(feature = "fault-injection")]
 mod crash;
+
+/// The crash-safety tests need the binary's fault hooks: without the feature they would not
+/// run, so the suite fails instead (scripts/test.sh enables it).
+#[cfg(not(feature = "fault-injection"))]
+#[test]
+fn crash_tests_need_the_fault_injection_feature() {
+    panic!("the crash-safety tests need `--features sft-cli/fault-injection` (run bash scripts/test.sh)");
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

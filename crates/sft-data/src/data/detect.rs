@@ -43,22 +43,71 @@ impl std::fmt::Display for Format {
     }
 }
 
-/// An unknown format name given to [`Format::from_str`](std::str::FromStr::from_str).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown data format \"{0}\"; expected one of alpaca, sharegpt, openai (aliases: messages, chatml)")]
-pub struct ParseFormatError(pub String);
+/// The format a user asks for (`format:` of a dataset, `--format`): detected from the first
+/// row (`auto`, the default) or one of the formats, named in any case; `messages` and `chatml`
+/// are aliases of `openai`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(into = "&'static str")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "clap", value(rename_all = "lower"))]
+pub enum DataFormat {
+    /// Detected from the file's first readable row.
+    #[default]
+    Auto,
+    /// Alpaca rows.
+    Alpaca,
+    /// ShareGPT rows.
+    ShareGpt,
+    /// OpenAI `messages` rows.
+    #[cfg_attr(feature = "clap", value(alias = "messages", alias = "chatml"))]
+    OpenAi,
+}
 
-impl std::str::FromStr for Format {
-    type Err = ParseFormatError;
+impl DataFormat {
+    /// Parses a name in any case.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DataFormat::Auto),
+            "alpaca" => Ok(DataFormat::Alpaca),
+            "sharegpt" => Ok(DataFormat::ShareGpt),
+            "openai" | "messages" | "chatml" => Ok(DataFormat::OpenAi),
+            _ => Err(format!("unknown data format {name:?}; expected one of auto, alpaca, sharegpt, openai (aliases: messages, chatml)")),
+        }
+    }
+}
 
-    /// Parses a name case-insensitively; `messages` and `chatml` are aliases of `openai`.
-    /// (`auto` is not a format: callers map it to `None`.)
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "alpaca" => Ok(Format::Alpaca),
-            "sharegpt" => Ok(Format::ShareGpt),
-            "openai" | "messages" | "chatml" => Ok(Format::OpenAi),
-            _ => Err(ParseFormatError(s.to_string())),
+/// Read from a string as it is being deserialized, so that an unknown name is reported at its
+/// key (`datasets[0].format`).
+impl<'de> serde::Deserialize<'de> for DataFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = DataFormat;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a data format name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<DataFormat, E> {
+                DataFormat::from_name(name).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
+}
+
+impl From<DataFormat> for &'static str {
+    fn from(f: DataFormat) -> Self {
+        f.format().map_or("auto", Format::name)
+    }
+}
+
+impl DataFormat {
+    /// The format, or `None` to detect it.
+    pub fn format(self) -> Option<Format> {
+        match self {
+            DataFormat::Auto => None,
+            DataFormat::Alpaca => Some(Format::Alpaca),
+            DataFormat::ShareGpt => Some(Format::ShareGpt),
+            DataFormat::OpenAi => Some(Format::OpenAi),
         }
     }
 }
@@ -150,13 +199,16 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
+        let parse = |name: &str| serde_json::from_value::<DataFormat>(json!(name)).ok();
         for f in Format::ALL {
-            assert_eq!(f.name().parse::<Format>(), Ok(f));
+            assert_eq!(parse(f.name()).and_then(DataFormat::format), Some(f));
         }
-        assert_eq!("ChatML".parse::<Format>(), Ok(Format::OpenAi));
-        assert_eq!("messages".parse::<Format>(), Ok(Format::OpenAi));
-        let e = "auto".parse::<Format>().unwrap_err().to_string();
-        assert!(e.starts_with("unknown data format \"auto\""));
+        assert_eq!(parse("ChatML"), Some(DataFormat::OpenAi));
+        assert_eq!(parse("ShareGPT"), Some(DataFormat::ShareGpt));
+        assert_eq!(parse("messages"), Some(DataFormat::OpenAi));
+        assert_eq!(parse("auto"), Some(DataFormat::Auto));
+        assert_eq!(parse("auto").and_then(DataFormat::format), None);
+        assert_eq!(parse("csv"), None);
     }
 
     #[test]

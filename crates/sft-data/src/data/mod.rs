@@ -28,32 +28,21 @@ use serde_json::{Map, Value};
 use crate::conversation::{drop_null_keys, Conversation, RowRef};
 use detect::Plan;
 
-pub use detect::{Format, ParseFormatError};
+pub use detect::{DataFormat, Format};
 pub use error::{DataError, RowError};
 pub use reader::{read_rows, FileKind, RawRow, RawRows, RowStream};
 pub use sharegpt::ShareGptOptions;
 
-/// What to do with a row that cannot be read or converted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What to do with a row that cannot be read or converted (`on_bad_row` / `--on-bad-row`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum OnBadRow {
     /// Stop at the first bad row with its error (the default).
     #[default]
     Fail,
     /// Record the row in [`Dataset::skipped`] and go on.
     Skip,
-}
-
-impl std::str::FromStr for OnBadRow {
-    type Err = String;
-
-    /// Parses `fail` or `skip`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "fail" => Ok(OnBadRow::Fail),
-            "skip" => Ok(OnBadRow::Skip),
-            _ => Err(format!("unknown bad-row policy \"{s}\"; expected fail or skip")),
-        }
-    }
 }
 
 /// How to read a data file.
@@ -298,7 +287,7 @@ mod tests {
 
     #[test]
     fn on_bad_row_parses() {
-        assert_eq!("skip".parse::<OnBadRow>(), Ok(OnBadRow::Skip));
-        assert!("ignore".parse::<OnBadRow>().is_err());
+        assert_eq!(serde_json::from_str::<OnBadRow>("\"skip\"").ok(), Some(OnBadRow::Skip));
+        assert!(serde_json::from_str::<OnBadRow>("\"ignore\"").is_err());
     }
 }

@@ -3,8 +3,6 @@
 //! template renders none but the tokenizer's post-processor would add one, is prepended once;
 //! an EOS is appended (trained) by the [`AppendEos`] policy.
 
-use std::str::FromStr;
-
 use serde_json::Value;
 
 use super::error::EncodeError;
@@ -12,7 +10,9 @@ use crate::template::Renderer;
 use crate::tokens::TextTokenizer;
 
 /// When to append the EOS token (trained) to an example.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum AppendEos {
     /// Only when the last run of trained tokens does not already contain the EOS (templates
     /// whose turns end with the EOS, like ChatML with Qwen's `<|im_end|>`, get none).
@@ -22,19 +22,6 @@ pub enum AppendEos {
     Always,
     /// Never.
     Never,
-}
-
-impl FromStr for AppendEos {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(AppendEos::Auto),
-            "always" => Ok(AppendEos::Always),
-            "never" => Ok(AppendEos::Never),
-            other => Err(format!("unknown append_eos {other:?}; expected one of auto, always, never")),
-        }
-    }
 }
 
 impl std::fmt::Display for AppendEos {
@@ -151,10 +138,11 @@ mod tests {
     }
 
     #[test]
-    fn names_parse() {
+    fn names_parse_as_they_display() {
         for name in ["auto", "always", "never"] {
-            assert_eq!(name.parse::<AppendEos>().unwrap().to_string(), name);
+            let parsed: AppendEos = serde_json::from_value(Value::String(name.into())).unwrap();
+            assert_eq!(parsed.to_string(), name);
         }
-        assert!("sometimes".parse::<AppendEos>().is_err());
+        assert!(serde_json::from_value::<AppendEos>(Value::String("sometimes".into())).is_err());
     }
 }

@@ -1,29 +1,17 @@
 //! Fitting an example into `max_seq_length`: drop the row, or cut the end off.
 
-use std::str::FromStr;
-
 use super::error::ExcludeReason;
 
 /// What to do with an example longer than `max_seq_length`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Truncation {
     /// Leave the row out (reason [`ExcludeReason::TooLong`]): no half-answers train.
     #[default]
     Drop,
     /// Keep the first `max_seq_length` tokens (TRL's `keep_start`), counting the trained tokens lost.
     Right,
-}
-
-impl FromStr for Truncation {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "drop" => Ok(Truncation::Drop),
-            "right" => Ok(Truncation::Right),
-            other => Err(format!("unknown truncation {other:?}; expected drop or right")),
-        }
-    }
 }
 
 impl std::fmt::Display for Truncation {
@@ -79,9 +67,11 @@ mod tests {
     }
 
     #[test]
-    fn names_parse() {
-        assert_eq!("right".parse::<Truncation>(), Ok(Truncation::Right));
+    fn names_parse_as_they_display() {
+        let parse = |name: &str| serde_json::from_value::<Truncation>(serde_json::Value::String(name.into())).ok();
+        assert_eq!(parse("right"), Some(Truncation::Right));
+        assert_eq!(parse("drop").map(|t| t.to_string()).as_deref(), Some("drop"));
         assert_eq!(Truncation::default().to_string(), "drop");
-        assert!("left".parse::<Truncation>().is_err());
+        assert_eq!(parse("left"), None);
     }
 }

@@ -2,8 +2,6 @@
 //! train_on_all, Unsloth's `train_on_responses_only` markers) and the per-message override
 //! (`"weight": 0` or `"train": false` on an assistant message, as axolotl reads them).
 
-use std::str::FromStr;
-
 use serde_json::Value;
 
 use super::error::{EncodeError, Skip};
@@ -34,8 +32,26 @@ pub struct Markers {
     pub response_part: String,
 }
 
+/// A masking strategy by name, as flags and config files give it; [`Masking::Markers`] gets its
+/// markers from `instruction_part` / `response_part` (see
+/// [`EncodeSettings`](super::EncodeSettings)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum MaskingStrategy {
+    /// [`Masking::Assistant`].
+    #[default]
+    Assistant,
+    /// [`Masking::Last`].
+    Last,
+    /// [`Masking::All`].
+    All,
+    /// [`Masking::Markers`].
+    Markers,
+}
+
 impl Masking {
-    /// The name [`FromStr`] reads.
+    /// The strategy's name (`assistant`, `last`, `all` or `markers`).
     pub fn name(&self) -> &'static str {
         match self {
             Masking::Assistant => "assistant",
@@ -49,22 +65,6 @@ impl Masking {
 impl std::fmt::Display for Masking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-impl FromStr for Masking {
-    type Err = String;
-
-    /// `assistant`, `last`, `all` or `markers`; `markers` comes with empty markers, to be set
-    /// before encoding (an [`Encoder`](super::Encoder) refuses empty ones).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "assistant" => Ok(Masking::Assistant),
-            "last" => Ok(Masking::Last),
-            "all" => Ok(Masking::All),
-            "markers" => Ok(Masking::Markers(Markers::default())),
-            other => Err(format!("unknown masking {other:?}; expected one of assistant, last, all, markers")),
-        }
     }
 }
 
@@ -152,11 +152,14 @@ mod tests {
     }
 
     #[test]
-    fn names_round_trip_and_unknown_names_list_the_choices() {
-        for name in ["assistant", "last", "all", "markers"] {
-            assert_eq!(name.parse::<Masking>().unwrap().name(), name);
+    fn strategy_names_are_the_masking_names() {
+        let parse = |name: &str| serde_json::from_value::<MaskingStrategy>(Value::String(name.into())).ok();
+        let resolved = [Masking::Assistant, Masking::Last, Masking::All, Masking::Markers(Markers::default())];
+        for m in resolved {
+            let strategy = parse(m.name()).unwrap();
+            assert_eq!(serde_json::to_value(strategy).unwrap(), Value::String(m.name().into()));
         }
-        assert!("assistants".parse::<Masking>().unwrap_err().contains("assistant, last, all, markers"));
+        assert_eq!(parse("assistants"), None);
         assert_eq!(Masking::default(), Masking::Assistant);
     }
 

@@ -33,12 +33,14 @@ mod error;
 mod length;
 mod markers;
 mod mask;
+mod settings;
 
 pub use all::{encode_all, EncodeStats, Encoded, Tally};
 pub use eos::AppendEos;
 pub use error::{EncodeError, ExcludeReason, Excluded};
 pub use length::Truncation;
-pub use mask::{Markers, Masking};
+pub use mask::{Markers, Masking, MaskingStrategy};
+pub use settings::{EncodeSettings, SettingError};
 
 use eos::SpecialIds;
 use error::Skip;

@@ -16,7 +16,7 @@ use serde_json::{Map, Value as Json};
 pub use env::Clock;
 use env::{GEN_END, GEN_FILTER, GEN_START};
 pub use renderer::{char_ranges, AssistantSpan, Renderer, Spans};
-pub use source::{builtin_names, load_template, special_tokens, TemplateChoice, TemplateSet, BUILTINS};
+pub use source::{builtin_names, load_template, special_tokens, TemplateChoice, TemplateSet, TemplateSettings, BUILTINS};
 
 use crate::conversation::Conversation;
 

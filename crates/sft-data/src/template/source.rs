@@ -38,6 +38,46 @@ pub fn builtin_names() -> String {
     BUILTINS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
 }
 
+/// The template settings as users write them: flags wherever a template is chosen (with the
+/// `clap` feature) and keys of a training config (serde, flattened into it).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct TemplateSettings {
+    /// Chat template: a .jinja file, a built-in name (chatml, llama-3, llama-2, mistral, gemma,
+    /// phi-3, qwen-2.5, zephyr, vicuna, alpaca) or a name from the tokenizer config's list.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub chat_template: Option<String>,
+    /// With a built-in template: its end-of-turn token becomes the EOS.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub map_eos_token: bool,
+    /// Extra template variables (a JSON object as a flag), e.g. '{"enable_thinking": false}'.
+    #[cfg_attr(feature = "clap", arg(long, value_parser = json_object))]
+    pub template_kwargs: Option<Map<String, Json>>,
+}
+
+impl TemplateSettings {
+    /// The choice these settings make, with `strftime_now` reading `clock`.
+    pub fn choice(&self, clock: Clock) -> TemplateChoice {
+        TemplateChoice { template: self.chat_template.clone(), map_eos_token: self.map_eos_token, clock }
+    }
+
+    /// The extra template variables (none when unset).
+    pub fn kwargs(&self) -> Map<String, Json> {
+        self.template_kwargs.clone().unwrap_or_default()
+    }
+}
+
+/// A JSON object given on the command line.
+#[cfg(feature = "clap")]
+fn json_object(text: &str) -> Result<Map<String, Json>, String> {
+    match serde_json::from_str(text) {
+        Ok(Json::Object(map)) => Ok(map),
+        Ok(_) => Err("expected a JSON object like '{\"enable_thinking\": false}'".into()),
+        Err(e) => Err(format!("invalid JSON: {e}")),
+    }
+}
+
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
 pub struct TemplateChoice {

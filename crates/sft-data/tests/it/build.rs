@@ -72,7 +72,8 @@ fn a_chunked_build_equals_encoding_the_whole_file() {
         assert_eq!(built.dataset.skipped, whole.skipped);
         let stored = PreparedDataset::open(&out).unwrap();
         assert_eq!(stored.manifest(), &built.manifest);
-        let expected: Vec<(Vec<u32>, Vec<i32>, Option<Vec<u32>>)> = if packing {
+        type Stored = (Vec<u32>, Vec<i32>, Option<Vec<u32>>);
+        let expected: Vec<Stored> = if packing {
             pack(&encoded.examples, 64).unwrap().into_iter().map(|s| (s.input_ids, s.labels, Some(s.position_ids))).collect()
         } else {
             encoded.examples.iter().map(|e| (e.input_ids.clone(), e.labels.clone(), None)).collect()

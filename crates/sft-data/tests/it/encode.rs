@@ -385,7 +385,7 @@ fn generation_tags_and_prefix_spans_agree_up_to_where_trl_opens_the_block() {
 #[test]
 fn bad_options_are_refused_before_any_row() {
     let s = setup("qwen2_5", "chatml", false);
-    let empty = EncodeOptions { masking: "markers".parse().unwrap(), ..Default::default() };
+    let empty = EncodeOptions { masking: Masking::Markers(Markers::default()), ..Default::default() };
     assert!(s.all(&[dialogue()], &empty).unwrap_err().to_string().contains("needs both markers"));
     let zero = EncodeOptions { max_seq_length: Some(0), ..Default::default() };
     assert!(s.all(&[dialogue()], &zero).unwrap_err().to_string().contains("max_seq_length must be at least 1"));

@@ -11,8 +11,13 @@
 
 use rayon::prelude::*;
 
-use crate::ops::{dot, matvec_rows};
+use crate::kernels::{dot, matvec_rows};
 use crate::quant::{from_bf16, to_bf16, BaseFormat, QuantWeight};
+
+/// The index of the largest logit (the first among equal ones; 0 when none is above -inf).
+pub fn argmax(logits: &[f32]) -> usize {
+    logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+}
 
 /// A bf16 screen of an output layer `[rows, cols]`.
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //! to them directly (grouped-query heads share their key/value head; no repeated copies, no
 //! score matrix or mask tensors). Inference only: nothing here is part of a gradient graph.
 
-use crate::ops::dot;
+use crate::kernels::dot;
 
 /// The attention shape and options of one layer.
 #[derive(Debug, Clone, Copy)]

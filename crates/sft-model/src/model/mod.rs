@@ -22,13 +22,13 @@ pub use params::Trainable;
 
 use crate::config::ModelConfig;
 use crate::error::TensorContext;
-use crate::generate::argmax;
 use crate::lora::{Dropout, LoraSettings};
 use crate::ops::{linear_cross_entropy, qmatmul, rms_norm, CrossEntropy, RopeTable};
 use crate::quant::{BaseFormat, QuantWeight};
 use crate::rng::SplitMix;
 use crate::weights::Weights;
 use crate::ModelError;
+pub use greedy::argmax;
 use greedy::GreedyScreen;
 pub use kv_cache::KvCache;
 use layer::{Context, Layer};
@@ -45,7 +45,7 @@ pub struct Model {
     lm_head: Option<Tensor>,
     /// The output layer in bf16 (bf16 base formats): read by decoding, and by the loss under
     /// `bf16: true` ([`BaseFormat::Bf16Matmul`]).
-    decode_head: Option<Arc<QuantWeight>>,
+    head_bf16: Option<Arc<QuantWeight>>,
     /// Greedy decoding's bf16 screen of the f32 output layer, made on first use (`None` when
     /// the exact argmax cannot be screened this way).
     greedy: OnceLock<Option<GreedyScreen>>,
@@ -180,7 +180,7 @@ impl Model {
         b.finish()?;
         // bf16 decoding also reads the output layer in bf16, and so does the loss under bf16:
         // true (a copy; the f32 one stays for the embedding and everything else).
-        let decode_head = match format {
+        let head_bf16 = match format {
             BaseFormat::Bf16 | BaseFormat::Bf16Matmul => {
                 let w = lm_head.as_ref().unwrap_or(&embed);
                 let data = w.flatten_all().and_then(|t| t.to_vec1::<f32>()).during(|| "reading the output layer".into())?;
@@ -201,7 +201,7 @@ impl Model {
             layers,
             norm,
             lm_head,
-            decode_head,
+            head_bf16,
             greedy: OnceLock::new(),
             params: b.params,
             lora,
@@ -290,7 +290,7 @@ impl Model {
     pub fn next_greedy(&self, ids: &[u32], cache: &mut Cache) -> Result<u32, ModelError> {
         let last = self.cached_last(ids, cache)?;
         let weight = self.output_weight();
-        let screenable = self.decode_head.is_none() && self.config.final_softcap.is_none() && !weight.track_op() && !last.track_op();
+        let screenable = self.head_bf16.is_none() && self.config.final_softcap.is_none() && !weight.track_op() && !last.track_op();
         if screenable {
             let x = last.flatten_all().and_then(|t| t.to_vec1::<f32>()).during(|| "reading the last hidden state".into())?;
             let w = weight.flatten_all().during(|| "output layer".into())?;
@@ -343,7 +343,7 @@ impl Model {
 
     /// The logits `[vocab]` of a final hidden state `[1, hidden]`.
     fn head(&self, last: &Tensor) -> candle_core::Result<Tensor> {
-        let z = match &self.decode_head {
+        let z = match &self.head_bf16 {
             Some(head) => qmatmul(last, head)?,
             None => layer::project(last, self.output_weight())?,
         };
@@ -379,6 +379,17 @@ impl Model {
         Ok(Context { batch: batch.batch, seq: batch.seq, starts, ropes, dropout: None })
     }
 
+    /// The logits of the last position of a one-row batch, `[vocab]`.
+    pub fn last_logits(&self, batch: &Batch) -> Result<Tensor, ModelError> {
+        let h = self.hidden(batch)?;
+        let n = batch.batch * batch.seq;
+        let run = || -> candle_core::Result<Tensor> {
+            let last = h.narrow(0, n - 1, 1)?;
+            self.final_softcap(last.matmul(&self.output_weight().t()?)?)?.flatten_all()
+        };
+        run().during(|| "lm_head".into())
+    }
+
     /// Full logits `[batch, seq, vocab]` (tests and generation; training uses [`Model::loss`]).
     pub fn logits(&self, batch: &Batch) -> Result<Tensor, ModelError> {
         let h = self.hidden(batch)?;
@@ -408,7 +419,7 @@ impl Model {
             let picked = h.index_select(&rows, 0)?;
             // bf16: true also takes the frozen output layer's products in bf16.
             let weight = self.output_weight();
-            let bf16_weight = self.decode_head.clone().filter(|q| q.bf16_matmul().is_some() && !weight.track_op());
+            let bf16_weight = self.head_bf16.clone().filter(|q| q.bf16_matmul().is_some() && !weight.track_op());
             linear_cross_entropy(&picked, weight, &batch.targets, CrossEntropy { softcap: self.config.final_softcap, bf16_weight })
         };
         Ok(Loss { sum: run().during(|| "loss".into())?, tokens: batch.targets.len(), pending })
@@ -435,7 +446,7 @@ impl Model {
     pub fn merged(dir: &Path, adapter: &Path) -> Result<Self, ModelError> {
         let model = Self::load(dir, &Trainable::Full)?;
         let settings = LoraSettings::from_adapter_dir(adapter)?;
-        let weights = Weights::open(adapter, "adapter_model.safetensors")?;
+        let weights = Weights::open(adapter, crate::lora::ADAPTER_WEIGHTS)?;
         let mut used = std::collections::BTreeSet::new();
         for (name, var) in &model.params {
             let Some(module) = name.strip_suffix(".weight") else { continue };

@@ -108,7 +108,7 @@ impl Builder {
             Trainable::NewLora { settings, seed } => AdapterSource::Init { settings: settings.clone(), rng: SplitMix(*seed) },
             Trainable::Adapter { dir, train } => AdapterSource::File {
                 settings: LoraSettings::from_adapter_dir(dir)?,
-                weights: Box::new(Weights::open(dir, "adapter_model.safetensors")?),
+                weights: Box::new(Weights::open(dir, crate::lora::ADAPTER_WEIGHTS)?),
                 train: *train,
             },
         };
@@ -218,7 +218,7 @@ impl Builder {
             }
             if self.used_adapter.is_empty() {
                 return Err(ModelError::Config {
-                    path: weights.dir().join("adapter_config.json"),
+                    path: weights.dir().join(crate::lora::ADAPTER_CONFIG),
                     key: "target_modules".into(),
                     message: "no module of the model is a target".into(),
                 });

@@ -17,9 +17,10 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{gemm, Dst, Mat};
-use super::lanes::{self, wide};
-use super::{cpu_f32, dot, exp_shifted_in_place, lock, with_f32s, RopeTable};
+use super::{cpu_f32, lock, with_f32s, RopeTable};
+use crate::kernels::gemm::{gemm, Dst, Mat};
+use crate::kernels::lanes::{self, wide};
+use crate::kernels::{dot, exp_shifted_in_place};
 
 /// Queries per block.
 const BLOCK: usize = 64;

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::amx::{self, PackedB};
 use super::frozen_matmul::{dense_forward, dense_input_grad, packed_forward, packed_input_grad, quant_forward, quant_input_grad};
-use super::gemm::{gemm, Dst, Mat};
-use super::lanes::{self, wide};
-use super::{exp_shifted_in_place, with_f32s};
+use super::with_f32s;
+use crate::kernels::amx::{self, PackedB};
+use crate::kernels::exp_shifted_in_place;
+use crate::kernels::gemm::{gemm, Dst, Mat};
+use crate::kernels::lanes::{self, wide};
 use crate::quant::QuantWeight;
 
 /// Most logit elements per chunk: just under 32 MiB of f32, glibc's largest mmap threshold, so

@@ -11,8 +11,9 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::gemm::{gemm, product, Dst, Mat};
-use super::{amx, cpu_f32, linear_dims, matvec_rows, with_f32, with_f32s, MATVEC_MAX_ROWS};
+use super::{cpu_f32, linear_dims, with_f32, with_f32s, MATVEC_MAX_ROWS};
+use crate::kernels::gemm::{gemm, product, Dst, Mat};
+use crate::kernels::{amx, matvec_rows};
 use crate::quant::QuantWeight;
 
 /// Most f32 values of a dequantized tile (16 MiB).

@@ -4,8 +4,9 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::lanes::wide;
-use super::{cpu_f32, exp_in_place, with_f32s};
+use super::{cpu_f32, with_f32s};
+use crate::kernels::exp_in_place;
+use crate::kernels::lanes::wide;
 
 /// The gate's activation (transformers' `hidden_act` / `hidden_activation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

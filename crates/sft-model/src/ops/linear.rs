@@ -11,8 +11,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
 use super::frozen_matmul::{dense_forward, dense_input_grad};
-use super::gemm::{product, Mat};
 use super::{cpu_f32, linear_dims, with_f32s};
+use crate::kernels::gemm::{product, Mat};
 
 /// `x` `[n, in]` times `weight` `[out, in]` transposed, plus `residual` `[n, out]` if given.
 pub fn linear(x: &Tensor, weight: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {

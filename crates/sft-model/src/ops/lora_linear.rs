@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
 use super::frozen_matmul::{dense_forward, dense_input_grad, quant_forward, quant_input_grad};
-use super::gemm::{gemm, product, Dst, Mat};
 use super::{cpu_f32, lock, with_f32, with_f32s};
+use crate::kernels::gemm::{gemm, product, Dst, Mat};
 use crate::lora::Dropout;
 use crate::quant::QuantWeight;
 

@@ -5,15 +5,12 @@
 //! through it (it never silently drops one).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::{cpu_f32, linear_dims};
+use crate::kernels::{dot, matvec_rows};
 
 /// The most rows of `x` the kernel takes; larger inputs go through the GEMM.
 pub const MATVEC_MAX_ROWS: usize = 8;
-
-/// Parallel tasks per thread (a few, so threads that finish early can take more).
-const TASKS_PER_THREAD: usize = 4;
 
 /// `x` `[n, in]` (n ≤ [`MATVEC_MAX_ROWS`]) times `weight` `[out, in]` transposed → `[n, out]`.
 pub fn matvec(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -37,91 +34,6 @@ impl CustomOp2 for MatVec {
         let y = matvec_rows(x, n, out, |o, x| dot(&w[o * inp..(o + 1) * inp], x));
         Ok((CpuStorage::F32(y), Shape::from((n, out))))
     }
-}
-
-/// `y[r][o] = dot_row(o, x[r])` for the `n` rows of `x` and every one of the weight's `out`
-/// rows, returned as `[n, out]`. Each task takes a contiguous block of weight rows (streamed from
-/// memory once, in order) and dots it with every row of `x`.
-pub(crate) fn matvec_rows(x: &[f32], n: usize, out: usize, dot_row: impl Fn(usize, &[f32]) -> f32 + Sync) -> Vec<f32> {
-    let inp = x.len() / n.max(1);
-    let block = out.div_ceil(TASKS_PER_THREAD * rayon::current_num_threads()).max(8);
-    // Blocks in [out, n] order (each task writes its own rows), transposed at the end.
-    let mut yt = vec![0f32; out * n];
-    yt.par_chunks_mut(block * n).enumerate().for_each(|(b, y)| {
-        for (i, y) in y.chunks_exact_mut(n).enumerate() {
-            for (r, y) in y.iter_mut().enumerate() {
-                *y = dot_row(b * block + i, &x[r * inp..(r + 1) * inp]);
-            }
-        }
-    });
-    if n == 1 {
-        yt
-    } else {
-        (0..n * out).map(|i| yt[(i % out) * n + i / out]).collect()
-    }
-}
-
-/// A weight element the dot product widens to f32: f32 itself, or bf16 bits (`u16`).
-pub(crate) trait Widen: Copy {
-    /// The value as f32.
-    fn widen(self) -> f32;
-}
-
-impl Widen for f32 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self
-    }
-}
-
-impl Widen for u16 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        f32::from_bits((self as u32) << 16)
-    }
-}
-
-/// Σ wᵢ·xᵢ, with AVX-512 or AVX2+FMA instructions where the CPU has them.
-pub(crate) fn dot<W: Widen>(w: &[W], x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features the function is compiled for (checked above).
-            return unsafe { dot_avx512(w, x) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { dot_avx2(w, x) };
-        }
-    }
-    dot_portable(w, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512<W: Widen>(w: &[W], x: &[f32]) -> f32 {
-    dot_portable(w, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2<W: Widen>(w: &[W], x: &[f32]) -> f32 {
-    dot_portable(w, x)
-}
-
-/// 32 independent partial sums, so the compiler vectorizes the loop without reassociating.
-#[inline(always)]
-fn dot_portable<W: Widen>(w: &[W], x: &[f32]) -> f32 {
-    const LANES: usize = 32;
-    let mut acc = [0f32; LANES];
-    let (cw, cx) = (w.chunks_exact(LANES), x.chunks_exact(LANES));
-    let tail: f32 = cw.remainder().iter().zip(cx.remainder()).map(|(a, b)| a.widen() * b).sum();
-    for (a, b) in cw.zip(cx) {
-        for k in 0..LANES {
-            acc[k] = a[k].widen().mul_add(b[k], acc[k]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -4,14 +4,10 @@
 //!
 //! The kernels run on the CPU in f32 over contiguous inputs (callers make them contiguous).
 
-mod amx;
 mod attention;
 mod cross_entropy;
-mod exp;
 mod frozen_matmul;
-mod gemm;
 mod glu;
-mod lanes;
 mod linear;
 mod lora_linear;
 mod matvec;
@@ -21,14 +17,11 @@ mod softmax;
 
 pub use attention::{attention, AttentionSpec};
 pub use cross_entropy::{linear_cross_entropy, CrossEntropy};
-pub(crate) use exp::{exp_in_place, exp_shifted_in_place};
 pub(crate) use frozen_matmul::Tiles;
 pub use frozen_matmul::{frozen_matmul, qmatmul};
 pub use glu::{glu, Activation};
-pub use lanes::wide;
 pub use linear::linear;
 pub use lora_linear::{lora_linear, LinearWeight, LoraLinear};
-pub(crate) use matvec::{dot, matvec_rows};
 pub use matvec::{matvec, MATVEC_MAX_ROWS};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTable};
@@ -108,7 +101,7 @@ pub(crate) mod gradcheck {
     /// Checks the analytic gradients of `loss(inputs)` (a scalar) against central differences
     /// in f64 arithmetic over f32 evaluations, for every element of every input.
     pub fn check(inputs: &[Tensor], loss: impl Fn(&[Tensor]) -> Result<Tensor>, tol: f64) -> Result<()> {
-        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t)).collect::<Result<_>>()?;
+        let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
         let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let grads = loss(&tensors)?.backward()?;
         let eps = 1e-2f64;

@@ -4,8 +4,9 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::lanes::wide;
-use super::{cpu_f32, dot, with_f32s};
+use super::{cpu_f32, with_f32s};
+use crate::kernels::dot;
+use crate::kernels::lanes::wide;
 
 /// `rms_norm(x, weight, eps, offset)`; `x` is `[.., d]`, `weight` is `[d]`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f32) -> Result<Tensor> {

@@ -4,8 +4,9 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::lanes::{self, wide};
-use super::{cpu_f32, dot, with_f32s};
+use super::{cpu_f32, with_f32s};
+use crate::kernels::dot;
+use crate::kernels::lanes::{self, wide};
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {

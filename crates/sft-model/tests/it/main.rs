@@ -3,5 +3,5 @@
 mod backprop;
 mod checkpointing;
 mod common;
-mod generate;
+mod kv_cache;
 mod parity;

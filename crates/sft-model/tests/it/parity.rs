@@ -26,14 +26,14 @@ struct Mismatches(Vec<String>);
 impl Mismatches {
     fn tensor(&mut self, what: &str, ours: &Tensor, theirs: &Tensor) {
         let err = relative_error(ours, theirs);
-        if !(err <= TOL) {
+        if err.is_nan() || err > TOL {
             self.0.push(format!("{what}: relative error {err:e}"));
         }
     }
 
     fn scalar(&mut self, what: &str, ours: f32, theirs: f64) {
         let err = ((ours as f64 - theirs) / theirs).abs();
-        if !(err <= TOL as f64) {
+        if err.is_nan() || err > TOL as f64 {
             self.0.push(format!("{what}: {ours} vs {theirs}"));
         }
     }

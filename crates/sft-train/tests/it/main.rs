@@ -2,7 +2,7 @@
 
 mod optim;
 mod schedule;
-mod shards;
+mod threads;
 
 use std::path::PathBuf;
 

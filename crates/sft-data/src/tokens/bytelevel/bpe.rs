@@ -20,9 +20,12 @@ const CACHE_ENTRIES: usize = 200_000;
 /// Tells caches of different models apart.
 static NEXT_MODEL: AtomicU64 = AtomicU64::new(0);
 
+/// Merged pieces (bytes → ids), and the model they were merged for.
+type PieceCache = (u64, AHashMap<Box<[u8]>, Box<[u32]>>);
+
 thread_local! {
     /// The pieces this thread merged last, for the model that merged them.
-    static CACHE: RefCell<(u64, AHashMap<Box<[u8]>, Box<[u32]>>)> = RefCell::new((u64::MAX, AHashMap::new()));
+    static CACHE: RefCell<PieceCache> = RefCell::new((u64::MAX, AHashMap::new()));
 }
 
 /// (left id, right id) → (rank, merged id).

@@ -1,16 +1,12 @@
-//! Data parallelism inside one machine: a micro-batch's sequences split into groups of similar
-//! token counts, each group's forward and backward pass runs on its own rayon pool (its share of
-//! the cores), and the groups' gradients are summed.
+//! Data parallelism inside one machine: [`ThreadGroups`] are rayon pools, each its share of the
+//! cores; a micro-batch's sequences are split into groups of similar token counts, each group's
+//! forward and backward pass runs on its own pool, and the groups' gradients are summed.
 //!
 //! Why: one pass spread over every core waits at every op for the slowest thread and runs candle's
-//! graph bookkeeping (a zero fill and an add per graph edge) on one thread while the others idle.
-//! Two one-thread passes on two cores keep both busy (CPU time over wall time of a LoRA bench
-//! step: 1.77–1.84 cores as one pass, 1.88–1.98 side by side). LoRA bench (scripts/bench-train.sh shapes, 2 × 512
-//! tokens, alternating runs): 181.6–257.6 tokens/s (mean 215) side by side against 185.5–212.5
-//! (mean 201) as one pass over five runs each, and 225–236 against 206–210 over two; bf16 371
-//! against 264; peak RSS +45 MiB. Full fine-tuning stays one pass: each pass holds a whole
-//! gradient, and side by side it was no faster (154–164 against 145–180 tokens/s, three runs
-//! each) with 1 GiB more peak RSS (4,290 against 3,265 MiB).
+//! graph bookkeeping (a zero fill and an add per graph edge) on one thread while the others idle;
+//! one-thread passes side by side keep every core busy. Full fine-tuning stays one pass: each
+//! pass holds a whole gradient, and side by side it was no faster, with more memory. The
+//! measurements are in docs/performance.md.
 //!
 //! The loss is the same sum over the same targets; only the order of the float additions in the
 //! gradient sum differs. LoRA dropout masks are drawn per group (group 0 keeps the micro-batch's
@@ -23,7 +19,7 @@ use sft_model::model::{Batch, Evaluation, Model, Sequence};
 use crate::{during, TrainError};
 
 /// Groups of cores that run passes side by side (none: one pass on the caller's threads).
-pub struct Shards {
+pub struct ThreadGroups {
     pools: Vec<ThreadPool>,
 }
 
@@ -37,14 +33,14 @@ pub struct Gradients {
     pub grads: Vec<Tensor>,
 }
 
-impl Shards {
+impl ThreadGroups {
     /// One pass at a time on the caller's threads.
     pub fn one() -> Self {
         Self { pools: vec![] }
     }
 
     /// Up to `groups` passes side by side, sharing rayon's threads as evenly as possible (one
-    /// group, or one thread: [`Shards::one`]).
+    /// group, or one thread: [`ThreadGroups::one`]).
     pub fn new(groups: usize) -> Result<Self, TrainError> {
         let threads = rayon::current_num_threads();
         let groups = groups.min(threads);
@@ -64,10 +60,17 @@ impl Shards {
     /// What training uses: adapters run up to `batch_size` passes side by side; full
     /// fine-tuning runs one (a pass's gradient is as large as the model).
     pub fn for_training(batch_size: usize, full: bool) -> Result<Self, TrainError> {
+        Self::new(Self::training_groups(batch_size, full))
+    }
+
+    /// How many passes training runs side by side on rayon's threads (see
+    /// [`ThreadGroups::for_training`]), known before any pool is built: a binary sets its process-wide
+    /// thread settings by it.
+    pub fn training_groups(batch_size: usize, full: bool) -> usize {
         if full {
-            Ok(Self::one())
+            1
         } else {
-            Self::new(batch_size)
+            batch_size.min(rayon::current_num_threads())
         }
     }
 
@@ -81,7 +84,7 @@ impl Shards {
         self.pools.len() > 1
     }
 
-    /// The indices of sequences of these `lengths` in at most [`Shards::passes`] groups (none
+    /// The indices of sequences of these `lengths` in at most [`ThreadGroups::passes`] groups (none
     /// empty): longest first, each goes to the group with the fewest tokens so far; every group
     /// keeps the original order.
     pub fn split(&self, lengths: &[usize]) -> Vec<Vec<usize>> {
@@ -100,7 +103,7 @@ impl Shards {
         groups
     }
 
-    /// `sequences` in the groups of [`Shards::split`].
+    /// `sequences` in the groups of [`ThreadGroups::split`].
     fn groups<'a>(&self, sequences: &[Sequence<'a>]) -> Vec<Vec<Sequence<'a>>> {
         let lengths: Vec<usize> = sequences.iter().map(|s| s.input_ids.len()).collect();
         self.split(&lengths).into_iter().map(|g| g.into_iter().map(|i| sequences[i]).collect()).collect()
@@ -138,7 +141,7 @@ impl Shards {
     }
 
     /// The loss sum and the gradients of `scale · loss` of a micro-batch laid out by
-    /// [`Shards::batches`]; `dropout_seed` draws the LoRA dropout masks.
+    /// [`ThreadGroups::batches`]; `dropout_seed` draws the LoRA dropout masks.
     pub fn gradients(&self, model: &Model, batches: &[Batch], scale: f64, dropout_seed: Option<u64>) -> Result<Gradients, TrainError> {
         let parts = self.run(batches.len(), |g| -> Result<Gradients, TrainError> {
             let seed = dropout_seed.map(|s| if g == 0 { s } else { s ^ (g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) });
@@ -197,25 +200,25 @@ mod tests {
 
     type Built = Result<(), rayon::ThreadPoolBuildError>;
 
-    fn shards(groups: usize) -> Result<Shards, rayon::ThreadPoolBuildError> {
+    fn one_thread_each(groups: usize) -> Result<ThreadGroups, rayon::ThreadPoolBuildError> {
         let pools = (0..groups).map(|_| ThreadPoolBuilder::new().num_threads(1).build()).collect::<Result<_, _>>()?;
-        Ok(Shards { pools })
+        Ok(ThreadGroups { pools })
     }
 
     #[test]
     fn split_balances_tokens_and_keeps_order() -> Built {
         // 9 → group 0, 5 → group 1, 4 → group 1 (5 < 9), 3 → group 0 (9 = 9, the first).
-        assert_eq!(shards(2)?.split(&[5, 9, 4, 3]), vec![vec![1, 3], vec![0, 2]]);
-        assert_eq!(shards(2)?.split(&[4, 4, 4, 4]), vec![vec![0, 2], vec![1, 3]]);
-        assert_eq!(shards(3)?.split(&[7]), vec![vec![0]]);
-        assert_eq!(Shards::one().split(&[2, 1]), vec![vec![0, 1]]);
-        assert!(shards(2)?.split(&[]).is_empty());
+        assert_eq!(one_thread_each(2)?.split(&[5, 9, 4, 3]), vec![vec![1, 3], vec![0, 2]]);
+        assert_eq!(one_thread_each(2)?.split(&[4, 4, 4, 4]), vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!(one_thread_each(3)?.split(&[7]), vec![vec![0]]);
+        assert_eq!(ThreadGroups::one().split(&[2, 1]), vec![vec![0, 1]]);
+        assert!(one_thread_each(2)?.split(&[]).is_empty());
         Ok(())
     }
 
     #[test]
     fn run_returns_results_in_order_from_each_pool() -> Built {
-        let s = shards(2)?;
+        let s = one_thread_each(2)?;
         let ran = s.run(5, |g| (g, std::thread::current().id()));
         assert_eq!(ran.iter().map(|(g, _)| *g).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
         // Groups 0, 2, 4 share one pool and 1, 3 the other; each pool is a thread of its own.

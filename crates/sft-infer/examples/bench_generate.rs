@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sft_model::generate::{generate, Sampling};
+use sft_infer::generate::decode_tokens;
+use sft_infer::Sampling;
 use sft_model::model::{Model, Trainable};
 use sft_model::quant::BaseFormat;
 
@@ -29,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ids = vec![];
     for _ in 0..runs {
         let start = Instant::now();
-        let (out, _) = generate(&model, &prompt, new, &[], &Sampling::default(), |_| {})?;
+        let (out, _) = decode_tokens(&model, &prompt, new, &[], &Sampling::default(), |_| true)?;
         best = best.min(start.elapsed().as_secs_f64());
         ids = out;
     }

@@ -1,13 +1,8 @@
-//! Text generation from a prompt's token ids: greedy or sampled (temperature, top-k, top-p,
-//! min-p, repetition penalty, seeded), stopping at any of the given stop ids or after
-//! `max_new_tokens`. Each new token is handed to a callback as it is chosen (streaming).
+//! Choosing the next token from one row of logits: greedy, or sampled as transformers' logits
+//! processors do (repetition penalty, temperature, top-k, min-p, top-p), from a seeded generator.
 
-use candle_core::Tensor;
-
-use crate::error::TensorContext;
-use crate::model::{Batch, Cache, Model};
-use crate::rng::SplitMix;
-use crate::ModelError;
+use sft_model::model::argmax;
+use sft_model::rng::SplitMix;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,57 +27,9 @@ impl Default for Sampling {
     }
 }
 
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    /// A stop token was produced (it is included in the output).
-    Stop,
-    /// `max_new_tokens` were produced.
-    Length,
-}
-
-/// Generates up to `max_new_tokens` after `prompt`; `on_token` sees each new id.
-pub fn generate(
-    model: &Model,
-    prompt: &[u32],
-    max_new_tokens: usize,
-    stop: &[u32],
-    sampling: &Sampling,
-    mut on_token: impl FnMut(u32),
-) -> Result<(Vec<u32>, Finish), ModelError> {
-    let mut ids = prompt.to_vec();
-    let mut out = vec![];
-    let mut rng = SplitMix(sampling.seed);
-    let mut cache = Cache::default();
-    let mut fresh: Vec<u32> = prompt.to_vec();
-    for _ in 0..max_new_tokens {
-        // On a worker of the thread pool, so the kernels' parallel loops start without a
-        // cross-thread hand-off each (one per token instead of hundreds).
-        let next = if sampling.temperature <= 0.0 && sampling.repetition_penalty == 1.0 {
-            rayon::scope(|_| model.next_greedy(&fresh, &mut cache))?
-        } else {
-            let logits = rayon::scope(|_| model.forward_cached(&fresh, &mut cache))?;
-            let mut logits = logits.to_vec1::<f32>().during(|| "reading logits".into())?;
-            choose(&mut logits, &ids, sampling, &mut rng)
-        };
-        fresh = vec![next];
-        ids.push(next);
-        out.push(next);
-        on_token(next);
-        if stop.contains(&next) {
-            return Ok((out, Finish::Stop));
-        }
-    }
-    Ok((out, Finish::Length))
-}
-
-/// The index of the largest logit (the first among equal ones; 0 when none is above -inf).
-pub(crate) fn argmax(logits: &[f32]) -> usize {
-    logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
-}
-
-/// Picks the next token from one row of logits.
-fn choose(logits: &mut [f32], context: &[u32], s: &Sampling, rng: &mut SplitMix) -> u32 {
+/// Picks the next token from one row of logits; `context` holds the ids so far (prompt and
+/// output), for the repetition penalty.
+pub fn choose(logits: &mut [f32], context: &[u32], s: &Sampling, rng: &mut SplitMix) -> u32 {
     if s.repetition_penalty != 1.0 {
         let p = s.repetition_penalty as f32;
         let mut seen = std::collections::BTreeSet::new();
@@ -131,19 +78,6 @@ fn choose(logits: &mut [f32], context: &[u32], s: &Sampling, rng: &mut SplitMix)
     probs.last().map_or(0, |p| p.0 as u32)
 }
 
-impl Model {
-    /// The logits of the last position of a one-row batch, `[vocab]`.
-    pub fn last_logits(&self, batch: &Batch) -> Result<Tensor, ModelError> {
-        let h = self.hidden(batch)?;
-        let n = batch.batch * batch.seq;
-        let run = || -> candle_core::Result<Tensor> {
-            let last = h.narrow(0, n - 1, 1)?;
-            self.final_softcap(last.matmul(&self.output_weight().t()?)?)?.flatten_all()
-        };
-        run().during(|| "lm_head".into())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +90,7 @@ mod tests {
         let s = Sampling { temperature: 1.0, seed: 5, ..Sampling::default() };
         let draw = |seed| {
             let mut rng = SplitMix(seed);
-            (0..20).map(|_| choose(&mut vec![1.0, 1.0, 1.0, 1.0], &[], &s, &mut rng)).collect::<Vec<_>>()
+            (0..20).map(|_| choose(&mut [1.0, 1.0, 1.0, 1.0], &[], &s, &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(draw(5), draw(5));
         assert_ne!(draw(5), draw(6));
@@ -171,7 +105,7 @@ mod tests {
             Sampling { temperature: 1.0, min_p: 0.99, ..Sampling::default() },
         ] {
             for _ in 0..10 {
-                assert_eq!(choose(&mut vec![0.0, 2.0, 1.0], &[], &s, &mut rng), 1, "{s:?}");
+                assert_eq!(choose(&mut [0.0, 2.0, 1.0], &[], &s, &mut rng), 1, "{s:?}");
             }
         }
     }
@@ -180,6 +114,6 @@ mod tests {
     fn repetition_penalty_lowers_seen_tokens() {
         let mut rng = SplitMix(0);
         let s = Sampling { repetition_penalty: 10.0, ..Sampling::default() };
-        assert_eq!(choose(&mut vec![0.5, 2.0, 1.0], &[1], &s, &mut rng), 2);
+        assert_eq!(choose(&mut [0.5, 2.0, 1.0], &[1], &s, &mut rng), 2);
     }
 }

@@ -1,0 +1,5 @@
+//! Integration tests of sft-infer, one module per stage.
+
+mod common;
+mod generate;
+mod stream;

@@ -1,0 +1,135 @@
+//! LoRA: a frozen linear layer plus a trainable low-rank update, `y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ`, with
+//! `s = alpha / r` (or `alpha / √r` with rsLoRA), in PEFT's file format: `adapter_config.json`
+//! ([`PeftConfig`], read and written by [`peft`]) and `adapter_model.safetensors` with names
+//! like `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` ([`peft_names`]).
+
+mod peft;
+
+pub use peft::{PeftConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+
+use candle_core::Tensor;
+use regex::Regex;
+
+use crate::rng::SplitMix;
+
+/// Which linear modules carry adapters.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    /// Every linear layer of the decoder layers (PEFT's `all-linear`; never the output layer).
+    AllLinear,
+    /// Modules whose name equals one of these or ends with `.` + one of them (`q_proj`, ...).
+    Names(Vec<String>),
+    /// Modules whose full name matches this regular expression (PEFT's string form).
+    Pattern(Regex),
+}
+
+impl Targets {
+    /// Whether the module with this HF name (e.g. `model.layers.0.self_attn.q_proj`) is a target.
+    pub fn matches(&self, module: &str) -> bool {
+        match self {
+            Targets::AllLinear => module != "lm_head",
+            Targets::Names(names) => names.iter().any(|n| module == n || module.ends_with(&format!(".{n}"))),
+            Targets::Pattern(re) => re.is_match(module),
+        }
+    }
+}
+
+/// A validated LoRA setup.
+#[derive(Debug, Clone)]
+pub struct LoraSettings {
+    /// Rank.
+    pub r: usize,
+    /// Alpha.
+    pub alpha: f64,
+    /// Scale by `alpha / √r` instead of `alpha / r`.
+    pub use_rslora: bool,
+    /// Dropout on the adapter's input while training.
+    pub dropout: f64,
+    /// Which modules.
+    pub targets: Targets,
+}
+
+impl LoraSettings {
+    /// The factor on the low-rank update.
+    pub fn scaling(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+}
+
+/// One module's adapter.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    /// `[r, in]`.
+    pub a: Tensor,
+    /// `[out, r]`.
+    pub b: Tensor,
+    /// The factor on `x·Aᵀ·Bᵀ`.
+    pub scaling: f64,
+    /// The module's number in load order (it seeds the module's dropout mask).
+    pub index: u64,
+}
+
+/// Dropout on the adapters' input for one forward pass: probability `p`; the masks are a pure
+/// function of `seed` and the module, so a resumed run draws the same ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    /// Probability of zeroing an input element.
+    pub p: f64,
+    /// Seed of this forward pass's masks.
+    pub seed: u64,
+}
+
+impl Dropout {
+    /// The mask of module `index` over `n` input elements: 0 with probability `p`, otherwise
+    /// 1/(1−p).
+    pub fn mask(&self, index: u64, n: usize) -> Vec<f32> {
+        let mut rng = SplitMix(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let keep = (1.0 / (1.0 - self.p)) as f32;
+        (0..n).map(|_| if rng.next_f64() < self.p { 0.0 } else { keep }).collect()
+    }
+}
+
+impl Lora {
+    /// The update `s · (drop(x)·Aᵀ)·Bᵀ` for `x` of shape `[n, in]` (PEFT's order).
+    pub fn forward(&self, x: &Tensor, dropout: Option<Dropout>) -> candle_core::Result<Tensor> {
+        let x = match dropout {
+            Some(d) if d.p > 0.0 => (x * Tensor::from_vec(d.mask(self.index, x.elem_count()), x.shape(), x.device())?)?,
+            _ => x.clone(),
+        };
+        x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scaling
+    }
+}
+
+/// PEFT's saved names of a module's A and B matrices.
+pub fn peft_names(module: &str) -> (String, String) {
+    (format!("base_model.model.{module}.lora_A.weight"), format!("base_model.model.{module}.lora_B.weight"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_masks_are_seeded_and_scaled() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let lora = Lora {
+            a: Tensor::eye(3, candle_core::DType::F32, &dev)?,
+            b: Tensor::eye(3, candle_core::DType::F32, &dev)?,
+            scaling: 1.0,
+            index: 4,
+        };
+        let x = Tensor::ones((50, 3), candle_core::DType::F32, &dev)?;
+        let d = Some(Dropout { p: 0.5, seed: 9 });
+        let a = lora.forward(&x, d)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(a, lora.forward(&x, d)?.flatten_all()?.to_vec1::<f32>()?);
+        assert!(a.iter().all(|&v| v == 0.0 || v == 2.0));
+        let kept = a.iter().filter(|&&v| v == 2.0).count();
+        assert!((40..110).contains(&kept), "{kept} of 150 kept");
+        assert_eq!(lora.forward(&x, None)?.sum_all()?.to_scalar::<f32>()?, 150.0);
+        Ok(())
+    }
+}
