@@ -7,14 +7,14 @@
 //! - Header: a turn starts where the generation prompt ends, so the prompt never trains (the
 //!   model is given it). TRL's training templates sometimes open their block earlier (the `\n`
 //!   of Qwen2.5's `<|im_start|>assistant\n`, DeepSeek's `<｜Assistant｜>`, gpt-oss's
-//!   `<|start|>assistant`); a header the template writes only once the turn follows (Gemma 4's
+//!   `<|start|>assistant`); a header the template writes only once the turn follows (DiffusionGemma's
 //!   `<|turn>model\n` after a tool response, where the prompt is empty) trains.
 //! - Reasoning the prompt holds: a generation prompt that opens a reasoning block (`<think>\n`,
 //!   or the empty `<think>\n\n</think>\n\n` with thinking off) holds it for every turn: the part
 //!   the turn has in common with the prompt does not train, the rest of the turn does (an earlier
 //!   turn rendered `<think></think>answer` trains from `</think>`).
 //! - End of turn: everything the template writes after the turn up to the next message trains
-//!   (the end-of-turn token and its newline, Phi-3's final EOS, Gemma 4's `<|tool_response>`
+//!   (the end-of-turn token and its newline, Phi-3's final EOS, DiffusionGemma's `<|tool_response>`
 //!   after a tool call), except a trailer every render ends with that is not the turn's (the
 //!   header Llama 3's original template always writes). A template whose turns end with the next
 //!   turn's header (GLM-4's `<|user|>`) gets none: TRL's twin trains that header.
