@@ -10,7 +10,8 @@
 //!   Otherwise, when `R(i, prompt)` with one piece before its generation prompt left out is a
 //!   prefix of `full` (Mistral moves the system prompt into the last user message), where that ends.
 //! - end: where `R(i + 1)` ends, when that is a prefix of `full`, less a generation prompt the
-//!   template writes even unasked when the turn ends the text. Otherwise the same less the text
+//!   template writes even unasked (it renders no messages the same with and without one) when the
+//!   turn ends the text. Otherwise the same less the text
 //!   every render without a generation prompt ends with (its trailer: Phi-3's EOS, the header
 //!   Llama 3's original template always writes), when the rest is a prefix of `full`. Otherwise
 //!   see [`Prefixes::end_once_followed`].
@@ -21,6 +22,7 @@
 //! bytes before a point, so the two always agree.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use super::{is_py_space, ChatTemplate, TemplateError, TemplateInput};
 use crate::conversation::Conversation;
@@ -40,6 +42,12 @@ pub(super) enum Follow {
     Open,
 }
 
+/// The renders of no messages, without and with a generation prompt (`None` where the template
+/// fails), made when first needed; they are the same for every conversation without tools or
+/// documents, so a [`Renderer`](super::Renderer) keeps one for those.
+#[derive(Debug, Default)]
+pub(super) struct EmptyRenders([OnceLock<Option<String>>; 2]);
+
 /// Renders prefixes of one conversation to find its assistant turns in `full`.
 pub(super) struct Prefixes<'a> {
     /// The template `full` was rendered with.
@@ -52,6 +60,8 @@ pub(super) struct Prefixes<'a> {
     pub full: &'a str,
     /// What follows the last message in `full`.
     pub follow: Follow,
+    /// The renders of no messages, for this conversation's tools and documents.
+    pub empty: &'a EmptyRenders,
 }
 
 impl Prefixes<'_> {
@@ -101,6 +111,17 @@ impl Prefixes<'_> {
         Ok(Cow::Owned(self.template.render_input(self.input, n, add_generation_prompt, self.vars)?.text))
     }
 
+    /// The render of no messages (see [`EmptyRenders`]).
+    fn empty(&self, add_generation_prompt: bool) -> Option<&str> {
+        let cell = &self.empty.0[usize::from(add_generation_prompt)];
+        cell.get_or_init(|| self.template.render_input(self.input, 0, add_generation_prompt, self.vars).ok().map(|r| r.text)).as_deref()
+    }
+
+    /// Whether the template renders no messages the same with and without a generation prompt.
+    fn writes_prompt_unasked(&self) -> bool {
+        matches!((self.empty(true), self.empty(false)), (Some(a), Some(b)) if a == b)
+    }
+
     /// Where assistant message `i` starts (a byte offset into `full`), if at or after `floor`.
     fn turn_start(&self, i: usize, floor: usize) -> Result<Option<usize>, TemplateError> {
         let full = self.full;
@@ -134,10 +155,11 @@ impl Prefixes<'_> {
         let through = self.render(i + 1, false)?;
         if full.starts_with(through.as_ref()) && through.len() >= start {
             if through.len() == full.len() {
-                // A last turn: a generation prompt the template writes even unasked ends it (and
-                // the text before the turn), and is not the turn's.
+                // A last turn: a generation prompt the template writes even unasked (it renders no
+                // messages the same with and without one) ends it, and the text before the turn;
+                // it is not the turn's.
                 let cut = self.trailer(&[full, &full[..start]]);
-                if cut > 0 && full.len() - cut >= start && (self.follow == Follow::Prompt || self.render(n, true)? == full) {
+                if cut > 0 && full.len() - cut >= start && self.writes_prompt_unasked() {
                     return Ok(Some(full.len() - cut));
                 }
             }
@@ -158,9 +180,9 @@ impl Prefixes<'_> {
     /// messages included: the common suffix of that render and `texts`, less a tag it starts
     /// inside (in `texts[0]`). 0 when the template cannot render no messages.
     fn trailer(&self, texts: &[&str]) -> usize {
-        let Ok(empty) = self.render(0, false) else { return 0 };
+        let Some(empty) = self.empty(false) else { return 0 };
         let first = texts[0];
-        let mut all = vec![empty.as_ref()];
+        let mut all = vec![empty];
         all.extend_from_slice(texts);
         first.len() - tag_end(first, first.len() - common_suffix(&all))
     }

@@ -28,7 +28,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value as Json};
 
-use super::prefix::{Follow, Prefixes};
+use super::prefix::{EmptyRenders, Follow, Prefixes};
 use super::{
     context_vars, load_template, special_tokens, ChatTemplate, RenderArgs, Rendered, TemplateChoice, TemplateError, TemplateInput,
     TemplateSet,
@@ -43,6 +43,9 @@ pub struct Renderer {
     kwargs: Map<String, Json>,
     /// `template_vars` then `kwargs` as template values, converted once.
     vars: Vec<(String, minijinja::Value)>,
+    /// The default template's renders of no messages, for conversations without tools or
+    /// documents (prefix rendering compares with them).
+    empty: EmptyRenders,
 }
 
 /// One assistant turn in a rendered text: its character span `[start, end)` and, when known,
@@ -79,7 +82,7 @@ impl Renderer {
             template_vars.insert("eos_token".into(), Json::String(eos.clone()));
         }
         let vars = context_vars(&template_vars, &kwargs);
-        Ok(Renderer { templates, template_vars, kwargs, vars })
+        Ok(Renderer { templates, template_vars, kwargs, vars, empty: EmptyRenders::default() })
     }
 
     /// The templates in use.
@@ -170,7 +173,10 @@ impl Renderer {
         if template.has_generation_tags() {
             return Ok(generation_spans(conv, rendered));
         }
-        let prefixes = Prefixes { template, input, vars: &self.vars, full: &rendered.text, follow };
+        let own = EmptyRenders::default();
+        let shared = conv.tools.is_none() && conv.documents.is_none();
+        let empty = if shared { &self.empty } else { &own };
+        let prefixes = Prefixes { template, input, vars: &self.vars, full: &rendered.text, follow, empty };
         let spans = prefixes.spans(conv)?;
         Ok(spans.into_iter().map(|(message, start, end)| AssistantSpan { message: Some(message), start, end }).collect())
     }
