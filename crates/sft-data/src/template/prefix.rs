@@ -11,10 +11,12 @@
 //!   prefix of `full` (Mistral moves the system prompt into the last user message), where that ends.
 //! - end: where `R(i + 1)` ends, when that is a prefix of `full`, less a generation prompt the
 //!   template writes even unasked (it renders no messages the same with and without one) when the
-//!   turn ends the text. Otherwise the same less the text
-//!   every render without a generation prompt ends with (its trailer: Phi-3's EOS, the header
-//!   Llama 3's original template always writes), when the rest is a prefix of `full`. Otherwise
-//!   see [`Prefixes::end_once_followed`].
+//!   turn ends the text. Otherwise the same less the text every render without a generation
+//!   prompt ends with (its trailer: Phi-3's EOS, the header Llama 3's original template always
+//!   writes), when the rest is a prefix of `full`. Otherwise see
+//!   [`Prefixes::end_once_followed`].
+//! - `full` may also be the render with a generation prompt (the prompt then follows the last
+//!   turn) or the render cut after a final message left open (which runs to the end): [`Follow`].
 //! - A point where two renders stop agreeing never falls inside a `<...>` tag (no whitespace, at
 //!   most [`TAG_MAX`] characters): it moves to the tag's start; a trailer never starts inside one.
 //!
