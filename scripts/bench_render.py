@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures"))
-from prefix_spans import prefix_spans  # noqa: E402
+from prefix_spans import prefix_spans, transformers_render  # noqa: E402
 
 # ---------------------------------------------------------------- data generation
 
@@ -288,9 +288,8 @@ def ref_prepare_row(tok, row):
     """Python reference for `sft prepare` (masking assistant, tokenizer's own template, no EOS appended):
     returns {"input_ids", "labels"}, or a string saying why the row is excluded."""
     msgs, tools = row["messages"], row.get("tools")
-    render = lambda m, agp: tok.apply_chat_template(m, tools=tools, tokenize=False, add_generation_prompt=agp)  # noqa: E731
     try:
-        found = prefix_spans(render, msgs)
+        found = prefix_spans(transformers_render(tok, tools=tools), msgs)
     except Exception as e:  # noqa: BLE001 - the template raised: the row is excluded (sft does the same)
         return f"chat template failed ({type(e).__name__})"
     if found is None:
@@ -456,9 +455,8 @@ def cmd_bench(a):
               "render + prefix renders, tokenize, write the prepared dataset); 'sft 1-thr' = RAYON_NUM_THREADS=1.")
         print("py: per row apply_chat_template(tokenize=False) for the full text and, per assistant message i, "
               "messages[:i] (+generation prompt) and messages[:i+1] for its char span\n"
-              "(a turn the template renders differently once later messages follow, like Qwen3's dropped reasoning, ends where the render of\n"
-              "messages[:k] minus that of messages[:i]+messages[i+1:k] ends: tests/fixtures/prefix_spans.py; excluded if no prefix fits, or the "
-              "template raises), then "
+              "(with the boundary rules of tests/fixtures/prefix_spans.py for prompts the turn only partly has, trailers, and turns\n"
+              "rendered differently once followed; excluded if no span is found, or the template raises), then "
               "tokenizer(text, add_special_tokens=False, return_offsets_mapping=True), labels = ids of tokens\n"
               "overlapping a span, -100 elsewhere; tokenizer loaded beforehand (untimed). conv/s counts all input rows, "
               "excluded ones included. mismatch = examples whose input_ids or labels differ.")

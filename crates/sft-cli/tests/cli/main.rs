@@ -82,6 +82,40 @@ fn render_tokenize_marks_assistant_tokens_with_a_real_tokenizer() {
 }
 
 #[test]
+fn render_tokenize_keeps_a_row_whose_turns_cannot_be_located_with_a_null_mask() {
+    // The message count up front changes every prefix: no assistant turn can be located (issue 21).
+    let template = scratch("counts.jinja", "{{ messages|length }}:{% for m in messages %}{{ m.content }}|{% endfor %}");
+    let data = scratch(
+        "counts.jsonl",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"a\"}]}\n{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]}\n",
+    );
+    let (template, data) = (template.to_str().unwrap(), data.to_str().unwrap());
+    let tok = "assets/tokenizers/qwen2_5";
+    let out = sft(&["render", "--tokenizer", tok, "--chat-template", template, "--tokenize", data]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let raw = String::from_utf8(out.stdout.clone()).unwrap();
+    let first = raw.lines().next().unwrap();
+    assert!(
+        first.starts_with("{\"text\":\"2:q|a|\",\"input_ids\":[") && first.contains("],\"assistant_mask\":null,\"mask_error\":\""),
+        "{first}"
+    );
+    let rows = lines(&out);
+    assert!(!rows[0]["input_ids"].as_array().unwrap().is_empty());
+    let why = rows[0]["mask_error"].as_str().unwrap();
+    assert!(why.starts_with(&format!("{data}:1: cannot locate assistant message 2")), "{why}");
+    // A row without assistant turns has a mask, all zeros, and no mask_error.
+    assert!(rows[1]["assistant_mask"].as_array().unwrap().iter().all(|m| m.as_u64() == Some(0)), "{}", rows[1]);
+    assert!(rows[1].get("mask_error").is_none());
+    assert!(stderr(&out).contains("1 of 2 rows have no assistant mask"), "{}", stderr(&out));
+    // Training excludes such a row and says why.
+    let dir = out_dir("counts");
+    let run = sft(&["prepare", "--tokenizer", tok, "--chat-template", template, "--out", dir.to_str().unwrap(), data]);
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    assert!(err.contains("no training example left") && err.contains(&format!("1 assistant turns not locatable (first {data}:1")), "{err}");
+}
+
+#[test]
 fn a_row_the_template_rejects_prints_an_error_line_and_the_rest_render() {
     let template = scratch(
         "picky.jinja",

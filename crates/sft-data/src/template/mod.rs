@@ -7,6 +7,7 @@
 //! returned with the text, which is how assistant-token masks are built.
 
 mod env;
+mod prefix;
 pub mod pyjson;
 mod renderer;
 mod source;
@@ -424,7 +425,7 @@ fn py_strip(s: &str) -> &str {
 }
 
 /// `str.isspace()` for one character: Unicode White_Space plus the ASCII separators 0x1c-0x1f.
-fn is_py_space(c: char) -> bool {
+pub(crate) fn is_py_space(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 

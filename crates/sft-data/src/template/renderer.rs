@@ -1,11 +1,34 @@
 //! A [`Renderer`]: a tokenizer's template set plus the context values it always passes (special
 //! tokens, extra keyword arguments), and the assistant spans of a rendered conversation.
+//!
+//! The spans are the `{% generation %}` blocks when the template has them. Otherwise they are
+//! found by rendering message prefixes ([`prefix`](super::prefix) has the algorithm), and the
+//! boundary of a turn is what the template's generation prompt says it is:
+//! - Header: a turn starts where the generation prompt ends, so the prompt never trains (the
+//!   model is given it). TRL's training templates sometimes open their block earlier (the `\n`
+//!   of Qwen2.5's `<|im_start|>assistant\n`, DeepSeek's `<｜Assistant｜>`, gpt-oss's
+//!   `<|start|>assistant`); a header the template writes only once the turn follows (DiffusionGemma's
+//!   `<|turn>model\n` after a tool response, where the prompt is empty) trains.
+//! - Reasoning the prompt holds: a generation prompt that opens a reasoning block (`<think>\n`,
+//!   or the empty `<think>\n\n</think>\n\n` with thinking off) holds it for every turn: the part
+//!   the turn has in common with the prompt does not train, the rest of the turn does (an earlier
+//!   turn rendered `<think></think>answer` trains from `</think>`).
+//! - End of turn: everything the template writes after the turn up to the next message trains
+//!   (the end-of-turn token and its newline, Phi-3's final EOS, DiffusionGemma's `<|tool_response>`
+//!   after a tool call), except a trailer every render ends with that is not the turn's (the
+//!   header Llama 3's original template always writes). A template whose turns end with the next
+//!   turn's header (GLM-4's `<|user|>`) gets none: TRL's twin trains that header.
+//! - With a generation prompt, the turns are those before it; with the final message left open
+//!   (`continue_final_message`), that message runs to the end of the text.
+//!
+//! `tests/it/render_masks.rs` holds every turn of the render parity fixture to these rules
+//! against the TRL twins' `{% generation %}` masks, counting the differences of each kind.
 
-use std::borrow::Cow;
 use std::path::Path;
 
 use serde_json::{Map, Value as Json};
 
+use super::prefix::{EmptyRenders, Follow, Prefixes};
 use super::{
     context_vars, load_template, special_tokens, ChatTemplate, RenderArgs, Rendered, TemplateChoice, TemplateError, TemplateInput,
     TemplateSet,
@@ -20,6 +43,9 @@ pub struct Renderer {
     kwargs: Map<String, Json>,
     /// `template_vars` then `kwargs` as template values, converted once.
     vars: Vec<(String, minijinja::Value)>,
+    /// The default template's renders of no messages, for conversations without tools or
+    /// documents (prefix rendering compares with them).
+    empty: EmptyRenders,
 }
 
 /// One assistant turn in a rendered text: its character span `[start, end)` and, when known,
@@ -56,7 +82,7 @@ impl Renderer {
             template_vars.insert("eos_token".into(), Json::String(eos.clone()));
         }
         let vars = context_vars(&template_vars, &kwargs);
-        Ok(Renderer { templates, template_vars, kwargs, vars })
+        Ok(Renderer { templates, template_vars, kwargs, vars, empty: EmptyRenders::default() })
     }
 
     /// The templates in use.
@@ -97,110 +123,62 @@ impl Renderer {
     /// [`assistant_spans`](Self::assistant_spans) of that render (the inner error), converting
     /// the conversation for the template once and reusing the render as the last prefix.
     pub fn render_with_spans(&self, conv: &Conversation) -> Result<(Rendered, Result<Spans, TemplateError>), TemplateError> {
+        self.render_with_spans_for(conv, false, false)
+    }
+
+    /// [`render`](Self::render) with these flags, and the assistant spans of that render (the
+    /// inner error): with a generation prompt, the turns before it; with the final message left
+    /// open, that message runs to the end of the text.
+    pub fn render_with_spans_for(
+        &self,
+        conv: &Conversation,
+        add_generation_prompt: bool,
+        continue_final_message: bool,
+    ) -> Result<(Rendered, Result<Spans, TemplateError>), TemplateError> {
         let template = self.templates.select(conv.tools.is_some());
         let input = TemplateInput::of(conv, template);
-        let rendered = template.render_input(&input, conv.messages.len(), false, &self.vars)?;
-        let spans = self.spans(template, conv, &input, &rendered, true);
+        let (rendered, follow) = match (continue_final_message, add_generation_prompt) {
+            (true, _) => (self.render(conv, add_generation_prompt, true)?, Follow::Open),
+            (false, agp) => {
+                let rendered = template.render_input(&input, conv.messages.len(), agp, &self.vars)?;
+                (rendered, if agp { Follow::Prompt } else { Follow::Nothing })
+            }
+        };
+        let spans = self.spans(template, conv, &input, &rendered, follow);
         Ok((rendered, spans))
     }
 
-    /// The assistant spans of `rendered` (the render of `conv` without a generation prompt):
-    /// the `{% generation %}` spans when the template has them; otherwise found by rendering
-    /// message prefixes: an assistant turn starts where the render of the messages before it
-    /// with `add_generation_prompt=true` ends, and ends where the render of the messages up to it
-    /// ends (so the end-of-turn token and the newline after it train, as in TRL's training
-    /// templates and Unsloth's `train_on_responses_only`). A template that renders an earlier
-    /// turn differently once later turns follow (Qwen3 drops past reasoning) gets that turn's
-    /// text as the full render has it (see [`end_once_followed`](Self::end_once_followed)); a
-    /// turn that cannot be separated either way is an error that says so.
+    /// The assistant spans of `rendered`, the render of `conv` without a generation prompt: the
+    /// `{% generation %}` spans when the template has them, else found by prefix rendering (the
+    /// module doc says where each turn starts and ends). A turn that cannot be located is an
+    /// error that says so.
     pub fn assistant_spans(&self, conv: &Conversation, rendered: &Rendered) -> Result<Spans, TemplateError> {
         let template = self.templates.select(conv.tools.is_some());
         if template.has_generation_tags() {
             return Ok(generation_spans(conv, rendered));
         }
-        self.spans(template, conv, &TemplateInput::of(conv, template), rendered, false)
+        self.spans(template, conv, &TemplateInput::of(conv, template), rendered, Follow::Nothing)
     }
 
-    /// [`assistant_spans`](Self::assistant_spans) with the template input at hand; `plain` when
-    /// `rendered` is the render of all messages without a generation prompt (the last prefix).
+    /// [`assistant_spans`](Self::assistant_spans) with the template input at hand, for `rendered`
+    /// followed by `follow`.
     fn spans(
         &self,
         template: &ChatTemplate,
         conv: &Conversation,
         input: &TemplateInput,
         rendered: &Rendered,
-        plain: bool,
+        follow: Follow,
     ) -> Result<Spans, TemplateError> {
         if template.has_generation_tags() {
             return Ok(generation_spans(conv, rendered));
         }
-        let full = &rendered.text;
-        let mut spans = Vec::new();
-        for (i, message) in conv.messages.iter().enumerate() {
-            if !message.is_assistant() {
-                continue;
-            }
-            let prefix_of = |n: usize, agp: bool| -> Result<Cow<'_, str>, TemplateError> {
-                if plain && !agp && n == conv.messages.len() {
-                    return Ok(Cow::Borrowed(full.as_str()));
-                }
-                Ok(Cow::Owned(template.render_input(input, n, agp, &self.vars)?.text))
-            };
-            let before = prefix_of(i, true)?;
-            let through = prefix_of(i + 1, false)?;
-            let end = if full.starts_with(before.as_ref()) && full.starts_with(through.as_ref()) && through.len() >= before.len() {
-                Some(through.len())
-            } else if full.starts_with(before.as_ref()) {
-                self.end_once_followed(template, input, i, full, before.len())
-            } else {
-                None
-            };
-            let Some(end) = end else {
-                return Err(TemplateError::Render {
-                    message: format!(
-                        "cannot locate assistant message {} by prefix rendering: template {} renders it, or what comes \
-                         before it, differently in a prefix than in the whole conversation; use a template with {{% generation %}} tags (e.g. \
-                         TRL's *_training.jinja) or marker-based masking",
-                        i + 1,
-                        template.name()
-                    ),
-                });
-            };
-            let start = before.chars().count();
-            let end = start + full[before.len()..end].chars().count();
-            spans.push(AssistantSpan { message: Some(i), start, end });
-        }
-        Ok(spans)
-    }
-
-    /// Where assistant message `i` ends in `full` (a byte offset) when the template renders it
-    /// differently as the last message than once later messages follow (Qwen3 drops the
-    /// reasoning of earlier turns): the shortest render of messages `..k` (k > i + 1) that is a
-    /// prefix of `full`, less the text that messages `i+1..k` add when rendered without
-    /// message `i` in between. `None` when no such k separates the turn.
-    fn end_once_followed(&self, template: &ChatTemplate, input: &TemplateInput, i: usize, full: &str, start: usize) -> Option<usize> {
-        let n = input.len();
-        let base = template.render_input(input, i, false, &self.vars).ok()?.text;
-        let skipped = input.without(i);
-        for k in i + 2..=n {
-            // A render that fails tries the next k, as the Python reference does.
-            let with = match k == n {
-                true => Cow::Borrowed(full),
-                false => match template.render_input(input, k, false, &self.vars) {
-                    Ok(r) => Cow::Owned(r.text),
-                    Err(_) => continue,
-                },
-            };
-            if !full.starts_with(with.as_ref()) {
-                continue;
-            }
-            let Ok(without) = template.render_input(&skipped, k - 1, false, &self.vars) else { continue };
-            let Some(after) = without.text.strip_prefix(base.as_str()) else { continue };
-            if with.ends_with(after) && with.len() - after.len() >= start {
-                return Some(with.len() - after.len());
-            }
-        }
-        None
+        let own = EmptyRenders::default();
+        let shared = conv.tools.is_none() && conv.documents.is_none();
+        let empty = if shared { &self.empty } else { &own };
+        let prefixes = Prefixes { template, input, vars: &self.vars, full: &rendered.text, follow, empty };
+        let spans = prefixes.spans(conv)?;
+        Ok(spans.into_iter().map(|(message, start, end)| AssistantSpan { message: Some(message), start, end }).collect())
     }
 }
 
@@ -235,6 +213,17 @@ mod tests {
         let rendered = r.render(c, false, false)?;
         let chars: Vec<char> = rendered.text.chars().collect();
         Ok(r.assistant_spans(c, &rendered)?.iter().map(|s| chars[s.start..s.end].iter().collect()).collect())
+    }
+
+    /// The text of each span of `c` rendered with these flags.
+    fn spans_for(r: &Renderer, c: &Conversation, agp: bool, cfm: bool) -> Vec<String> {
+        let (rendered, spans) = r.render_with_spans_for(c, agp, cfm).unwrap();
+        let chars: Vec<char> = rendered.text.chars().collect();
+        spans.unwrap().iter().map(|s| chars[s.start..s.end].iter().collect()).collect()
+    }
+
+    fn dialogue() -> Conversation {
+        conv(&[("user", "q"), ("assistant", "x"), ("user", "q2"), ("assistant", "y")])
     }
 
     #[test]
@@ -288,5 +277,73 @@ mod tests {
         let err = spans_text(&r, &c).unwrap_err().to_string();
         assert!(err.contains("assistant message 2") && err.contains("generation"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_part_of_a_reasoning_prompt_a_turn_has_does_not_train() {
+        // The generation prompt opens a reasoning block that earlier turns do not have.
+        let (dir, r) = file_renderer(
+            "think",
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<assistant><think>\n{% endif %}",
+        );
+        assert_eq!(spans_for(&r, &dialogue(), false, false), vec!["x</s>", "y</s>"]);
+        let c = conv(&[("user", "q"), ("assistant", "<think></think>x"), ("user", "q2"), ("assistant", "<think>\nr</think>y")]);
+        assert_eq!(spans_for(&r, &c, false, false), vec!["</think>x</s>", "r</think>y</s>"]);
+        assert_eq!(spans_for(&r, &c, true, false), vec!["</think>x</s>", "r</think>y</s>"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_trailer_the_generation_prompt_replaces_trains_only_at_the_end() {
+        // Like Phi-3: an EOS after the last message unless a generation prompt follows.
+        let (dir, r) = file_renderer(
+            "trailer",
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}<|end|>{% endfor %}{% if add_generation_prompt %}<assistant>{% else %}<|eos|>{% endif %}",
+        );
+        assert_eq!(spans_for(&r, &dialogue(), false, false), vec!["x<|end|>", "y<|end|><|eos|>"]);
+        assert_eq!(spans_for(&r, &dialogue(), true, false), vec!["x<|end|>", "y<|end|>"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_generation_prompt_written_unasked_never_trains() {
+        // Like Llama 3's original template: the assistant header ends every render.
+        let (dir, r) = file_renderer("always", "{% for m in messages %}<{{ m.role }}>{{ m.content }}<|eot|>{% endfor %}<assistant>");
+        assert_eq!(spans_for(&r, &dialogue(), false, false), vec!["x<|eot|>", "y<|eot|>"]);
+        assert_eq!(spans_for(&r, &dialogue(), true, false), vec!["x<|eot|>", "y<|eot|>"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_system_prompt_moved_into_the_last_user_message_is_passed_over() {
+        // Like Mistral's templates: the system prompt goes into the last user message only.
+        let (dir, r) = file_renderer(
+            "moves",
+            "{% set sys = messages[0].content if messages[0].role == 'system' else '' %}{% set msgs = messages[1:] if sys else messages %}{% for m in msgs %}{% if m.role == 'user' %}[INST]{% if loop.last and sys %}{{ sys }}\n\n{% endif %}{{ m.content }}[/INST]{% else %}{{ m.content }}</s>{% endif %}{% endfor %}",
+        );
+        let c = conv(&[("system", "S"), ("user", "q"), ("assistant", "x"), ("user", "q2"), ("assistant", "y")]);
+        assert_eq!(spans_for(&r, &c, false, false), vec!["x</s>", "y</s>"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_last_turn_rewritten_before_a_generation_prompt_ends_before_it() {
+        // Like gpt-oss: the last turn shows its reasoning only when nothing follows it.
+        let (dir, r) = file_renderer(
+            "rewrites",
+            "{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' and loop.last and not add_generation_prompt %}[r]{% endif %}{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+        );
+        let c = conv(&[("user", "q"), ("assistant", "x")]);
+        assert_eq!(spans_for(&r, &c, false, false), vec!["[r]x</s>"]);
+        assert_eq!(spans_for(&r, &c, true, false), vec!["x</s>"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_final_message_left_open_runs_to_the_end_of_the_text() {
+        let choice = TemplateChoice { template: Some("chatml".into()), ..Default::default() };
+        let r = Renderer::new(None, &choice, Map::new()).unwrap();
+        let c = conv(&[("user", "q"), ("assistant", "x"), ("user", "q2"), ("assistant", "The answer is ")]);
+        assert_eq!(spans_for(&r, &c, false, true), vec!["x<|im_end|>\n", "The answer is "]);
     }
 }

@@ -9,5 +9,6 @@ mod data_good;
 mod encode;
 mod encode_parity;
 mod pack;
+mod render_masks;
 mod render_parity;
 mod tokens;
