@@ -37,7 +37,7 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<ExitCode> {
     let start = || -> Vec<Message> { args.system.iter().map(|s| Message::text("system", s)).collect() };
     let mut messages = start();
     let mut turn = 0u64;
-    eprintln!("chatting with {} (/reset to start over, /exit to quit)", args.model.model.display());
+    eprintln!("chatting with {} (/reset to start over, /exit to quit)", args.model.model);
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {

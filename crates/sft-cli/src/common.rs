@@ -16,9 +16,10 @@ use sft_model::quant::BaseFormat;
 /// Data and template flags.
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
-    /// Tokenizer directory (tokenizer.json, tokenizer_config.json, optional chat_template.jinja).
+    /// Tokenizer: a directory (tokenizer.json, tokenizer_config.json, optional
+    /// chat_template.jinja), or a model's hub id or GGUF file.
     #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
+    pub tokenizer: Option<String>,
     #[command(flatten)]
     pub template: TemplateSettings,
     /// Data format (detected from the first row with auto).
@@ -64,14 +65,20 @@ impl DataArgs {
         Ok((read, self.template.choice(clock)))
     }
 
+    /// The tokenizer's directory, when one is named.
+    pub fn tokenizer_dir(&self) -> anyhow::Result<Option<PathBuf>> {
+        Ok(self.tokenizer.as_deref().map(sft_hub::locate).transpose()?.map(|m| m.dir))
+    }
+
     /// Reads the data, loads the template and (when `need_tokenizer`) the tokenizer.
     pub fn load(&self, need_tokenizer: bool) -> anyhow::Result<Loaded> {
         let (opts, choice) = self.settings()?;
+        let dir = self.tokenizer_dir()?;
         // Loading the tokenizer takes as long as reading a mid-sized data file: do both at once
         // (errors are reported in the order the steps are listed).
         let (tokenizer, (renderer, dataset)) = rayon::join(
-            || self.tokenizer.as_deref().filter(|_| need_tokenizer).map(TextTokenizer::from_dir).transpose(),
-            || (Renderer::new(self.tokenizer.as_deref(), &choice, self.template.kwargs()), read_dataset(self.data(), &opts)),
+            || dir.as_deref().filter(|_| need_tokenizer).map(TextTokenizer::from_dir).transpose(),
+            || (Renderer::new(dir.as_deref(), &choice, self.template.kwargs()), read_dataset(self.data(), &opts)),
         );
         let renderer = renderer?;
         if need_tokenizer && self.tokenizer.is_none() {
@@ -86,11 +93,11 @@ impl DataArgs {
     /// with the read options returned).
     pub fn load_tools(&self) -> anyhow::Result<(Renderer, TextTokenizer, ReadOptions)> {
         let (opts, choice) = self.settings()?;
-        let Some(dir) = self.tokenizer.as_deref() else {
+        let Some(dir) = self.tokenizer_dir()? else {
             bail!("tokenizing needs --tokenizer DIR (a directory with tokenizer.json)");
         };
         let (tokenizer, renderer) =
-            rayon::join(|| TextTokenizer::from_dir(dir), || Renderer::new(Some(dir), &choice, self.template.kwargs()));
+            rayon::join(|| TextTokenizer::from_dir(&dir), || Renderer::new(Some(&dir), &choice, self.template.kwargs()));
         let renderer = renderer?;
         Ok((renderer, tokenizer?, opts))
     }
@@ -112,12 +119,13 @@ pub fn encode_options(settings: &EncodeSettings) -> anyhow::Result<EncodeOptions
 /// Which model to load: a model directory, optionally an adapter; or a checkpoint directory.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Model directory, or a training checkpoint (outputs/checkpoint-N).
+    /// Model: a directory, a training checkpoint (outputs/checkpoint-N), a hub id
+    /// (org/name[@revision]) or a GGUF file.
     #[arg(long)]
-    pub model: PathBuf,
-    /// A PEFT LoRA adapter directory to apply.
+    pub model: String,
+    /// A PEFT LoRA adapter (a directory or hub id) to apply.
     #[arg(long)]
-    pub adapter: Option<PathBuf>,
+    pub adapter: Option<String>,
     /// Hold the base linear weights in 4-bit NF4 (QLoRA's format, with double quantization).
     #[arg(long, conflicts_with = "dtype")]
     pub load_in_4bit: bool,
@@ -135,8 +143,8 @@ pub enum Dtype {
 }
 
 impl ModelArgs {
-    /// A model or checkpoint directory, f32, no separate adapter.
-    pub fn dir(model: PathBuf) -> Self {
+    /// A model or checkpoint, f32, no separate adapter.
+    pub fn named(model: String) -> Self {
         Self { model, adapter: None, load_in_4bit: false, dtype: Dtype::F32 }
     }
 
@@ -156,13 +164,12 @@ impl ModelArgs {
 
     /// Loads the model for scoring (nothing trains), with where its files are.
     pub fn load_model(&self) -> anyhow::Result<(Model, Resolved)> {
-        sft_infer::load::load_model(&self.load_options(&TemplateSettings::default()))
-            .with_context(|| format!("loading {}", self.model.display()))
+        sft_infer::load::load_model(&self.load_options(&TemplateSettings::default())).with_context(|| format!("loading {}", self.model))
     }
 
     /// Loads the model with its tokenizer and template for generating.
     pub fn load(&self, template: &TemplateSettings) -> anyhow::Result<Inference> {
-        Inference::load(&self.load_options(template)).with_context(|| format!("loading {}", self.model.display()))
+        Inference::load(&self.load_options(template)).with_context(|| format!("loading {}", self.model))
     }
 }
 

@@ -38,7 +38,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let options = encode_options(&args.encode)?;
     let (model, source) = args.model.load_model()?;
     let mut data = args.data.clone();
-    data.tokenizer.get_or_insert(source.tokenizer_dir);
+    data.tokenizer.get_or_insert(source.tokenizer_dir.display().to_string());
     let loaded = data.load(true)?;
     let tokenizer = loaded.tokenizer.as_ref().context("eval needs a tokenizer")?;
     let encoded = encode_all(&loaded.dataset.conversations, &options, &loaded.renderer, tokenizer)
@@ -52,9 +52,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let longest = encoded.examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
     let packed = pack(&encoded.examples, longest.max(PACK_TOKENS))?;
     let sequences: Vec<Sequence> = packed.iter().map(|p| Sequence::packed(&p.input_ids, &p.labels, &p.boundaries)).collect();
-    let result = groups.evaluate(&model, &sequences).with_context(|| {
-        format!("evaluating {} with {} (do the tokenizer and the model match?)", data.data(), args.model.model.display())
-    })?;
+    let result = groups
+        .evaluate(&model, &sequences)
+        .with_context(|| format!("evaluating {} with {} (do the tokenizer and the model match?)", data.data(), args.model.model))?;
     if args.json {
         println!("{}", json!({ "loss": result.loss(), "tokens": result.tokens, "perplexity": result.perplexity() }));
     } else {

@@ -23,7 +23,7 @@ pub struct MergeArgs {
 /// Runs `sft merge`.
 pub fn run(args: &MergeArgs) -> anyhow::Result<ExitCode> {
     let source = sft_hub::resolve(&args.model.model, args.model.adapter.as_deref())?;
-    let (base, tokenizer_dir) = (&source.base, &source.tokenizer_dir);
+    let (base, tokenizer_dir) = (&source.base.dir, &source.tokenizer_dir);
     let Some(adapter) = &source.adapter else {
         bail!("merge needs --adapter DIR (or --model pointing at a LoRA checkpoint)");
     };

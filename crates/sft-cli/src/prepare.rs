@@ -84,12 +84,12 @@ impl PrepareArgs {
 pub fn run(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
     let job = args.job()?;
     let (data, options, packing) = (&job.data, &job.options, job.packing);
-    let Some(dir) = data.tokenizer.as_deref() else {
+    let Some(dir) = data.tokenizer_dir()? else {
         bail!("prepare needs --tokenizer DIR (a directory with tokenizer.json)");
     };
     let fingerprint = DataFingerprint::of(data.data())?;
     let (renderer, tokenizer, read) = data.load_tools()?;
-    let key = ManifestKey::new(dir, &renderer, Settings::new(options, packing), data.now.as_deref(), fingerprint)?;
+    let key = ManifestKey::new(&dir, &renderer, Settings::new(options, packing), data.now.as_deref(), fingerprint)?;
     let inputs = BuildInputs {
         data: data.data(),
         read: &read,

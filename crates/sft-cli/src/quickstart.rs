@@ -77,7 +77,7 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
 
     let heldout = data.join("heldout.jsonl");
     let template = TemplateSettings::default();
-    let before = score_file(&ModelArgs::dir(base.clone()).load(&template)?, &heldout, MAX_ANSWER_TOKENS)?;
+    let before = score_file(&ModelArgs::named(base.display().to_string()).load(&template)?, &heldout, MAX_ANSWER_TOKENS)?;
     eprintln!("quickstart: held-out exact match before training: {}", percent(before.exact, before.total));
 
     let cfg = sft_train::config::load(&data.join("quickstart.yaml"), &args.overrides)?;
@@ -91,7 +91,7 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     };
     let seconds = started.elapsed().as_secs_f64();
 
-    let tuned = ModelArgs::dir(summary.checkpoint.clone());
+    let tuned = ModelArgs::named(summary.checkpoint.display().to_string());
     let after = score_file(&tuned.load(&template)?, &heldout, MAX_ANSWER_TOKENS)?;
     print_table(before, after, summary.steps, seconds, summary.eval_loss);
     println!("checkpoint: {}", summary.checkpoint.display());

@@ -2,7 +2,7 @@
 //! directory, or the one a checkpoint names) and its adapter, the tokenizer and chat template (a
 //! checkpoint's own), and the token ids generation stops at.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use sft_data::conversation::Conversation;
@@ -17,10 +17,10 @@ use crate::InferError;
 /// What to load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadOptions {
-    /// A model directory, or a training checkpoint.
-    pub model: PathBuf,
-    /// A PEFT adapter directory to apply on `model`.
-    pub adapter: Option<PathBuf>,
+    /// A model directory, hub id, GGUF file or training checkpoint (see sft-hub).
+    pub model: String,
+    /// A PEFT adapter (a directory or hub id) to apply on `model`.
+    pub adapter: Option<String>,
     /// How the base linear weights are held (f32, bf16 or NF4).
     pub format: BaseFormat,
     /// The chat template (the tokenizer's or checkpoint's own when not set) and its variables.
@@ -29,7 +29,7 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// `model` as it is: f32 weights, its own template, no separate adapter.
-    pub fn new(model: PathBuf) -> Self {
+    pub fn new(model: String) -> Self {
         Self { model, adapter: None, format: BaseFormat::F32, template: TemplateSettings::default() }
     }
 }
@@ -41,7 +41,7 @@ pub fn load_model(opts: &LoadOptions) -> Result<(Model, Resolved), InferError> {
         Some(dir) => Trainable::Adapter { dir: dir.clone(), train: false },
         None => Trainable::Frozen,
     };
-    let model = Model::load_as(&source.base, &trainable, opts.format)?;
+    let model = Model::load_as(&source.base.dir, &trainable, opts.format)?;
     Ok((model, source))
 }
 
@@ -65,7 +65,7 @@ impl Inference {
         let tokenizer = TextTokenizer::from_dir(&source.tokenizer_dir)?;
         let renderer = Renderer::new(Some(&source.tokenizer_dir), &opts.template.choice(Clock::System), opts.template.kwargs())?;
         let mut stop_ids = model.config().eos_token_ids.clone();
-        for dir in [&source.tokenizer_dir, &source.base] {
+        for dir in [&source.tokenizer_dir, &source.base.dir] {
             stop_ids.extend(generation_eos(&dir.join("generation_config.json"))?);
         }
         if let Some(id) = renderer.template_vars().get("eos_token").and_then(Value::as_str).and_then(|t| tokenizer.token_to_id(t)) {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+use sft_hub::LocalModel;
 use sft_model::lora::{PeftConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use sft_model::model::Model;
 
@@ -66,8 +67,8 @@ impl TrainerState {
 pub struct Contents<'a> {
     /// The model (its trainable parameters are saved).
     pub model: &'a Model,
-    /// The base model directory (config.json for full fine-tuning; named in adapter_config.json).
-    pub base_model: &'a Path,
+    /// The base model (its config.json for full fine-tuning; named in adapter_config.json).
+    pub base_model: &'a LocalModel,
     /// Optimizer state tensors.
     pub optimizer: HashMap<String, Tensor>,
     /// The resolved training config, as YAML.
@@ -185,12 +186,12 @@ fn write_weights(dir: &Path, c: &Contents<'_>) -> Result<(), TrainError> {
                 .collect();
             targets.sort();
             targets.dedup();
-            let config = PeftConfig::for_adapter(lora, targets, c.base_model.display().to_string());
+            let config = PeftConfig::for_adapter(lora, targets, c.base_model.name.clone(), c.base_model.revision.clone());
             write_synced(&dir.join(ADAPTER_CONFIG), &config.to_json())
         }
         None => {
             save_tensors(&dir.join("model.safetensors"), &tensors)?;
-            let src = c.base_model.join("config.json");
+            let src = c.base_model.dir.join("config.json");
             let bytes = std::fs::read(&src).map_err(io(&src))?;
             write_synced(&dir.join("config.json"), &bytes)
         }

@@ -56,8 +56,10 @@ pub enum QuantType {
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawTrainConfig {
-    pub model: PathBuf,
-    pub tokenizer: Option<PathBuf>,
+    /// A model directory, a hub id (`org/name[@revision]`) or a GGUF file.
+    pub model: String,
+    /// The tokenizer's model, when not the model's own (the same kinds of name).
+    pub tokenizer: Option<String>,
     #[serde(flatten)]
     pub template: TemplateSettings,
     pub datasets: Vec<RawDataset>,
@@ -113,7 +115,7 @@ impl Default for RawTrainConfig {
     /// Every key's default (transformers' `TrainingArguments` / PEFT's where they have one).
     fn default() -> Self {
         Self {
-            model: PathBuf::new(),
+            model: String::new(),
             tokenizer: None,
             template: TemplateSettings::default(),
             datasets: vec![],
@@ -187,10 +189,10 @@ pub enum Length {
 pub struct TrainConfig {
     /// The file (for messages).
     pub source: PathBuf,
-    /// The base model directory.
-    pub model: PathBuf,
-    /// Tokenizer directory (the model's when not given).
-    pub tokenizer: PathBuf,
+    /// The base model's name (a directory, hub id or GGUF file; see sft-hub).
+    pub model: String,
+    /// The tokenizer's model name (the model's when not given).
+    pub tokenizer: String,
     /// The chat template, `map_eos_token` and extra template variables.
     pub template: TemplateSettings,
     /// Training files.
@@ -343,8 +345,8 @@ impl RawTrainConfig {
     pub fn resolve(&self, path: &Path) -> Result<TrainConfig, TrainError> {
         let err = |key: &str, message: &str| TrainError::Config { path: path.into(), key: key.into(), message: message.into() };
         self.check_numbers(path)?;
-        if self.model.as_os_str().is_empty() {
-            return Err(err("model", "missing: the base model directory"));
+        if self.model.is_empty() {
+            return Err(err("model", "missing: a model directory, hub id (org/name) or GGUF file"));
         }
         if self.datasets.is_empty() {
             return Err(err("datasets", "needs at least one file"));
@@ -504,7 +506,7 @@ mod tests {
         assert_eq!(c.learning_rate, 1e-3);
         assert!(matches!(c.method, Method::Full));
         assert_eq!(c.length, Length::Steps(7));
-        assert_eq!(c.tokenizer, PathBuf::from("m"));
+        assert_eq!(c.tokenizer, "m");
         assert_eq!(c.base_format, BaseFormat::F32);
         let c = load(&p, &["bf16=true".into()]).expect("valid");
         assert_eq!(c.base_format, BaseFormat::Bf16Matmul);

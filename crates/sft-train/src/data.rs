@@ -28,15 +28,16 @@ pub struct TrainData {
     pub trained_tokens: usize,
 }
 
-/// Reads, renders, tokenizes and masks the training (and evaluation) data.
-pub fn prepare(cfg: &TrainConfig) -> Result<TrainData, TrainError> {
-    let renderer = Renderer::new(Some(&cfg.tokenizer), &cfg.template.choice(Clock::System), cfg.template.kwargs())?;
-    let tokenizer = TextTokenizer::from_dir(&cfg.tokenizer)?;
+/// Reads, renders, tokenizes and masks the training (and evaluation) data with the tokenizer and
+/// template of `tokenizer_dir`.
+pub fn prepare(cfg: &TrainConfig, tokenizer_dir: &Path) -> Result<TrainData, TrainError> {
+    let renderer = Renderer::new(Some(tokenizer_dir), &cfg.template.choice(Clock::System), cfg.template.kwargs())?;
+    let tokenizer = TextTokenizer::from_dir(tokenizer_dir)?;
     let mut train: Vec<Example> = vec![];
     let mut prepared: Vec<Record> = vec![];
     for ds in &cfg.datasets {
         if ds.path.join(MANIFEST).is_file() {
-            prepared.extend(prepared_records(cfg, &ds.path, &renderer)?);
+            prepared.extend(prepared_records(cfg, &ds.path, tokenizer_dir, &renderer)?);
         } else {
             train.extend(encode_file(cfg, ds, &renderer, &tokenizer)?);
         }
@@ -92,10 +93,10 @@ fn split(examples: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>, Vec
 
 /// The records of a prepared dataset directory (`sft prepare`), after checking that it was made
 /// with this run's tokenizer, template, settings and an unchanged data file.
-fn prepared_records(cfg: &TrainConfig, dir: &Path, renderer: &Renderer) -> Result<Vec<Record>, TrainError> {
+fn prepared_records(cfg: &TrainConfig, dir: &Path, tokenizer_dir: &Path, renderer: &Renderer) -> Result<Vec<Record>, TrainError> {
     let dataset = PreparedDataset::open(dir)?;
     let source = DataFingerprint::of(&dataset.manifest().key.data.path)?;
-    let expected = ManifestKey::new(&cfg.tokenizer, renderer, Settings::new(&cfg.encode, cfg.packing), None, source)?;
+    let expected = ManifestKey::new(tokenizer_dir, renderer, Settings::new(&cfg.encode, cfg.packing), None, source)?;
     if let Some(reason) = dataset.is_stale(&expected) {
         return Err(TrainError::Config {
             path: cfg.source.clone(),

@@ -63,6 +63,9 @@ pub enum TrainError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] sft_model::ModelError),
+    /// The model or tokenizer name could not be resolved.
+    #[error(transparent)]
+    Hub(#[from] sft_hub::HubError),
     /// The optimizer failed.
     #[error(transparent)]
     Optim(#[from] optim::OptimError),

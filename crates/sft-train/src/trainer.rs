@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use sft_hub::LocalModel;
 use sft_model::model::{Batch, Model, Trainable};
 
 use crate::batches::{Plan, Record};
@@ -71,10 +72,12 @@ pub enum Outcome {
 /// Trains as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let groups = ThreadGroups::for_training(cfg.batch_size, matches!(cfg.method, Method::Full))?;
-    let data = data::prepare(cfg)?;
+    let base = sft_hub::locate(&cfg.model)?;
+    let tokenizer = if cfg.tokenizer == cfg.model { base.clone() } else { sft_hub::locate(&cfg.tokenizer)? };
+    let data = data::prepare(cfg, &tokenizer.dir)?;
     let plan = Plan { records: data.train.len(), batch_size: cfg.batch_size, accumulation: cfg.accumulation, seed: cfg.seed };
     let schedule = schedule(cfg, &plan);
-    let mut run = Run::start(cfg, opts, &data, schedule.total_steps)?;
+    let mut run = Run::start(Setup { cfg, base, tokenizer, data: &data }, opts, schedule.total_steps)?;
     for step in run.state.global_step..schedule.total_steps {
         if opts.stop.load(Ordering::SeqCst) {
             return Ok(Outcome::Interrupted { step, saved: run.save()? });
@@ -118,9 +121,19 @@ struct Update {
     tokens: usize,
 }
 
+/// What a run starts from: the config, the base model and tokenizer located, the data.
+struct Setup<'a> {
+    cfg: &'a TrainConfig,
+    base: LocalModel,
+    tokenizer: LocalModel,
+    data: &'a TrainData,
+}
+
 /// A run in progress: the model, its optimizer and the state a checkpoint keeps.
 struct Run<'a> {
     cfg: &'a TrainConfig,
+    base: LocalModel,
+    tokenizer: LocalModel,
     data: &'a TrainData,
     model: Model,
     optimizer: AdamW,
@@ -136,7 +149,8 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     /// Loads the model and a new optimizer, or resumes both and the trainer state from the
     /// checkpoint `opts` names; prints what trains.
-    fn start(cfg: &'a TrainConfig, opts: &Options, data: &'a TrainData, total: usize) -> Result<Self, TrainError> {
+    fn start(setup: Setup<'a>, opts: &Options, total: usize) -> Result<Self, TrainError> {
+        let Setup { cfg, base, tokenizer, data } = setup;
         let resume_dir = match &opts.resume {
             None => None,
             Some(Resume::Latest) => Some(checkpoint::latest(&cfg.output_dir).ok_or_else(|| TrainError::Checkpoint {
@@ -146,13 +160,13 @@ impl<'a> Run<'a> {
             Some(Resume::Path(p)) => Some(p.clone()),
         };
         let mut model = match (&cfg.method, &resume_dir) {
-            (Method::Full, None) => Model::load(&cfg.model, &Trainable::Full)?,
+            (Method::Full, None) => Model::load(&base.dir, &Trainable::Full)?,
             (Method::Full, Some(dir)) => Model::load(dir, &Trainable::Full)?,
             (Method::Lora(settings), None) => {
-                Model::load_as(&cfg.model, &Trainable::NewLora { settings: settings.clone(), seed: cfg.seed }, cfg.base_format)?
+                Model::load_as(&base.dir, &Trainable::NewLora { settings: settings.clone(), seed: cfg.seed }, cfg.base_format)?
             }
             (Method::Lora(_), Some(dir)) => {
-                Model::load_as(&cfg.model, &Trainable::Adapter { dir: dir.clone(), train: true }, cfg.base_format)?
+                Model::load_as(&base.dir, &Trainable::Adapter { dir: dir.clone(), train: true }, cfg.base_format)?
             }
         };
         model.set_gradient_checkpointing(cfg.gradient_checkpointing);
@@ -171,7 +185,7 @@ impl<'a> Run<'a> {
         let config_yaml = serde_yaml::to_string(&cfg.raw).unwrap_or_default();
         let config_copy = cfg.output_dir.join("training_config.yaml");
         std::fs::write(&config_copy, &config_yaml).map_err(|source| TrainError::Io { path: config_copy, source })?;
-        Ok(Run { cfg, data, model, optimizer, state, metrics, progress, config_yaml, last_saved: None, eval_loss: None })
+        Ok(Run { cfg, base, tokenizer, data, model, optimizer, state, metrics, progress, config_yaml, last_saved: None, eval_loss: None })
     }
 
     /// One optimizer step: every micro-batch's gradients of the loss token-weighted over the
@@ -241,10 +255,10 @@ impl<'a> Run<'a> {
     fn save(&self) -> Result<PathBuf, TrainError> {
         let contents = Contents {
             model: &self.model,
-            base_model: &self.cfg.model,
+            base_model: &self.base,
             optimizer: self.optimizer.state(),
             config_yaml: self.config_yaml.clone(),
-            tokenizer: &self.cfg.tokenizer,
+            tokenizer: &self.tokenizer.dir,
             chat_template: &self.data.template,
         };
         checkpoint::save(&self.cfg.output_dir, &self.state, &contents, self.cfg.save_total_limit)

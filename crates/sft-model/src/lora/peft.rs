@@ -29,6 +29,9 @@ pub struct PeftConfig {
     /// The base model: a hub id (with `@revision`) or an absolute directory.
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
+    /// The hub commit of the base model, when it came from the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     pub r: usize,
     pub lora_alpha: f64,
     #[serde(default)]
@@ -65,12 +68,14 @@ pub struct PeftConfig {
 
 impl PeftConfig {
     /// The config of a trained adapter: `settings`, on the modules `targets` (PEFT lists the
-    /// short names, `q_proj`, …), for the base model named `base_model`.
-    pub fn for_adapter(settings: &LoraSettings, targets: Vec<String>, base_model: String) -> Self {
+    /// short names, `q_proj`, …), for the base model named `base_model` (at hub commit
+    /// `revision`).
+    pub fn for_adapter(settings: &LoraSettings, targets: Vec<String>, base_model: String, revision: Option<String>) -> Self {
         PeftConfig {
             peft_type: Some("LORA".into()),
             task_type: Some("CAUSAL_LM".into()),
             base_model_name_or_path: Some(base_model),
+            revision,
             r: settings.r,
             lora_alpha: settings.alpha,
             lora_dropout: settings.dropout,
@@ -222,7 +227,7 @@ mod tests {
     fn a_written_config_reads_back() {
         let s = settings(r#"{"r": 4, "lora_alpha": 8, "use_rslora": true, "lora_dropout": 0.1, "target_modules": "all-linear"}"#)
             .expect("valid");
-        let written = PeftConfig::for_adapter(&s, vec!["q_proj".into(), "v_proj".into()], "/models/base".into());
+        let written = PeftConfig::for_adapter(&s, vec!["q_proj".into(), "v_proj".into()], "/models/base".into(), None);
         let text = String::from_utf8(written.to_json()).expect("utf-8");
         let back: PeftConfig = serde_json::from_str(&text).expect("reads back");
         assert_eq!(back, written);
