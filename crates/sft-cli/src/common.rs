@@ -78,7 +78,12 @@ impl DataArgs {
         // (errors are reported in the order the steps are listed).
         let (tokenizer, (renderer, dataset)) = rayon::join(
             || dir.as_deref().filter(|_| need_tokenizer).map(TextTokenizer::from_dir).transpose(),
-            || (Renderer::new(dir.as_deref(), &choice, self.template.kwargs()), read_dataset(self.data(), &opts)),
+            || {
+                (
+                    self.template.kwargs_for(dir.as_deref()).and_then(|kw| Renderer::new(dir.as_deref(), &choice, kw)),
+                    read_dataset(self.data(), &opts),
+                )
+            },
         );
         let renderer = renderer?;
         if need_tokenizer && self.tokenizer.is_none() {
@@ -97,7 +102,7 @@ impl DataArgs {
             bail!("tokenizing needs --tokenizer DIR (a directory with tokenizer.json)");
         };
         let (tokenizer, renderer) =
-            rayon::join(|| TextTokenizer::from_dir(&dir), || Renderer::new(Some(&dir), &choice, self.template.kwargs()));
+            rayon::join(|| TextTokenizer::from_dir(&dir), || Renderer::new(Some(&dir), &choice, self.template.kwargs_for(Some(&dir))?));
         let renderer = renderer?;
         Ok((renderer, tokenizer?, opts))
     }
@@ -174,8 +179,14 @@ impl ModelArgs {
 }
 
 /// Tokenizer and generation files that travel with a model directory.
-const MODEL_SIDE_FILES: &[&str] =
-    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json"];
+const MODEL_SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "template_kwargs.json",
+];
 
 /// Copies those of [`MODEL_SIDE_FILES`] that `from` has into `to`.
 pub fn copy_side_files(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {

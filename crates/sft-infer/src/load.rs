@@ -1,6 +1,7 @@
 //! Loading a model for inference together with what it was trained with: the base model (a
 //! directory, or the one a checkpoint names) and its adapter, the tokenizer and chat template (a
-//! checkpoint's own), and the token ids generation stops at.
+//! checkpoint's own, with its template keyword arguments and the EOS `map_eos_token` chose), and
+//! the token ids generation stops at.
 
 use std::path::Path;
 
@@ -63,7 +64,8 @@ impl Inference {
     pub fn load(opts: &LoadOptions) -> Result<Self, InferError> {
         let (model, source) = load_model(opts)?;
         let tokenizer = TextTokenizer::from_dir(&source.tokenizer_dir)?;
-        let renderer = Renderer::new(Some(&source.tokenizer_dir), &opts.template.choice(Clock::System), opts.template.kwargs())?;
+        let kwargs = opts.template.kwargs_for(Some(&source.tokenizer_dir))?;
+        let renderer = Renderer::new(Some(&source.tokenizer_dir), &opts.template.choice(Clock::System), kwargs)?;
         let mut stop_ids = model.config().eos_token_ids.clone();
         for dir in [&source.tokenizer_dir, &source.base.dir] {
             stop_ids.extend(generation_eos(&dir.join("generation_config.json"))?);

@@ -77,6 +77,10 @@ pub struct Contents<'a> {
     pub tokenizer: &'a Path,
     /// The chat template text in use.
     pub chat_template: &'a str,
+    /// The EOS `map_eos_token` chose, and its id.
+    pub mapped_eos: Option<&'a (String, u32)>,
+    /// The template's extra keyword arguments.
+    pub template_kwargs: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -161,16 +165,53 @@ fn write_all(tmp: &Path, state: &TrainerState, contents: &Contents<'_>) -> Resul
     save_tensors(&tmp.join("optimizer.safetensors"), &contents.optimizer)?;
     let state_json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Io { path: tmp.into(), source: e.into() })?;
     write_synced(&tmp.join("training_config.yaml"), contents.config_yaml.as_bytes())?;
+    write_inference_files(tmp, contents)?;
+    // trainer_state.json last: a directory without it is never taken for a checkpoint.
+    write_synced(&tmp.join("trainer_state.json"), &state_json)
+}
+
+/// What inference reads back from a checkpoint: the tokenizer files, the chat template, the
+/// template's keyword arguments, and the base's generation config. With `map_eos_token` the
+/// chosen EOS is declared where transformers, llama.cpp and Ollama look for it:
+/// tokenizer_config.json's `eos_token`, and first in generation_config.json's `eos_token_id`.
+fn write_inference_files(tmp: &Path, c: &Contents<'_>) -> Result<(), TrainError> {
+    let template_err = |e: sft_data::template::TemplateError| TrainError::Template(e);
     for name in TOKENIZER_FILES {
-        let src = contents.tokenizer.join(name);
-        if src.is_file() {
-            let bytes = std::fs::read(&src).map_err(io(&src))?;
+        let src = c.tokenizer.join(name);
+        let bytes = match c.mapped_eos {
+            Some((eos, _)) if *name == "tokenizer_config.json" => {
+                sft_data::template::config_with_eos(c.tokenizer, eos).map_err(template_err)?
+            }
+            _ => src.is_file().then(|| std::fs::read(&src)).transpose().map_err(io(&src))?,
+        };
+        if let Some(bytes) = bytes {
             write_synced(&tmp.join(name), &bytes)?;
         }
     }
-    write_synced(&tmp.join("chat_template.jinja"), contents.chat_template.as_bytes())?;
-    // trainer_state.json last: a directory without it is never taken for a checkpoint.
-    write_synced(&tmp.join("trainer_state.json"), &state_json)
+    write_synced(&tmp.join("chat_template.jinja"), c.chat_template.as_bytes())?;
+    if !c.template_kwargs.is_empty() {
+        let text = serde_json::to_vec_pretty(c.template_kwargs).map_err(|e| TrainError::Io { path: tmp.into(), source: e.into() })?;
+        write_synced(&tmp.join(sft_data::template::TEMPLATE_KWARGS_FILE), &text)?;
+    }
+    let src = c.base_model.dir.join("generation_config.json");
+    let mut generation = match std::fs::read_to_string(&src) {
+        Ok(text) => serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+            .map_err(|e| TrainError::Checkpoint { path: src.clone(), message: e.to_string() })?,
+        Err(_) if c.mapped_eos.is_some() => serde_json::Map::new(),
+        Err(_) => return Ok(()),
+    };
+    if let Some((_, id)) = c.mapped_eos {
+        let old = match generation.get("eos_token_id") {
+            Some(serde_json::Value::Array(ids)) => ids.clone(),
+            Some(serde_json::Value::Null) | None => vec![],
+            Some(one) => vec![one.clone()],
+        };
+        let mut ids = vec![serde_json::Value::from(*id)];
+        ids.extend(old.into_iter().filter(|v| v.as_u64() != Some(u64::from(*id))));
+        generation.insert("eos_token_id".into(), serde_json::Value::Array(ids));
+    }
+    let text = serde_json::to_vec_pretty(&generation).map_err(|e| TrainError::Io { path: tmp.into(), source: e.into() })?;
+    write_synced(&tmp.join("generation_config.json"), &text)
 }
 
 fn write_weights(dir: &Path, c: &Contents<'_>) -> Result<(), TrainError> {

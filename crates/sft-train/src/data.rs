@@ -24,6 +24,10 @@ pub struct TrainData {
     pub eval: Vec<Record>,
     /// The chat template's source, saved with every checkpoint.
     pub template: String,
+    /// The EOS `map_eos_token` chose (the template's end-of-turn token) and its id.
+    pub mapped_eos: Option<(String, u32)>,
+    /// The template's extra keyword arguments, saved with every checkpoint.
+    pub template_kwargs: serde_json::Map<String, serde_json::Value>,
     /// Tokens that train, over all training records.
     pub trained_tokens: usize,
 }
@@ -31,7 +35,7 @@ pub struct TrainData {
 /// Reads, renders, tokenizes and masks the training (and evaluation) data with the tokenizer and
 /// template of `tokenizer_dir`.
 pub fn prepare(cfg: &TrainConfig, tokenizer_dir: &Path) -> Result<TrainData, TrainError> {
-    let renderer = Renderer::new(Some(tokenizer_dir), &cfg.template.choice(Clock::System), cfg.template.kwargs())?;
+    let renderer = Renderer::new(Some(tokenizer_dir), &cfg.template.choice(Clock::System), cfg.template.kwargs_for(Some(tokenizer_dir))?)?;
     let tokenizer = TextTokenizer::from_dir(tokenizer_dir)?;
     let mut train: Vec<Example> = vec![];
     let mut prepared: Vec<Record> = vec![];
@@ -57,7 +61,25 @@ pub fn prepare(cfg: &TrainConfig, tokenizer_dir: &Path) -> Result<TrainData, Tra
     let pack_to = cfg.packing.then_some(cfg.encode.max_seq_length).flatten();
     let mut train = records(&train, pack_to)?;
     train.extend(prepared);
-    Ok(TrainData { train, eval: records(&eval, None)?, template: renderer.templates().default.source().to_string(), trained_tokens })
+    let mapped_eos = match &renderer.templates().eos_override {
+        None => None,
+        Some(token) => Some((
+            token.clone(),
+            tokenizer.token_to_id(token).ok_or_else(|| TrainError::Config {
+                path: cfg.source.clone(),
+                key: "map_eos_token".into(),
+                message: format!("the tokenizer has no token {token:?} (the template's end-of-turn token) to make the EOS"),
+            })?,
+        )),
+    };
+    Ok(TrainData {
+        train,
+        eval: records(&eval, None)?,
+        template: renderer.templates().default.source().to_string(),
+        mapped_eos,
+        template_kwargs: renderer.kwargs().clone(),
+        trained_tokens,
+    })
 }
 
 /// The examples of one data file, with its skipped and excluded rows reported.

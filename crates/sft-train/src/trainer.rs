@@ -260,6 +260,8 @@ impl<'a> Run<'a> {
             config_yaml: self.config_yaml.clone(),
             tokenizer: &self.tokenizer.dir,
             chat_template: &self.data.template,
+            mapped_eos: self.data.mapped_eos.as_ref(),
+            template_kwargs: &self.data.template_kwargs,
         };
         checkpoint::save(&self.cfg.output_dir, &self.state, &contents, self.cfg.save_total_limit)
     }

@@ -17,7 +17,10 @@ use serde_json::{Map, Value as Json};
 pub use env::Clock;
 use env::{GEN_END, GEN_FILTER, GEN_START};
 pub use renderer::{char_ranges, AssistantSpan, Renderer, Spans};
-pub use source::{builtin_names, load_template, special_tokens, TemplateChoice, TemplateSet, TemplateSettings, BUILTINS};
+pub use source::{
+    builtin_names, config_with_eos, load_template, saved_kwargs, special_tokens, TemplateChoice, TemplateSet, TemplateSettings, BUILTINS,
+    TEMPLATE_KWARGS_FILE,
+};
 
 use crate::conversation::Conversation;
 

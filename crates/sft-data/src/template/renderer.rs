@@ -72,17 +72,59 @@ pub fn char_ranges(spans: &[AssistantSpan]) -> Vec<(usize, usize)> {
 impl Renderer {
     /// Loads the template for `tokenizer_dir` (or the one `choice` names) and the tokenizer's
     /// special tokens. `kwargs` are extra template variables (`enable_thinking`, …).
+    /// With `map_eos_token`, the template's end-of-turn token becomes the `eos_token` the
+    /// template and encoding see: a built-in template's own, or, for any other template, the
+    /// token it writes right after an assistant message ([`end_of_turn`]).
     pub fn new(tokenizer_dir: Option<&Path>, choice: &TemplateChoice, kwargs: Map<String, Json>) -> Result<Self, TemplateError> {
         let templates = load_template(tokenizer_dir, choice)?;
-        let mut template_vars = match tokenizer_dir {
+        let template_vars = match tokenizer_dir {
             Some(dir) => special_tokens(dir)?,
             None => Map::new(),
         };
-        if let Some(eos) = &templates.eos_override {
-            template_vars.insert("eos_token".into(), Json::String(eos.clone()));
-        }
         let vars = context_vars(&template_vars, &kwargs);
-        Ok(Renderer { templates, template_vars, kwargs, vars, empty: EmptyRenders::default() })
+        let mut renderer = Renderer { templates, template_vars, kwargs, vars, empty: EmptyRenders::default() };
+        let eos = match (&renderer.templates.eos_override, choice.map_eos_token) {
+            (Some(eos), _) => Some(eos.clone()),
+            (None, true) => Some(renderer.end_of_turn()?),
+            (None, false) => None,
+        };
+        if let Some(eos) = eos {
+            renderer.template_vars.insert("eos_token".into(), Json::String(eos.clone()));
+            renderer.vars = context_vars(&renderer.template_vars, &renderer.kwargs);
+            renderer.templates.eos_override = Some(eos);
+        }
+        Ok(renderer)
+    }
+
+    /// The token the default template writes right after an assistant message: the text after
+    /// the message's content in a render of one user and one assistant message, when it starts
+    /// with a token written like a special one (`<|im_end|>`, `<end_of_turn>`, `</s>`, `[/INST]`).
+    pub fn end_of_turn(&self) -> Result<String, TemplateError> {
+        const ANSWER: &str = "\u{E001}answer\u{E001}";
+        let probe = Conversation {
+            source: crate::conversation::RowRef { file: "map_eos_token".into(), row: 1 },
+            messages: vec![
+                crate::conversation::Message::text("user", "\u{E000}question"),
+                crate::conversation::Message::text("assistant", ANSWER),
+            ],
+            tools: None,
+            documents: None,
+        };
+        let template = &self.templates.default;
+        let unknown = |why: &str| {
+            TemplateError::Source(format!(
+            "map_eos_token: cannot tell the end-of-turn token of template {} ({why}); choose a built-in template ({}) or leave map_eos_token off",
+            template.name(),
+            super::builtin_names()
+        ))
+        };
+        let text =
+            template.render_input(&TemplateInput::of(&probe, template), 2, false, &self.vars).map_err(|e| unknown(&e.to_string()))?.text;
+        let after =
+            text.find(ANSWER).map(|at| &text[at + ANSWER.len()..]).ok_or_else(|| unknown("it does not render the answer as given"))?;
+        special_token_prefix(after)
+            .map(str::to_string)
+            .ok_or_else(|| unknown(&format!("it writes {:?} after an answer", after.chars().take(20).collect::<String>())))
     }
 
     /// The templates in use.
@@ -193,6 +235,18 @@ fn generation_spans(conv: &Conversation, rendered: &Rendered) -> Spans {
         .enumerate()
         .map(|(k, &(start, end))| AssistantSpan { message: paired.then(|| assistants[k]), start, end })
         .collect()
+}
+
+/// The special-looking token `text` starts with: `<…>` or `[…]` without whitespace, at most 48
+/// characters (`<|im_end|>`, `<end_of_turn>`, `</s>`, `[/INST]`).
+fn special_token_prefix(text: &str) -> Option<&str> {
+    let close = match text.chars().next()? {
+        '<' => '>',
+        '[' => ']',
+        _ => return None,
+    };
+    let end = text.char_indices().skip(1).take(48).find(|(_, c)| *c == close || c.is_whitespace() || *c == '<' || *c == '[')?;
+    (end.1 == close && end.0 > 1).then(|| &text[..end.0 + 1])
 }
 
 #[cfg(test)]
@@ -345,5 +399,27 @@ mod tests {
         let r = Renderer::new(None, &choice, Map::new()).unwrap();
         let c = conv(&[("user", "q"), ("assistant", "x"), ("user", "q2"), ("assistant", "The answer is ")]);
         assert_eq!(spans_for(&r, &c, false, true), vec!["x<|im_end|>\n", "The answer is "]);
+    }
+
+    #[test]
+    fn map_eos_token_takes_the_token_a_template_writes_after_an_answer() {
+        let mapped = |template: &str| {
+            let choice = TemplateChoice { template: Some(template.into()), map_eos_token: true, ..Default::default() };
+            Renderer::new(None, &choice, Map::new()).map(|r| r.template_vars().get("eos_token").cloned())
+        };
+        // Built-ins name theirs.
+        assert_eq!(mapped("llama-3").unwrap(), Some(Json::String("<|eot_id|>".into())));
+        // Any other template: found in a render.
+        let (dir, _) = file_renderer("eot", "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>\n{% endfor %}");
+        assert_eq!(mapped(&dir.join("t.jinja").display().to_string()).unwrap(), Some(Json::String("<|end|>".into())));
+        std::fs::remove_dir_all(&dir).ok();
+        let (dir, _) = file_renderer("plain", "{% for m in messages %}{{ m.role }}: {{ m.content }}\n\n{% endfor %}");
+        let e = mapped(&dir.join("t.jinja").display().to_string()).unwrap_err().to_string();
+        assert!(e.contains("map_eos_token: cannot tell the end-of-turn token") && e.contains("chatml"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(special_token_prefix("</s>\n"), Some("</s>"));
+        assert_eq!(special_token_prefix("[/INST] x"), Some("[/INST]"));
+        assert_eq!(special_token_prefix("<end of turn>"), None);
+        assert_eq!(special_token_prefix("<>"), None);
     }
 }

@@ -66,6 +66,17 @@ impl TemplateSettings {
     pub fn kwargs(&self) -> Map<String, Json> {
         self.template_kwargs.clone().unwrap_or_default()
     }
+
+    /// The extra template variables for the tokenizer in `dir`: those a checkpoint there keeps
+    /// ([`saved_kwargs`]), overridden by these settings' own.
+    pub fn kwargs_for(&self, dir: Option<&Path>) -> Result<Map<String, Json>, TemplateError> {
+        let mut kwargs = match dir {
+            Some(dir) => saved_kwargs(dir)?,
+            None => Map::new(),
+        };
+        kwargs.extend(self.kwargs());
+        Ok(kwargs)
+    }
 }
 
 /// A JSON object given on the command line.
@@ -88,6 +99,40 @@ pub struct TemplateChoice {
     pub map_eos_token: bool,
     /// What `strftime_now` reports.
     pub clock: Clock,
+}
+
+/// The file a checkpoint keeps its template keyword arguments in (`enable_thinking`, …), so a
+/// model is prompted as it was trained.
+pub const TEMPLATE_KWARGS_FILE: &str = "template_kwargs.json";
+
+/// The template keyword arguments `dir` keeps ([`TEMPLATE_KWARGS_FILE`]); none when it has
+/// no such file.
+pub fn saved_kwargs(dir: &Path) -> Result<Map<String, Json>, TemplateError> {
+    let path = dir.join(TEMPLATE_KWARGS_FILE);
+    if !path.is_file() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Json>(&read(&path)?) {
+        Ok(Json::Object(map)) => Ok(map),
+        Ok(_) => Err(TemplateError::Source(format!("{}: expected a JSON object", path.display()))),
+        Err(e) => Err(TemplateError::Source(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// `dir/tokenizer_config.json` with its `eos_token` set to `eos` (the string, or the content of
+/// an `AddedToken` object), as `map_eos_token` leaves it; `None` when `dir` has none.
+pub fn config_with_eos(dir: &Path, eos: &str) -> Result<Option<Vec<u8>>, TemplateError> {
+    let Some(mut config) = read_config(dir)? else { return Ok(None) };
+    match config.get_mut("eos_token") {
+        Some(Json::Object(token)) => {
+            token.insert("content".into(), Json::String(eos.into()));
+        }
+        _ => {
+            config.insert("eos_token".into(), Json::String(eos.into()));
+        }
+    }
+    let bytes = serde_json::to_vec_pretty(&config).map_err(|e| TemplateError::Source(e.to_string()))?;
+    Ok(Some(bytes))
 }
 
 /// The templates of one tokenizer: the default, and the `tool_use` one transformers picks when
