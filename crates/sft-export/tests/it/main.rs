@@ -1,0 +1,3 @@
+//! Integration tests of sft-export, one module per stage.
+
+mod ollama;
