@@ -32,6 +32,6 @@ pub mod ops;
 pub mod quant;
 pub mod rng;
 pub mod runtime;
-mod weights;
+pub mod weights;
 
 pub use error::ModelError;

@@ -158,11 +158,15 @@ impl Model {
     /// Writes every parameter as `dir/model.safetensors` (f32; requires full training, so that
     /// all weights are parameters).
     pub fn save_weights(&self, dir: &Path) -> Result<(), ModelError> {
-        let path = dir.join("model.safetensors");
-        let tensors: std::collections::HashMap<String, Tensor> =
-            self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-        candle_core::safetensors::save(&tensors, &path)
-            .map_err(|e| ModelError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })
+        self.save_weights_as(dir, &crate::weights::write::SaveOptions::default()).map(|_| ())
+    }
+
+    /// Writes every parameter into `dir` in the element type and shards `opts` say, as
+    /// transformers' `save_pretrained` lays them out (requires full training, as
+    /// [`Model::save_weights`]); returns the files written.
+    pub fn save_weights_as(&self, dir: &Path, opts: &crate::weights::write::SaveOptions) -> Result<Vec<std::path::PathBuf>, ModelError> {
+        let tensors: Vec<(String, Tensor)> = self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        crate::weights::write::save(dir, &tensors, opts)
     }
 
     fn build(config: ModelConfig, base: BaseSource, trainable: &Trainable, format: BaseFormat) -> Result<Self, ModelError> {

@@ -1,5 +1,8 @@
-//! Reading tensors by name from a directory's safetensors files (one file, or shards listed in
-//! `model.safetensors.index.json`), memory-mapped, converted to f32 and shape-checked.
+//! A model directory's safetensors files: reading tensors by name (one file, or shards listed in
+//! `model.safetensors.index.json`), memory-mapped, converted to f32 and shape-checked; and
+//! writing them as transformers does ([`write`]).
+
+pub mod write;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
