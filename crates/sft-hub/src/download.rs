@@ -87,7 +87,7 @@ pub fn fetch(env: &HubEnv, id: &str, revision: &str) -> Result<Snapshot, HubErro
     let cache = CacheRepo::new(&env.cache, id);
     let dir = cache.snapshot_dir(&commit);
     let repo = api.repo(Repo::with_revision(id.into(), RepoType::Model, commit.clone()));
-    let fetch = |file: &str| match listed.get(file) {
+    let get = |file: &str| match listed.get(file) {
         Some(sibling) => target.file(&repo, &cache, &dir, sibling),
         None => Err(target.not_in_repo(file, format!(" ({WEIGHTS_INDEX} names it)"))),
     };
@@ -96,11 +96,11 @@ pub fn fetch(env: &HubEnv, id: &str, revision: &str) -> Result<Snapshot, HubErro
         target.not_in_repo(file, why)
     })?;
     for file in &first {
-        fetch(file)?;
+        get(file)?;
     }
     if WeightsLayout::of(|f| first.contains(&f)) == Some(WeightsLayout::Sharded) {
         for shard in files::shards(&dir.join(WEIGHTS_INDEX))? {
-            fetch(&shard)?;
+            get(&shard)?;
         }
     }
     cache.write_ref(revision, &commit)?;

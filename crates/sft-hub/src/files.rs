@@ -116,10 +116,10 @@ mod tests {
     #[test]
     fn a_model_needs_config_weights_and_tokenizer() {
         let with = |names: &'static [&'static str]| move |f: &str| names.contains(&f);
-        let full = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
-        assert_eq!(model_files(with(&full)).unwrap(), full);
-        let sharded = ["config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"];
-        assert_eq!(model_files(with(&sharded)).unwrap(), sharded);
+        const FULL: &[&str] = &["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
+        assert_eq!(model_files(with(FULL)).unwrap(), FULL);
+        const SHARDED: &[&str] = &["config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"];
+        assert_eq!(model_files(with(SHARDED)).unwrap(), SHARDED);
         assert_eq!(model_files(with(&["config.json", "tokenizer.json", "tokenizer_config.json"])), Err(WEIGHTS));
         assert_eq!(model_files(with(&["model.safetensors", "tokenizer.json", "tokenizer_config.json"])), Err(CONFIG));
         assert_eq!(model_files(with(&["config.json", "model.safetensors", "tokenizer.json"])), Err("tokenizer_config.json"));
