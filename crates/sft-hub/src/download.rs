@@ -141,7 +141,9 @@ impl Target<'_> {
             for path in [blob, link] {
                 let _ = std::fs::remove_file(&path);
             }
-            return Err(self.download_error(name, format!("the fetched file {why}; removed it from the cache (run again to fetch it anew)")));
+            return Err(
+                self.download_error(name, format!("the fetched file {why}; removed it from the cache (run again to fetch it anew)"))
+            );
         }
         Ok(())
     }

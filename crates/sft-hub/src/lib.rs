@@ -209,9 +209,7 @@ fn hub_snapshot(id: &str, revision: &str, env: &HubEnv) -> Result<Snapshot, HubE
     match CacheRepo::new(&env.cache, id).find(revision)? {
         Cached::Complete(snapshot) => Ok(snapshot),
         Cached::Incomplete(snapshot, m) if env.offline => Err(missing(snapshot, m)),
-        Cached::Absent if env.offline => {
-            Err(HubError::NotCached { id: id.into(), revision: revision.into(), cache: env.cache.clone() })
-        }
+        Cached::Absent if env.offline => Err(HubError::NotCached { id: id.into(), revision: revision.into(), cache: env.cache.clone() }),
         Cached::Incomplete(..) | Cached::Absent => {
             let snapshot = download::fetch(env, id, revision)?;
             match cache::missing(&snapshot.dir)? {

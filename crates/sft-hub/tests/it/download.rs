@@ -29,7 +29,8 @@ fn hub(shards: usize, setup: impl FnOnce(&mut State)) -> (FakeHub, FakeRepo) {
 fn assert_snapshot(dir: &Path, repo: &FakeRepo) {
     let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    let mut want: Vec<String> = repo.files.keys().filter(|n| !["README.md", "pytorch_model.bin", "onnx/model.onnx"].contains(&n.as_str())).cloned().collect();
+    let mut want: Vec<String> =
+        repo.files.keys().filter(|n| !["README.md", "pytorch_model.bin", "onnx/model.onnx"].contains(&n.as_str())).cloned().collect();
     want.sort();
     assert_eq!(names, want);
     for name in names {
@@ -106,16 +107,23 @@ fn not_found_and_unauthorized_name_the_id_and_the_file() {
     };
     let gone = ["org/name@main", "model-00002-of-00002.safetensors", "HTTP 404", "no such file", "does not exist"];
     expect("org/name", 404, &gone);
-    expect("org/unknown", 404, &["org/unknown@main", "the file list", "HTTP 404", "/api/models/org/unknown/revision/main", "Repository not found"]);
+    expect(
+        "org/unknown",
+        404,
+        &["org/unknown@main", "the file list", "HTTP 404", "/api/models/org/unknown/revision/main", "Repository not found"],
+    );
     expect("org/name@v9", 404, &["org/name@v9", "the file list", "Invalid rev id: v9"]);
     expect("org/gated", 401, &["org/gated@main", "config.json", "HTTP 401", "set HF_TOKEN", "is restricted"]);
     expect("org/private", 401, &["org/private@main", "the file list", "HTTP 401", "set HF_TOKEN"]);
     let wrong = sft_hub::HubEnv { token: Some("hf_wrong".into()), ..e.clone() };
     let text = locate_with("org/gated", &wrong).unwrap_err().to_string();
     assert!(text.contains("config.json") && text.contains("HF_TOKEN) has no access"), "{text}");
-    // Nothing of a failed download is used: the shard that 404ed leaves the snapshot incomplete.
+    // Nothing of a failed download is used: refs/main is written only once the snapshot is
+    // whole, and the snapshot by its commit lacks the shard that 404ed.
     let offline = sft_hub::HubEnv { offline: true, ..e.clone() };
-    let text = locate_with("org/name", &offline).unwrap_err().to_string();
+    let err = locate_with("org/name", &offline).unwrap_err();
+    assert!(matches!(err, HubError::NotCached { .. }), "{err:?}");
+    let text = locate_with(&format!("org/name@{}", commit("remote")), &offline).unwrap_err().to_string();
     assert!(text.contains("has no model-00002-of-00002.safetensors"), "{text}");
 }
 
@@ -154,7 +162,9 @@ fn an_interrupted_download_is_never_used_and_resumes() {
     let half = repo.files[shard].len() / 2;
     assert_eq!(std::fs::metadata(&part).unwrap().len() as usize, half);
     let offline = sft_hub::HubEnv { offline: true, ..e.clone() };
-    assert!(locate_with("org/name", &offline).unwrap_err().to_string().contains(&format!("has no {shard}")));
+    assert!(matches!(locate_with("org/name", &offline).unwrap_err(), HubError::NotCached { .. }));
+    let pinned = locate_with(&format!("org/name@{}", repo.commit), &offline).unwrap_err().to_string();
+    assert!(pinned.contains(&format!("has no {shard}")), "{pinned}");
     // The next run asks for the rest only, and the result is whole.
     let got = locate_with("org/name", &e).unwrap();
     assert_snapshot(&got.dir, &repo);

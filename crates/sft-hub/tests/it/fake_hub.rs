@@ -195,7 +195,11 @@ fn route(req: &Request, state: &mut State, base: &str) -> Response {
     let authorized = state.token.as_ref().is_some_and(|t| req.auth.as_deref() == Some(&format!("Bearer {t}")));
     let needs_token = repo.private || (!api && repo.gated);
     if needs_token && !authorized {
-        return Response::error(401, "GatedRepo", &format!("Access to model {id} is restricted. You must have access to it and be authenticated to access it."));
+        return Response::error(
+            401,
+            "GatedRepo",
+            &format!("Access to model {id} is restricted. You must have access to it and be authenticated to access it."),
+        );
     }
     if revision != "main" && revision != repo.commit {
         return Response::error(404, "RevisionNotFound", &format!("Invalid rev id: {revision}"));

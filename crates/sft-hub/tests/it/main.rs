@@ -19,13 +19,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Hub settings for a test: this cache, this endpoint (nothing listens on port 9), no token.
 fn env(cache: &Path, endpoint: Option<&str>, offline: bool) -> HubEnv {
-    HubEnv {
-        cache: cache.to_path_buf(),
-        endpoint: endpoint.unwrap_or("http://127.0.0.1:9").into(),
-        token: None,
-        offline,
-        progress: false,
-    }
+    HubEnv { cache: cache.to_path_buf(), endpoint: endpoint.unwrap_or("http://127.0.0.1:9").into(), token: None, offline, progress: false }
 }
 
 /// A commit hash made from a label.
@@ -47,7 +41,8 @@ fn model_files(shards: usize) -> Vec<(String, Vec<u8>)> {
     } else {
         let names: Vec<String> = (1..=shards).map(|i| format!("model-{i:05}-of-{shards:05}.safetensors")).collect();
         let map: serde_json::Map<_, _> = names.iter().enumerate().map(|(i, n)| (format!("t{i}"), n.clone().into())).collect();
-        files.push(("model.safetensors.index.json".into(), serde_json::json!({"metadata": {}, "weight_map": map}).to_string().into_bytes()));
+        files
+            .push(("model.safetensors.index.json".into(), serde_json::json!({"metadata": {}, "weight_map": map}).to_string().into_bytes()));
         for (i, name) in names.into_iter().enumerate() {
             files.push((name, vec![i as u8 + 1; 4000 + i]));
         }
