@@ -103,6 +103,12 @@ pub fn fetch(env: &HubEnv, id: &str, revision: &str) -> Result<Snapshot, HubErro
             get(&shard)?;
         }
     }
+    // hf-hub writes `refs/<commit>` too, which huggingface_hub never does (it would list the
+    // commit as a branch); only the revision asked for gets a ref.
+    let stray = cache.dir.join("refs").join(&commit);
+    if stray.is_file() {
+        std::fs::remove_file(&stray).map_err(|source| HubError::Cache { path: stray.clone(), source })?;
+    }
     cache.write_ref(revision, &commit)?;
     Ok(Snapshot { commit, dir })
 }

@@ -52,6 +52,8 @@ fn a_download_lands_in_the_cache_layout_and_then_resolves_offline() {
     let dir = cache.join("models--org--name/snapshots").join(&repo.commit);
     assert_eq!(got, LocalModel { dir: dir.clone(), name: "org/name".into(), revision: Some(repo.commit.clone()) });
     assert_snapshot(&dir, &repo);
+    let refs: Vec<_> = std::fs::read_dir(cache.join("models--org--name/refs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(refs, ["main"]);
     assert_eq!(std::fs::read_to_string(cache.join("models--org--name/refs/main")).unwrap(), repo.commit);
     let log = hub.log();
     assert!(log[0].starts_with("GET /api/models/org/name/revision/main"), "{log:?}");
