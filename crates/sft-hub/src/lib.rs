@@ -4,11 +4,14 @@
 //! - a model directory (`config.json`, safetensors, tokenizer files), as transformers saves one;
 //! - a PEFT adapter directory, such as a LoRA training checkpoint: its `adapter_config.json`
 //!   names the base model, and it carries the tokenizer and chat template training used;
-//! - a Hugging Face hub id, `org/name` or `org/name@revision`, found in the HF cache
-//!   (downloaded into it when missing);
+//! - a Hugging Face hub id, `org/name` or `org/name@revision` (a branch, tag or commit), found
+//!   in the HF cache as huggingface_hub lays it out ([`cache`]), and downloaded into it when
+//!   missing unless `HF_HUB_OFFLINE` is set ([`download`]); the settings are [`HubEnv`];
 //! - a GGUF file (`*.gguf`), converted once into a model directory.
 //!
 //! [`locate`] makes one name a model directory; [`resolve`] also follows an adapter to its base.
+//! Both read the hub settings from the environment; [`locate_with`] and [`resolve_with`] take
+//! them as a [`HubEnv`].
 //!
 //! ```no_run
 //! let model = sft_hub::resolve("outputs/checkpoint-100", None)?;
@@ -16,13 +19,22 @@
 //! # Ok::<(), sft_hub::HubError>(())
 //! ```
 #![deny(missing_docs)]
+// HubError carries the id, revision, file and folder of what failed (about 170 bytes); errors are
+// rare and never on a hot path, so they are not boxed.
+#![allow(clippy::result_large_err)]
 
+pub mod cache;
+pub mod download;
+mod env;
+pub mod files;
 mod spec;
 
 use std::path::{Path, PathBuf};
 
 use sft_model::lora::{PeftConfig, ADAPTER_CONFIG};
 
+use cache::{CacheRepo, Cached, Missing, Snapshot, DEFAULT_REVISION};
+pub use env::{HubEnv, DEFAULT_ENDPOINT};
 pub use spec::ModelSpec;
 
 /// Why a model name could not be resolved.
@@ -47,6 +59,89 @@ pub enum HubError {
         name: String,
         /// What it was taken for and why that failed.
         message: String,
+    },
+    /// A hub id the cache does not hold, while offline.
+    #[error("{id}@{revision}: not in the HF cache ({}) and HF_HUB_OFFLINE is set; run once without it to download the model, or set HF_HUB_CACHE to a cache that holds it", cache.display())]
+    NotCached {
+        /// `org/name`.
+        id: String,
+        /// The revision asked for.
+        revision: String,
+        /// The cache looked in.
+        cache: PathBuf,
+    },
+    /// A cached snapshot lacks a file the model needs.
+    #[error("{id}@{revision}: the cached snapshot {} (commit {commit}) has no {file}{why}; run without HF_HUB_OFFLINE to download it", dir.display())]
+    MissingFile {
+        /// `org/name`.
+        id: String,
+        /// The revision asked for.
+        revision: String,
+        /// The snapshot's commit.
+        commit: String,
+        /// The snapshot folder.
+        dir: PathBuf,
+        /// The file, relative to the snapshot.
+        file: String,
+        /// Why it is needed, when not obvious.
+        why: String,
+    },
+    /// The hub repository lacks a file the model needs.
+    #[error("{id}@{revision}: the repository has no {file}{why}")]
+    NotInRepo {
+        /// `org/name`.
+        id: String,
+        /// The revision asked for.
+        revision: String,
+        /// The file.
+        file: String,
+        /// Why it is needed, when not obvious.
+        why: String,
+    },
+    /// The hub answered with an error status.
+    #[error("{id}@{revision}: {file}: HTTP {status} from {url}: {message}")]
+    Http {
+        /// `org/name`.
+        id: String,
+        /// The revision asked for.
+        revision: String,
+        /// The file requested (or the file list).
+        file: String,
+        /// The HTTP status.
+        status: u16,
+        /// The URL that answered.
+        url: String,
+        /// What it likely means, and what the hub said.
+        message: String,
+    },
+    /// Fetching a file failed: the network, an interrupted transfer, a wrong answer or wrong
+    /// bytes (which are removed, never used).
+    #[error("{id}@{revision}: {file}: {message}")]
+    Download {
+        /// `org/name`.
+        id: String,
+        /// The revision asked for.
+        revision: String,
+        /// The file (or the file list).
+        file: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A sharded index that cannot be read.
+    #[error("{}: {message}", path.display())]
+    BadIndex {
+        /// The `model.safetensors.index.json`.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Reading or writing the cache failed.
+    #[error("{}: {source}", path.display())]
+    Cache {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
     },
     /// The name is of a kind this build cannot load yet.
     #[error("{name}: {what} are not supported yet")]
@@ -82,24 +177,64 @@ pub struct Resolved {
     pub tokenizer_dir: PathBuf,
 }
 
-/// The model directory `name` stands for.
+/// The model directory `name` stands for, with the hub settings of the environment.
 pub fn locate(name: &str) -> Result<LocalModel, HubError> {
+    locate_with(name, &HubEnv::from_env())
+}
+
+/// The model directory `name` stands for.
+pub fn locate_with(name: &str, env: &HubEnv) -> Result<LocalModel, HubError> {
     match ModelSpec::parse(name)? {
         ModelSpec::Dir(dir) => {
             let absolute = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
             Ok(LocalModel { name: absolute.display().to_string(), dir, revision: None })
         }
         ModelSpec::Gguf(_) => Err(HubError::Unsupported { name: name.into(), what: "GGUF files" }),
-        ModelSpec::Hub { .. } => Err(HubError::Unsupported { name: name.into(), what: "hub ids" }),
+        ModelSpec::Hub { id, revision } => {
+            let revision = revision.as_deref().unwrap_or(DEFAULT_REVISION);
+            cache::check_revision(name, revision)?;
+            let snapshot = hub_snapshot(&id, revision, env)?;
+            Ok(LocalModel { dir: snapshot.dir, name: id, revision: Some(snapshot.commit) })
+        }
     }
 }
 
-/// Resolves `model` (with an explicit `adapter`, or none): an adapter directory names its base
-/// model and carries its own tokenizer and chat template.
+/// The complete snapshot of `id` at `revision`: from the cache, else downloaded unless offline.
+fn hub_snapshot(id: &str, revision: &str, env: &HubEnv) -> Result<Snapshot, HubError> {
+    let missing = |snapshot: Snapshot, m: Missing| HubError::MissingFile {
+        id: id.into(),
+        revision: revision.into(),
+        commit: snapshot.commit,
+        dir: snapshot.dir,
+        file: m.file,
+        why: m.why,
+    };
+    match CacheRepo::new(&env.cache, id).find(revision)? {
+        Cached::Complete(snapshot) => Ok(snapshot),
+        Cached::Incomplete(snapshot, m) if env.offline => Err(missing(snapshot, m)),
+        Cached::Absent if env.offline => Err(HubError::NotCached { id: id.into(), revision: revision.into(), cache: env.cache.clone() }),
+        Cached::Incomplete(..) | Cached::Absent => {
+            let snapshot = download::fetch(env, id, revision)?;
+            match cache::missing(&snapshot.dir)? {
+                None => Ok(snapshot),
+                Some(m) => Err(missing(snapshot, m)),
+            }
+        }
+    }
+}
+
+/// Resolves `model` (with an explicit `adapter`, or none) with the hub settings of the
+/// environment: an adapter directory names its base model and carries its own tokenizer and
+/// chat template.
 pub fn resolve(model: &str, adapter: Option<&str>) -> Result<Resolved, HubError> {
-    let located = locate(model)?;
+    resolve_with(model, adapter, &HubEnv::from_env())
+}
+
+/// [`resolve`] with the given hub settings.
+pub fn resolve_with(model: &str, adapter: Option<&str>, env: &HubEnv) -> Result<Resolved, HubError> {
+    let located = locate_with(model, env)?;
     if let Some(adapter) = adapter {
-        let adapter = locate(adapter)?.dir;
+        let adapter = locate_with(adapter, env)?.dir;
         return Ok(Resolved { tokenizer_dir: located.dir.clone(), base: located, adapter: Some(adapter) });
     }
     if located.dir.join(ADAPTER_CONFIG).is_file() {
@@ -109,9 +244,9 @@ pub fn resolve(model: &str, adapter: Option<&str>) -> Result<Resolved, HubError>
             config.base_model_name_or_path.ok_or_else(|| HubError::NoBase { config: dir.join(ADAPTER_CONFIG), dir: dir.clone() })?;
         let base = match config.revision {
             Some(rev) if !base_name.contains('@') && matches!(ModelSpec::parse(&base_name), Ok(ModelSpec::Hub { .. })) => {
-                locate(&format!("{base_name}@{rev}"))?
+                locate_with(&format!("{base_name}@{rev}"), env)?
             }
-            _ => locate(&base_name)?,
+            _ => locate_with(&base_name, env)?,
         };
         return Ok(Resolved { base, adapter: Some(dir.clone()), tokenizer_dir: dir });
     }

@@ -9,6 +9,7 @@ mod bad_inputs;
 #[cfg(feature = "fault-injection")]
 mod crash;
 mod export;
+mod hub;
 mod map_eos;
 
 /// The crash-safety tests need the binary's fault hooks: without the feature they would not
