@@ -8,7 +8,10 @@ use std::process::{Command, Output, Stdio};
 mod bad_inputs;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod lock;
 mod map_eos;
+#[cfg(feature = "mpi")]
+mod mpi;
 
 /// The crash-safety tests need the binary's fault hooks: without the feature they would not
 /// run, so the suite fails instead (scripts/test.sh enables it).
