@@ -30,7 +30,7 @@ use crate::metrics::{LogEntry, Metrics, Progress, Timing};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::schedule::{warmup_from_ratio, Schedule};
 use crate::threads::{Gradients, ThreadGroups};
-use crate::TrainError;
+use crate::{during, TrainError};
 
 /// Where to continue from.
 #[derive(Debug, Clone)]
@@ -257,9 +257,8 @@ impl<'a> Run<'a> {
         let Gradients { loss_sum, mut grads } = sum;
         if grads.is_empty() {
             // A rank whose share of every micro-batch was empty (the epoch's short last step).
-            grads = self.model.params().iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<Result<_, _>>().map_err(
-                |source| TrainError::Tensor { context: "zero gradients".into(), source },
-            )?;
+            let zeros = self.model.params().iter().map(|(_, v)| v.as_tensor().zeros_like()).collect();
+            grads = during(zeros, || "zero gradients for an empty share".into())?;
         }
         // The loss sum, then per rank whether its own was finite (so a NaN names its rank).
         let mut sums = vec![0.0; 1 + ranks];

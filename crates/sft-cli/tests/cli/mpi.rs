@@ -17,8 +17,9 @@ use super::{logged_losses, root, sft, stderr, tiny_run};
 /// The tolerance of the acceptance criteria: logged losses and every tensor, relative.
 const TOLERANCE: f64 = 1e-4;
 
-/// `mpirun -np N sft ARGS`: Open MPI, allowed to run as root (CI containers) and to place more
-/// ranks than cores; the environment is the test's, with `env` added for every rank.
+/// `mpirun -np N sft ARGS`: Open MPI, allowed to run as root (CI containers), to place more
+/// ranks than cores, and not pinning ranks to cores (tests run side by side); the environment is
+/// the test's, with `env` added for every rank.
 fn mpirun(np: usize, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new("mpirun");
     cmd.args(["-np", &np.to_string()]);
@@ -29,7 +30,8 @@ fn mpirun(np: usize, args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd.envs(env.iter().copied())
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("OMPI_MCA_hwloc_base_binding_policy", "none");
     cmd
 }
 
@@ -140,15 +142,17 @@ fn full_fine_tuning_two_ranks_of_batch_1_equal_one_process_of_batch_2() {
     two_ranks_train_as_one_process("mpi-full", "", "model.safetensors");
 }
 
-/// The pid of rank `rank` among the processes mpirun started (from their environment).
-fn rank_pid(rank: usize) -> Option<u32> {
+/// The pid of rank `rank` of the job whose ranks have `marker` (a `KEY=VALUE`) in their
+/// environment (other tests run jobs of their own at the same time).
+fn rank_pid(marker: &str, rank: usize) -> Option<u32> {
     let want = format!("OMPI_COMM_WORLD_RANK={rank}");
     let exe = env!("CARGO_BIN_EXE_sft");
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let env = std::fs::read(e.path().join("environ")).ok()?;
         let is_sft = std::fs::read_link(e.path().join("exe")).ok()? == Path::new(exe);
-        (is_sft && env.split(|&b| b == 0).any(|kv| kv == want.as_bytes())).then_some(pid)
+        let has = |kv: &str| env.split(|&b| b == 0).any(|x| x == kv.as_bytes());
+        (is_sft && has(&want) && has(marker)).then_some(pid)
     })
 }
 
@@ -168,7 +172,11 @@ fn a_rank_killed_mid_run_ends_the_job_naming_it_and_the_last_checkpoint_loads() 
     let dir = tiny_run("mpi-kill", "lora_r: 4\n");
     let yaml = dir.join("train.yaml");
     let args = ["train", yaml.to_str().unwrap(), "--set", "max_steps=100000", "--set", "per_device_train_batch_size=1"];
-    let mut job = mpirun(2, &args, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("mpirun");
+    let marker = ("SFT_TEST_JOB", "mpi-kill");
+    // To a file: a pipe nobody reads while the job runs could fill and stall it.
+    let log = dir.join("stderr.txt");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut job = mpirun(2, &args, &[marker]).stdout(Stdio::null()).stderr(file).spawn().expect("mpirun");
     let out = dir.join("out");
     let start = Instant::now();
     while sft_train::checkpoint::latest(&out).is_none() {
@@ -176,7 +184,7 @@ fn a_rank_killed_mid_run_ends_the_job_naming_it_and_the_last_checkpoint_loads() 
         assert!(job.try_wait().unwrap().is_none(), "the job ended early");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let victim = rank_pid(1).expect("rank 1's process");
+    let victim = rank_pid("SFT_TEST_JOB=mpi-kill", 1).expect("rank 1's process");
     let killed = Instant::now();
     assert!(Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
     let status = wait_for(&mut job, Duration::from_secs(60));
@@ -184,8 +192,8 @@ fn a_rank_killed_mid_run_ends_the_job_naming_it_and_the_last_checkpoint_loads() 
     if status.is_none() {
         let _ = job.kill();
     }
-    let output = job.wait_with_output().unwrap();
-    let err = stderr(&output);
+    job.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
     eprintln!("the job ended {waited:.1} s after rank 1 was killed");
     assert!(status.is_some_and(|s| !s.success()), "the job did not end within 60 s of the kill: {err}");
     assert!(err.contains("rank 1"), "the error names the rank: {err}");
