@@ -171,7 +171,8 @@ fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStat
 fn a_rank_killed_mid_run_ends_the_job_naming_it_and_the_last_checkpoint_loads() {
     let dir = tiny_run("mpi-kill", "lora_r: 4\n");
     let yaml = dir.join("train.yaml");
-    let args = ["train", yaml.to_str().unwrap(), "--set", "max_steps=100000", "--set", "per_device_train_batch_size=1"];
+    let args =
+        ["train", yaml.to_str().unwrap(), "--set", "max_steps=100000", "--set", "per_device_train_batch_size=1", "--set", "save_total_limit=2"];
     let marker = ("SFT_TEST_JOB", "mpi-kill");
     // To a file: a pipe nobody reads while the job runs could fill and stall it.
     let log = dir.join("stderr.txt");
@@ -219,7 +220,8 @@ fn a_bad_row_ends_every_rank_with_an_error_naming_the_rank_and_the_row() {
 #[test]
 fn a_nan_on_one_rank_stops_every_rank_with_a_checkpoint_naming_the_rank() {
     let dir = tiny_run("mpi-nan", "lora_r: 4\n");
-    let args = ["train", dir.join("train.yaml").to_str().unwrap(), "--set", "per_device_train_batch_size=1"];
+    let yaml = dir.join("train.yaml");
+    let args = ["train", yaml.to_str().unwrap(), "--set", "per_device_train_batch_size=1"];
     let out = mpirun(2, &args, &[("SFT_FAULT", "nan-loss:3@1")]).output().expect("mpirun");
     assert!(!out.status.success());
     let err = stderr(&out);
