@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::{logged_losses, root, sft, stderr, tiny_run};
 
@@ -50,11 +50,11 @@ fn tensors(file: &Path) -> HashMap<String, Tensor> {
 fn assert_tensors_close(a: &Path, b: &Path) {
     let (a, b) = (tensors(a), tensors(b));
     assert_eq!(a.len(), b.len());
+    let floats = |t: &Tensor| t.flatten_all().and_then(|t| t.to_dtype(DType::F64)).and_then(|t| t.to_vec1::<f64>()).unwrap();
     for (name, x) in &a {
-        let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let y = b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE) as f64;
-        let diff = x.iter().zip(&y).fold(0f32, |m, (p, q)| m.max((p - q).abs())) as f64;
+        let (x, y) = (floats(x), floats(&b[name]));
+        let scale = x.iter().fold(0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
+        let diff = x.iter().zip(&y).fold(0f64, |m, (p, q)| m.max((p - q).abs()));
         assert!(diff <= TOLERANCE * scale, "{name}: max difference {diff:e} of max magnitude {scale:e}");
     }
 }
