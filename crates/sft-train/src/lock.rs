@@ -4,7 +4,8 @@
 //! system's advisory lock on the file (`flock` on Unix, through `fs4`), not the file's existence:
 //! the kernel releases it when the holder exits in any way (a panic, SIGKILL, a crash), so a lock
 //! left by a dead process is never in force; the file only says who held it last (pid, host,
-//! start time) for the message a second run prints. The file is never removed: removing it would
+//! start time) for the message a second run prints, and is emptied when a run ends normally, so a
+//! name left in it is a run that was killed. The file is never removed: removing it would
 //! let a third run lock a new file while a second still waits on the old one.
 
 use std::fs::{File, OpenOptions};
@@ -93,7 +94,10 @@ impl RunLock {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        // Closing the file releases the lock too; unlocking first makes it immediate.
+        // An ending run empties the file while it still holds the lock, so only a run that was
+        // killed leaves its name behind; closing the file releases the lock too, unlocking
+        // first makes it immediate.
+        let _ = self.file.set_len(0);
         let _ = FileExt::unlock(&self.file);
     }
 }
