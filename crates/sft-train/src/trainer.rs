@@ -81,11 +81,12 @@ pub enum Outcome {
 
 /// Trains as `cfg` says, as one rank of `comm` (one process: [`crate::collective::Single`]).
 pub fn train(cfg: &TrainConfig, opts: &Options, comm: &dyn Collective) -> Result<Outcome, TrainError> {
-    // Rank 0 writes the output directory, so it holds the lock; the other ranks only read it.
-    let _lock = comm.is_writer().then(|| RunLock::acquire(&cfg.output_dir)).transpose()?;
     let groups = ThreadGroups::for_training(cfg.batch_size, matches!(cfg.method, Method::Full))?;
     let base = sft_hub::locate(&cfg.model)?;
     let tokenizer = if cfg.tokenizer == cfg.model { base.clone() } else { sft_hub::locate(&cfg.tokenizer)? };
+    // Rank 0 writes the output directory, so it holds the lock (taken once the model is found,
+    // so a run that cannot start writes nothing); the other ranks only read it.
+    let _lock = comm.is_writer().then(|| RunLock::acquire(&cfg.output_dir)).transpose()?;
     let data = data::prepare(cfg, &tokenizer.dir)?;
     let plan = Plan { records: data.train.len(), batch_size: cfg.batch_size * comm.size(), accumulation: cfg.accumulation, seed: cfg.seed };
     let schedule = schedule(cfg, &plan);

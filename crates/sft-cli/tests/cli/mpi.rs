@@ -130,7 +130,8 @@ fn lora_two_ranks_of_batch_1_equal_one_process_of_batch_2_and_resume_across_worl
     copy_dir(&one.join("out/checkpoint-2"), &resumed_two.join("checkpoint-2"));
     let yaml = two.join("train.yaml");
     let out_dir = format!("output_dir={}", resumed_two.display());
-    let args = ["train", yaml.to_str().unwrap(), "--set", "max_steps=4", "--set", "per_device_train_batch_size=1", "--set", &out_dir, "--resume"];
+    let args =
+        ["train", yaml.to_str().unwrap(), "--set", "max_steps=4", "--set", "per_device_train_batch_size=1", "--set", &out_dir, "--resume"];
     let out = run_mpi(2, &args);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_losses_close(&logged_losses(&want), &logged_losses(&resumed_two.join("checkpoint-4")));
@@ -171,8 +172,16 @@ fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStat
 fn a_rank_killed_mid_run_ends_the_job_naming_it_and_the_last_checkpoint_loads() {
     let dir = tiny_run("mpi-kill", "lora_r: 4\n");
     let yaml = dir.join("train.yaml");
-    let args =
-        ["train", yaml.to_str().unwrap(), "--set", "max_steps=100000", "--set", "per_device_train_batch_size=1", "--set", "save_total_limit=2"];
+    let args = [
+        "train",
+        yaml.to_str().unwrap(),
+        "--set",
+        "max_steps=100000",
+        "--set",
+        "per_device_train_batch_size=1",
+        "--set",
+        "save_total_limit=2",
+    ];
     let marker = ("SFT_TEST_JOB", "mpi-kill");
     // To a file: a pipe nobody reads while the job runs could fill and stall it.
     let log = dir.join("stderr.txt");
@@ -207,7 +216,11 @@ fn a_rank_killed_mid_run_ends_the_job_naming_it_and_the_last_checkpoint_loads() 
 fn a_bad_row_ends_every_rank_with_an_error_naming_the_rank_and_the_row() {
     let dir = tiny_run("mpi-bad-row", "lora_r: 4\n");
     let data = dir.join("bad.jsonl");
-    std::fs::write(&data, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n{not json\n").unwrap();
+    std::fs::write(
+        &data,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n{not json\n",
+    )
+    .unwrap();
     let datasets = format!("datasets=[{{path: {}}}]", data.display());
     let out = run_mpi(2, &["train", dir.join("train.yaml").to_str().unwrap(), "--set", &datasets]);
     assert!(!out.status.success());

@@ -103,7 +103,8 @@ fn gradients_summed_over_ranks_equal_the_sum_on_every_rank() {
         sum_gradients(comm, &mut grads).unwrap();
         grads
     });
-    let want: Vec<Tensor> = (0..3).map(|i| (0..size).map(|r| rank_tensors(r)[i].clone()).reduce(|a, b| (a + b).unwrap()).unwrap()).collect();
+    let want: Vec<Tensor> =
+        (0..3).map(|i| (0..size).map(|r| rank_tensors(r)[i].clone()).reduce(|a, b| (a + b).unwrap()).unwrap()).collect();
     for grads in &results {
         for (g, w) in grads.iter().zip(&want) {
             assert_eq!(g.shape(), w.shape());
