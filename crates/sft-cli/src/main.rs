@@ -13,6 +13,7 @@ mod inspect;
 mod merge;
 mod prepare;
 mod quickstart;
+mod ranks;
 mod render;
 mod train;
 

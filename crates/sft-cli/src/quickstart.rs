@@ -82,7 +82,7 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
 
     let cfg = sft_train::config::load(&data.join("quickstart.yaml"), &args.overrides)?;
     let started = Instant::now();
-    let summary = match crate::train::run_config(&cfg, None)? {
+    let summary = match crate::train::run_config(&cfg, None, &sft_train::collective::Single)? {
         Outcome::Finished(summary) => summary,
         Outcome::Interrupted { step, saved } => {
             eprintln!("stopped at step {step}; the checkpoint is {}", saved.display());

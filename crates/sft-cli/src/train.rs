@@ -1,6 +1,8 @@
 //! `sft train CONFIG.yaml`: fine-tune as the YAML says (`--set key=value` overrides keys), with
 //! checkpoints in `output_dir/checkpoint-N`, `--resume` to continue one, and Ctrl-C saving a
-//! checkpoint before it exits.
+//! checkpoint before it exits. Under `mpirun -np N` or `srun` (built with the `mpi` feature) the
+//! N processes train data-parallel; an error on one rank is printed with its rank and ends the
+//! whole job.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,9 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Args;
+use sft_train::collective::Collective;
 use sft_train::config::{Method, TrainConfig};
 use sft_train::threads::ThreadGroups;
 use sft_train::trainer::{train, Options, Outcome, Resume};
+use sft_train::TrainError;
 
 /// `sft train` flags.
 #[derive(Debug, Args)]
@@ -28,22 +32,49 @@ pub struct TrainArgs {
 
 /// Runs `sft train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
-    let cfg = sft_train::config::load(&args.config, &args.overrides)?;
-    match run_config(&cfg, args.resume.as_deref())? {
-        Outcome::Finished(summary) => {
-            eprintln!("done: {} steps; final checkpoint {}", summary.steps, summary.checkpoint.display());
+    let comm = crate::ranks::connect()?;
+    let comm = comm.as_ref();
+    let outcome = sft_train::config::load(&args.config, &args.overrides)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| run_config(&cfg, args.resume.as_deref(), comm));
+    let writer = comm.is_writer();
+    match outcome {
+        Ok(Outcome::Finished(summary)) => {
+            if writer {
+                eprintln!("done: {} steps; final checkpoint {}", summary.steps, summary.checkpoint.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Outcome::Interrupted { step, saved } => {
-            eprintln!("stopped at step {step}; resume with --resume {}", saved.display());
+        Ok(Outcome::Interrupted { step, saved }) => {
+            if writer {
+                eprintln!("stopped at step {step}; resume with --resume {}", saved.display());
+            }
             Ok(ExitCode::from(130))
         }
+        Err(err) if comm.size() > 1 => Ok(end_job(comm, &err)),
+        Err(err) => Err(err),
     }
+}
+
+/// A rank's error in a data-parallel run. One every rank reached together (a loss that is not
+/// finite is summed over ranks: all see it at the same step) is printed by rank 0 and every
+/// rank exits; any other is printed with this rank's number and ends every rank of the job
+/// (MPI_Abort), since the others would wait for this one forever.
+fn end_job(comm: &dyn Collective, err: &anyhow::Error) -> ExitCode {
+    let (rank, size) = (comm.rank(), comm.size());
+    if matches!(err.downcast_ref::<TrainError>(), Some(TrainError::NonFinite { .. })) {
+        if comm.is_writer() {
+            eprintln!("error: {err:#}");
+        }
+        return ExitCode::FAILURE;
+    }
+    eprintln!("error: rank {rank} of {size}: {err:#}; ending every rank of the job");
+    comm.abort(1)
 }
 
 /// Trains with the process tuned for it (sft-model's runtime settings, applied here, in the
 /// binary) and Ctrl-C handling; shared with the quickstart.
-pub fn run_config(cfg: &TrainConfig, resume: Option<&str>) -> anyhow::Result<Outcome> {
+pub fn run_config(cfg: &TrainConfig, resume: Option<&str>, comm: &dyn Collective) -> anyhow::Result<Outcome> {
     sft_model::runtime::tune_for_training(ThreadGroups::training_groups(cfg.batch_size, matches!(cfg.method, Method::Full)) > 1);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -56,5 +87,5 @@ pub fn run_config(cfg: &TrainConfig, resume: Option<&str>) -> anyhow::Result<Out
     });
     let resume = resume.map(|r| if r == "latest" { Resume::Latest } else { Resume::Path(r.into()) });
     let opts = Options { resume, stop, progress_bar: std::io::stderr().is_terminal() };
-    Ok(train(cfg, &opts)?)
+    Ok(train(cfg, &opts, comm)?)
 }

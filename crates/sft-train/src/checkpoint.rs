@@ -36,8 +36,11 @@ pub struct TrainerState {
     pub logging_steps: usize,
     /// Save interval.
     pub save_steps: usize,
-    /// Records per micro-batch.
+    /// Records per micro-batch on each rank (per_device_train_batch_size).
     pub train_batch_size: usize,
+    /// Data-parallel ranks (the global micro-batch is `train_batch_size × world_size`).
+    #[serde(default = "one")]
+    pub world_size: usize,
     /// Data-order seed.
     pub seed: u64,
     /// Losses summed since the last log line, and how many steps (so a resumed run logs the
@@ -48,7 +51,7 @@ pub struct TrainerState {
 
 impl TrainerState {
     /// The state of a new run of `max_steps` steps.
-    pub fn new(cfg: &crate::config::TrainConfig, max_steps: usize) -> Self {
+    pub fn new(cfg: &crate::config::TrainConfig, max_steps: usize, world_size: usize) -> Self {
         TrainerState {
             global_step: 0,
             epoch: 0.0,
@@ -57,10 +60,16 @@ impl TrainerState {
             logging_steps: cfg.logging_steps,
             save_steps: cfg.save_steps,
             train_batch_size: cfg.batch_size,
+            world_size,
             seed: cfg.seed,
             window: (0.0, 0),
         }
     }
+}
+
+/// A checkpoint without `world_size` was trained by one process.
+fn one() -> usize {
+    1
 }
 
 /// What goes into a checkpoint besides the trainer state.
@@ -265,6 +274,7 @@ mod tests {
             logging_steps: 1,
             save_steps: 2,
             train_batch_size: 1,
+            world_size: 1,
             seed: 0,
             window: (0.0, 0),
         }

@@ -2,7 +2,8 @@
 //! crash tests enable it; release builds have none of this). `SFT_FAULT`, read once per process:
 //! `disk-full:N` fails the save of checkpoint N after its weights are written, as a full disk
 //! would; `slow-save:MS` pauses every save there, so that a test can kill the process mid-save;
-//! `nan-loss:N` makes the loss of step N (0-based) NaN. Without the feature these are no-ops.
+//! `nan-loss:N` makes the loss of step N (0-based) NaN, on every rank; `nan-loss:N@R` on rank R
+//! only. Without the feature these are no-ops.
 
 use std::path::Path;
 
@@ -37,11 +38,15 @@ pub(crate) fn after_weights(step: usize, dir: &Path) -> Result<(), TrainError> {
     }
 }
 
-/// The loss of `step`, or NaN when the fault says so.
+/// Rank `rank`'s loss of `step`, or NaN when the fault says so.
 #[cfg(feature = "fault-injection")]
-pub(crate) fn loss(step: usize, loss: f64) -> f64 {
+pub(crate) fn loss(step: usize, rank: usize, loss: f64) -> f64 {
+    let hit = |arg: &str| match arg.split_once('@') {
+        Some((n, r)) => n.parse::<usize>() == Ok(step) && r.parse::<usize>() == Ok(rank),
+        None => arg.parse::<usize>() == Ok(step),
+    };
     match fault() {
-        Some((kind, n)) if kind == "nan-loss" && n.parse::<usize>() == Ok(step) => f64::NAN,
+        Some((kind, arg)) if kind == "nan-loss" && hit(arg) => f64::NAN,
         _ => loss,
     }
 }
@@ -52,8 +57,8 @@ pub(crate) fn after_weights(_step: usize, _dir: &Path) -> Result<(), TrainError>
     Ok(())
 }
 
-/// The loss of `step`.
+/// Rank `rank`'s loss of `step`.
 #[cfg(not(feature = "fault-injection"))]
-pub(crate) fn loss(_step: usize, loss: f64) -> f64 {
+pub(crate) fn loss(_step: usize, _rank: usize, loss: f64) -> f64 {
     loss
 }

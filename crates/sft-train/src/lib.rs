@@ -7,9 +7,11 @@
 
 pub mod batches;
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod data;
 mod fault;
+pub mod lock;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
@@ -108,6 +110,23 @@ pub enum TrainError {
         what: String,
         /// The checkpoint written before stopping.
         saved: PathBuf,
+    },
+    /// Another run holds the output directory.
+    #[error("{}: another `sft train` is using this output_dir{}; wait for it to end or choose another output_dir (under mpirun or srun, a build without the `mpi` feature starts independent runs: build with --features mpi)", dir.display(), match holder {
+        Some(h) => format!(" ({h})"),
+        None => String::new(),
+    })]
+    Locked {
+        /// The output directory.
+        dir: PathBuf,
+        /// Who holds it, as its lock file says.
+        holder: Option<lock::Holder>,
+    },
+    /// A collective operation between ranks failed.
+    #[error("data-parallel training: {message}")]
+    Collective {
+        /// What failed.
+        message: String,
     },
     /// The threads for passes side by side could not be started.
     #[error("starting training threads: {message}")]

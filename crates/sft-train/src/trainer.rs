@@ -3,6 +3,14 @@
 //! ([`Run::start`]); then for every step: stop if asked → learning rate → micro-batches with the
 //! loss token-weighted over the whole step → clip → AdamW ([`Run::step`]) → log → evaluate →
 //! checkpoint.
+//!
+//! Data-parallel over ranks (a [`Collective`]): the data order is the global batch's
+//! (`per_device_train_batch_size` × ranks records per micro-batch), each rank takes its share
+//! of every micro-batch, the step's trained-token count is summed over ranks before the
+//! backward pass (so every rank scales its loss by the global count, as one process would), the
+//! gradients and loss sums are summed after it, and every rank then clips and steps the same
+//! numbers: the parameters stay identical. Rank 0 alone holds the output directory's lock and
+//! writes checkpoints, metrics, the plot and the progress bar.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,17 +18,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sft_hub::LocalModel;
-use sft_model::model::{Batch, Model, Trainable};
+use sft_model::model::{Batch, Evaluation, Model, Trainable};
 
 use crate::batches::{Plan, Record};
 use crate::checkpoint::{self, Contents, TrainerState};
+use crate::collective::{broadcast_params, share, sum_gradients, Collective};
 use crate::config::{Length, Method, TrainConfig};
 use crate::data::{self, TrainData};
+use crate::lock::RunLock;
 use crate::metrics::{LogEntry, Metrics, Progress, Timing};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::schedule::{warmup_from_ratio, Schedule};
 use crate::threads::{Gradients, ThreadGroups};
-use crate::TrainError;
+use crate::{during, TrainError};
 
 /// Where to continue from.
 #[derive(Debug, Clone)]
@@ -69,17 +79,20 @@ pub enum Outcome {
     },
 }
 
-/// Trains as `cfg` says.
-pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Outcome, TrainError> {
+/// Trains as `cfg` says, as one rank of `comm` (one process: [`crate::collective::Single`]).
+pub fn train(cfg: &TrainConfig, opts: &Options, comm: &dyn Collective) -> Result<Outcome, TrainError> {
     let groups = ThreadGroups::for_training(cfg.batch_size, matches!(cfg.method, Method::Full))?;
     let base = sft_hub::locate(&cfg.model)?;
     let tokenizer = if cfg.tokenizer == cfg.model { base.clone() } else { sft_hub::locate(&cfg.tokenizer)? };
+    // Rank 0 writes the output directory, so it holds the lock (taken once the model is found,
+    // so a run that cannot start writes nothing); the other ranks only read it.
+    let _lock = comm.is_writer().then(|| RunLock::acquire(&cfg.output_dir)).transpose()?;
     let data = data::prepare(cfg, &tokenizer.dir)?;
-    let plan = Plan { records: data.train.len(), batch_size: cfg.batch_size, accumulation: cfg.accumulation, seed: cfg.seed };
+    let plan = Plan { records: data.train.len(), batch_size: cfg.batch_size * comm.size(), accumulation: cfg.accumulation, seed: cfg.seed };
     let schedule = schedule(cfg, &plan);
-    let mut run = Run::start(Setup { cfg, base, tokenizer, data: &data }, opts, schedule.total_steps)?;
+    let mut run = Run::start(Setup { cfg, base, tokenizer, data: &data, comm }, opts, schedule.total_steps)?;
     for step in run.state.global_step..schedule.total_steps {
-        if opts.stop.load(Ordering::SeqCst) {
+        if any_rank(comm, opts.stop.load(Ordering::SeqCst))? {
             return Ok(Outcome::Interrupted { step, saved: run.save()? });
         }
         let started = Instant::now();
@@ -99,6 +112,13 @@ pub fn train(cfg: &TrainConfig, opts: &Options) -> Result<Outcome, TrainError> {
         }
     }
     run.finish().map(Outcome::Finished)
+}
+
+/// Whether `flag` is set on any rank (a Ctrl-C that reached only some of them stops all).
+fn any_rank(comm: &dyn Collective, flag: bool) -> Result<bool, TrainError> {
+    let mut v = [f64::from(u8::from(flag))];
+    comm.all_reduce_sum_f64(&mut v)?;
+    Ok(v[0] > 0.0)
 }
 
 /// The learning rate of every step: the config's schedule over the run's total steps.
@@ -127,6 +147,7 @@ struct Setup<'a> {
     base: LocalModel,
     tokenizer: LocalModel,
     data: &'a TrainData,
+    comm: &'a dyn Collective,
 }
 
 /// A run in progress: the model, its optimizer and the state a checkpoint keeps.
@@ -135,11 +156,14 @@ struct Run<'a> {
     base: LocalModel,
     tokenizer: LocalModel,
     data: &'a TrainData,
+    comm: &'a dyn Collective,
     model: Model,
     optimizer: AdamW,
     state: TrainerState,
-    metrics: Metrics,
-    progress: Progress,
+    /// Rank 0's; none on the other ranks.
+    metrics: Option<Metrics>,
+    /// Rank 0's; none on the other ranks.
+    progress: Option<Progress>,
     /// The resolved config as saved beside the checkpoints.
     config_yaml: String,
     last_saved: Option<PathBuf>,
@@ -150,7 +174,8 @@ impl<'a> Run<'a> {
     /// Loads the model and a new optimizer, or resumes both and the trainer state from the
     /// checkpoint `opts` names; prints what trains.
     fn start(setup: Setup<'a>, opts: &Options, total: usize) -> Result<Self, TrainError> {
-        let Setup { cfg, base, tokenizer, data } = setup;
+        let Setup { cfg, base, tokenizer, data, comm } = setup;
+        let writer = comm.is_writer();
         let resume_dir = match &opts.resume {
             None => None,
             Some(Resume::Latest) => Some(checkpoint::latest(&cfg.output_dir).ok_or_else(|| TrainError::Checkpoint {
@@ -170,49 +195,89 @@ impl<'a> Run<'a> {
             }
         };
         model.set_gradient_checkpointing(cfg.gradient_checkpointing);
+        // Every rank loaded the same files; rank 0's values make sure they start equal.
+        broadcast_params(comm, model.params())?;
         let adam = AdamWConfig { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.adam_epsilon, weight_decay: cfg.weight_decay };
         let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
-        let mut state = TrainerState::new(cfg, total);
+        let mut state = TrainerState::new(cfg, total, comm.size());
         if let Some(dir) = &resume_dir {
             state = checkpoint::read_state(dir)?;
             optimizer.load_state(&checkpoint::read_optimizer(dir)?)?;
-            state.max_steps = total;
-            eprintln!("resuming from {} at step {}", dir.display(), state.global_step);
+            if writer {
+                eprintln!("resuming from {} at step {}", dir.display(), state.global_step);
+                warn_if_the_global_batch_changed(&state, cfg.batch_size, comm.size());
+            }
+            (state.max_steps, state.train_batch_size, state.world_size) = (total, cfg.batch_size, comm.size());
         }
-        describe(cfg, data, &model, &optimizer, total);
-        let metrics = Metrics::open(&cfg.output_dir, &state.log_history)?;
-        let progress = Progress::new(total, state.global_step, opts.progress_bar);
         let config_yaml = serde_yaml::to_string(&cfg.raw).unwrap_or_default();
-        let config_copy = cfg.output_dir.join("training_config.yaml");
-        std::fs::write(&config_copy, &config_yaml).map_err(|source| TrainError::Io { path: config_copy, source })?;
-        Ok(Run { cfg, base, tokenizer, data, model, optimizer, state, metrics, progress, config_yaml, last_saved: None, eval_loss: None })
+        let (mut metrics, mut progress) = (None, None);
+        if writer {
+            describe(cfg, data, &model, &optimizer, total, comm.size());
+            metrics = Some(Metrics::open(&cfg.output_dir, &state.log_history)?);
+            progress = Some(Progress::new(total, state.global_step, opts.progress_bar));
+            let config_copy = cfg.output_dir.join("training_config.yaml");
+            std::fs::write(&config_copy, &config_yaml).map_err(|source| TrainError::Io { path: config_copy, source })?;
+        }
+        let last_saved = None;
+        Ok(Run { cfg, base, tokenizer, data, comm, model, optimizer, state, metrics, progress, config_yaml, last_saved, eval_loss: None })
+    }
+
+    /// This rank's batches of each micro-batch of `step`: its share of the global micro-batch,
+    /// laid out for the thread groups.
+    fn local_batches(&self, plan: &Plan, groups: &ThreadGroups, step: usize) -> Result<Vec<Vec<Batch>>, TrainError> {
+        let (rank, ranks) = (self.comm.rank(), self.comm.size());
+        plan.step(step)
+            .iter()
+            .map(|m| groups.batches(&m[share(m.len(), ranks, rank)].iter().map(|&i| self.data.train[i].sequence()).collect::<Vec<_>>()))
+            .collect()
     }
 
     /// One optimizer step: every micro-batch's gradients of the loss token-weighted over the
-    /// whole step (each micro-batch as passes side by side), summed; clipped; AdamW. A loss or
-    /// norm that is not finite saves the last good step and stops.
+    /// whole step (each micro-batch as passes side by side), summed over micro-batches and
+    /// ranks; clipped; AdamW. A loss or norm that is not finite saves the last good step and
+    /// stops.
     fn step(&mut self, plan: &Plan, groups: &ThreadGroups, step: usize, lr: f64) -> Result<Update, TrainError> {
-        let micro: Vec<Vec<Batch>> = plan
-            .step(step)
-            .iter()
-            .map(|m| groups.batches(&m.iter().map(|&i| self.data.train[i].sequence()).collect::<Vec<_>>()))
-            .collect::<Result<_, _>>()?;
-        let targets: usize = micro.iter().flatten().map(|b| b.targets.len()).sum();
-        let tokens: usize = micro.iter().flatten().map(|b| b.batch * b.seq).sum();
+        let (rank, ranks) = (self.comm.rank(), self.comm.size());
+        let micro = self.local_batches(plan, groups, step)?;
+        // The step's target and input tokens over every rank, before any loss is scaled.
+        let mut counts = [
+            micro.iter().flatten().map(|b| b.targets.len()).sum::<usize>() as f64,
+            micro.iter().flatten().map(|b| b.batch * b.seq).sum::<usize>() as f64,
+        ];
+        self.comm.all_reduce_sum_f64(&mut counts)?;
+        let (targets, tokens) = (counts[0] as usize, counts[1] as usize);
         let mut sum = Gradients::default();
         for (m, batches) in micro.iter().enumerate() {
-            // LoRA dropout masks: a pure function of seed, step, micro-batch (and group).
-            let dropout_seed = self.cfg.seed ^ ((step as u64) << 20 | m as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            // LoRA dropout masks: a pure function of seed, step, micro-batch, rank (and group).
+            let dropout_seed = self.cfg.seed
+                ^ ((step as u64) << 20 | m as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+                ^ (rank as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
             let part = groups.gradients(&self.model, batches, 1.0 / targets.max(1) as f64, Some(dropout_seed))?;
             sum.add(&part, &self.model)?;
         }
         let Gradients { loss_sum, mut grads } = sum;
-        let loss = crate::fault::loss(step, loss_sum / targets.max(1) as f64);
+        if grads.is_empty() {
+            // A rank whose share of every micro-batch was empty (the epoch's short last step).
+            let zeros = self.model.params().iter().map(|(_, v)| v.as_tensor().zeros_like()).collect();
+            grads = during(zeros, || "zero gradients for an empty share".into())?;
+        }
+        // The loss sum, then per rank whether its own was finite (so a NaN names its rank).
+        let mut sums = vec![0.0; 1 + ranks];
+        sums[0] = crate::fault::loss(step, rank, loss_sum);
+        sums[1 + rank] = f64::from(u8::from(!sums[0].is_finite()));
+        self.comm.all_reduce_sum_f64(&mut sums)?;
+        sum_gradients(self.comm, &mut grads)?;
+        let loss = sums[0] / targets.max(1) as f64;
         let grad_norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
         if !loss.is_finite() || !grad_norm.is_finite() {
             let saved = self.save()?;
-            let what = if loss.is_finite() { "the gradient norm" } else { "the loss" };
-            return Err(TrainError::NonFinite { step, what: what.into(), saved });
+            let bad: Vec<String> = (0..ranks).filter(|&r| sums[1 + r] > 0.0).map(|r| r.to_string()).collect();
+            let what = match (loss.is_finite(), ranks > 1 && !bad.is_empty()) {
+                (true, _) => "the gradient norm".to_string(),
+                (false, true) => format!("the loss (of rank {})", bad.join(", rank ")),
+                (false, false) => "the loss".to_string(),
+            };
+            return Err(TrainError::NonFinite { step, what, saved });
         }
         self.optimizer.step(&grads, lr)?;
         Ok(Update { loss, grad_norm, tokens })
@@ -223,7 +288,9 @@ impl<'a> Run<'a> {
     fn log(&mut self, update: &Update, lr: f64, timing: Timing, last: bool) -> Result<(), TrainError> {
         let state = &mut self.state;
         state.window = (state.window.0 + update.loss, state.window.1 + 1);
-        self.progress.step(update.loss, lr, timing.tokens_per_second);
+        if let Some(p) = &mut self.progress {
+            p.step(update.loss, lr, timing.tokens_per_second);
+        }
         if !state.global_step.is_multiple_of(self.cfg.logging_steps) && !last {
             return Ok(());
         }
@@ -231,28 +298,43 @@ impl<'a> Run<'a> {
         let entry =
             LogEntry::Train { step: state.global_step, epoch: state.epoch, loss: mean, learning_rate: lr, grad_norm: update.grad_norm };
         state.window = (0.0, 0);
-        self.metrics.log(&entry, Some(timing))?;
-        self.progress.line(&entry);
-        self.state.log_history.push(entry);
+        self.record(&entry, Some(timing))
+    }
+
+    /// Adds a log entry to the history and, on rank 0, to metrics.jsonl and the console.
+    fn record(&mut self, entry: &LogEntry, timing: Option<Timing>) -> Result<(), TrainError> {
+        if let (Some(metrics), Some(progress)) = (&mut self.metrics, &self.progress) {
+            metrics.log(entry, timing)?;
+            progress.line(entry);
+        }
+        self.state.log_history.push(entry.clone());
         Ok(())
     }
 
-    /// Evaluates on the held-out records, logs the loss and redraws the plot.
+    /// Evaluates on the held-out records (each rank its share), logs the loss and redraws the
+    /// plot.
     fn evaluate(&mut self, groups: &ThreadGroups) -> Result<(), TrainError> {
-        let sequences: Vec<_> = self.data.eval.iter().map(Record::sequence).collect();
-        let result = groups.evaluate(&self.model, &sequences)?;
+        let mine = share(self.data.eval.len(), self.comm.size(), self.comm.rank());
+        let sequences: Vec<_> = self.data.eval[mine].iter().map(Record::sequence).collect();
+        let local = groups.evaluate(&self.model, &sequences)?;
+        let mut sums = [local.loss_sum, local.tokens as f64];
+        self.comm.all_reduce_sum_f64(&mut sums)?;
+        let result = Evaluation { loss_sum: sums[0], tokens: sums[1] as usize };
         self.eval_loss = Some(result.loss());
         let entry =
             LogEntry::Eval { step: self.state.global_step, epoch: self.state.epoch, eval_loss: result.loss(), eval_tokens: result.tokens };
-        self.metrics.log(&entry, None)?;
-        self.progress.line(&entry);
-        self.state.log_history.push(entry);
-        self.metrics.plot(&self.state.log_history)?;
+        self.record(&entry, None)?;
+        if let Some(metrics) = &self.metrics {
+            metrics.plot(&self.state.log_history)?;
+        }
         Ok(())
     }
 
-    /// Saves a checkpoint of the steps so far.
+    /// Saves a checkpoint of the steps so far (rank 0; the other ranks return its path).
     fn save(&self) -> Result<PathBuf, TrainError> {
+        if !self.comm.is_writer() {
+            return Ok(checkpoint::dir_of(&self.cfg.output_dir, self.state.global_step));
+        }
         let contents = Contents {
             model: &self.model,
             base_model: &self.base,
@@ -266,14 +348,18 @@ impl<'a> Run<'a> {
         checkpoint::save(&self.cfg.output_dir, &self.state, &contents, self.cfg.save_total_limit)
     }
 
-    /// Ends the run: the bar, the plot, the final checkpoint (saved unless the last step was).
+    /// Ends the run: the bar, the plot, the final checkpoint (saved unless the last step was);
+    /// every rank returns once rank 0 has saved it.
     fn finish(self) -> Result<Summary, TrainError> {
-        self.progress.finish();
-        self.metrics.plot(&self.state.log_history)?;
+        if let (Some(metrics), Some(progress)) = (&self.metrics, &self.progress) {
+            progress.finish();
+            metrics.plot(&self.state.log_history)?;
+        }
         let checkpoint = match &self.last_saved {
             Some(p) => p.clone(),
             None => self.save()?,
         };
+        self.comm.barrier()?;
         let last_loss = self.state.log_history.iter().rev().find_map(|e| match e {
             LogEntry::Train { loss, .. } => Some(*loss),
             LogEntry::Eval { .. } => None,
@@ -284,7 +370,7 @@ impl<'a> Run<'a> {
 
 /// Prints what trains: records, tokens, steps, parameters with and without weight decay, and
 /// the memory of compact base weights.
-fn describe(cfg: &TrainConfig, data: &TrainData, model: &Model, optimizer: &AdamW, total: usize) {
+fn describe(cfg: &TrainConfig, data: &TrainData, model: &Model, optimizer: &AdamW, total: usize, ranks: usize) {
     let (decayed, plain) = optimizer.decay_counts();
     let n_params: usize = model.params().iter().map(|(_, v)| v.elem_count()).sum();
     eprintln!(
@@ -293,6 +379,14 @@ fn describe(cfg: &TrainConfig, data: &TrainData, model: &Model, optimizer: &Adam
         data.trained_tokens,
         model.params().len()
     );
+    if ranks > 1 {
+        eprintln!(
+            "data-parallel over {ranks} ranks: global batch {} = per_device_train_batch_size {} × gradient_accumulation_steps {} × {ranks} ranks",
+            cfg.batch_size * cfg.accumulation * ranks,
+            cfg.batch_size,
+            cfg.accumulation
+        );
+    }
     let (quantized, bytes) = model.quantized();
     if quantized > 0 {
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
@@ -302,6 +396,19 @@ fn describe(cfg: &TrainConfig, data: &TrainData, model: &Model, optimizer: &Adam
             mib(bytes),
             bytes as f64 / (2 * quantized) as f64,
             mib(2 * quantized)
+        );
+    }
+}
+
+/// Warns when a resumed run's global micro-batch (records per micro-batch over every rank)
+/// differs from the checkpoint's: the data order from here on is not the original run's.
+fn warn_if_the_global_batch_changed(state: &TrainerState, batch_size: usize, ranks: usize) {
+    let (before, now) = (state.train_batch_size * state.world_size, batch_size * ranks);
+    if before != now {
+        eprintln!(
+            "warning: the checkpoint was trained with {before} records per micro-batch ({} per device × {} ranks), this run takes {now} ({batch_size} × {ranks}): \
+             the data order from here on differs from the original run's (set per_device_train_batch_size to {before} / ranks to keep it)",
+            state.train_batch_size, state.world_size
         );
     }
 }

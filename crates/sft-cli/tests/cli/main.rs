@@ -10,7 +10,10 @@ mod bad_inputs;
 mod crash;
 mod export;
 mod hub;
+mod lock;
 mod map_eos;
+#[cfg(feature = "mpi")]
+mod mpi;
 
 /// The crash-safety tests need the binary's fault hooks: without the feature they would not
 /// run, so the suite fails instead (scripts/test.sh enables it).

@@ -1,5 +1,6 @@
 //! Integration tests for sft-train: one module per stage.
 
+mod collective;
 mod optim;
 mod schedule;
 mod threads;
