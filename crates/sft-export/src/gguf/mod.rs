@@ -3,7 +3,7 @@
 //! the chat template and EOS the model was trained with. GGUF names live in this module only.
 //!
 //! The file is written with candle's `quantized::gguf_file` writer and its block types
-//! (Q8_0, Q4_K, Q5_0, Q6_K, f16, bf16); names, layouts and metadata follow llama.cpp's
+//! (Q8_0, Q5_0, Q6_K, f16, bf16; Q4_K blocks are filled as llama.cpp fills them, [`q4k`]); names, layouts and metadata follow llama.cpp's
 //! `convert_hf_to_gguf.py` and `convert_lora_to_gguf.py`, and q4_k_m follows llama-quantize's
 //! mix ([`outtype`]). `tests/fixtures/gguf_export/check_llamacpp.py` has llama.cpp itself load
 //! the files, tokenize, generate and measure perplexity against ours.
@@ -15,6 +15,7 @@ mod lora;
 pub mod metadata;
 pub mod names;
 pub mod outtype;
+mod q4k;
 pub mod vocab;
 
 use std::collections::BTreeMap;
@@ -187,7 +188,12 @@ fn quantize_as(entries: Vec<Entry>, outtype: OutType, adapter: bool) -> Result<V
         .into_par_iter()
         .zip(types)
         .map(|(e, t)| {
-            let q = QTensor::quantize(&e.tensor, t).map_err(|err| tensor_err(&e.source, err))?;
+            // Q4_K as llama.cpp quantizes it (see q4k); every other type is candle's.
+            let q = match t {
+                GgmlDType::Q4K => q4k::quantize(&e.tensor),
+                t => QTensor::quantize(&e.tensor, t),
+            }
+            .map_err(|err| tensor_err(&e.source, err))?;
             Ok((e.name, q))
         })
         .collect()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use sft_data::template::{Clock, Renderer, TemplateSettings};
 use sft_export::gguf::{self, GgufError, ModelSource, OutType};
 use sft_model::config::HfConfig;
@@ -216,20 +216,22 @@ fn quantized_outtypes_follow_llama_cpp_types_and_stay_close() {
     let dir = tiny("quant-llama", "llama", r#", "tie_word_embeddings": true"#);
     let hf = weights(&dir);
     let q_name = "model.layers.0.self_attn.q_proj.weight";
-    for (outtype, file_type, q_type, down0, embd, tol) in [
+    for (outtype, file_type, q_type, down1, embd, tol) in [
         (OutType::F16, 1, GgmlDType::F16, GgmlDType::F16, GgmlDType::F16, 1e-3),
         (OutType::Bf16, 32, GgmlDType::BF16, GgmlDType::BF16, GgmlDType::BF16, 5e-3),
         (OutType::Q8_0, 7, GgmlDType::Q8_0, GgmlDType::Q8_0, GgmlDType::Q8_0, 1e-2),
-        // Two layers: use_more_bits picks both ffn_down and attn_v (the last eighth); the tied
-        // embedding is the output, in Q6_K.
-        (OutType::Q4KM, 15, GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q6K, 0.12),
+        // Two layers: use_more_bits picks layer 1's ffn_down and attn_v (the last eighth), not
+        // layer 0's; the tied embedding is the output, in Q6_K.
+        (OutType::Q4KM, 15, GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q6K, 0.15),
     ] {
         let out = dir.with_file_name(format!("model-{file_type}.gguf"));
         export(&dir, None, outtype, &out).expect("export");
         let mut g = Read::open(&out);
         assert_eq!(g.u32("general.file_type"), file_type);
         assert_eq!(g.dtype("blk.0.attn_q.weight"), q_type, "{outtype:?}");
-        assert_eq!(g.dtype("blk.0.ffn_down.weight"), down0, "{outtype:?}");
+        assert_eq!(g.dtype("blk.1.ffn_down.weight"), down1, "{outtype:?}");
+        assert_eq!(g.dtype("blk.1.attn_v.weight"), down1, "{outtype:?}");
+        assert_eq!(g.dtype("blk.0.ffn_down.weight"), q_type, "{outtype:?}");
         assert_eq!(g.dtype("token_embd.weight"), embd, "{outtype:?}");
         assert_eq!(g.dtype("blk.0.attn_norm.weight"), GgmlDType::F32, "{outtype:?}");
         let q = unpermute(&g.tensor("blk.0.attn_q.weight"), 4);
@@ -245,7 +247,8 @@ fn ffn_rows_that_do_not_fit_a_k_block_fall_back_as_llama_quantize_does() {
     let out = dir.with_file_name("model.gguf");
     let exported = export(&dir, None, OutType::Q4KM, &out).expect("export");
     let g = Read::open(&out);
-    assert_eq!(g.dtype("blk.0.ffn_down.weight"), GgmlDType::Q8_0, "Q6_K falls back to Q8_0: {:?}", exported.types);
+    assert_eq!(g.dtype("blk.0.ffn_down.weight"), GgmlDType::Q5_0, "Q4_K falls back to Q5_0: {:?}", exported.types);
+    assert_eq!(g.dtype("blk.1.ffn_down.weight"), GgmlDType::Q8_0, "Q6_K falls back to Q8_0: {:?}", exported.types);
     assert_eq!(g.dtype("blk.0.ffn_up.weight"), GgmlDType::Q4K, "rows of 256");
 }
 
@@ -321,7 +324,7 @@ fn bad_inputs_are_refused_without_touching_files() {
     let wrong = adapter(&other, false);
     let fresh = dir.with_file_name("fresh.gguf");
     let e = export(&dir, Some(&wrong), OutType::F16, &fresh).expect_err("wrong adapter");
-    assert!(e.to_string().contains("adapter_model.safetensors"), "{e}");
+    assert!(e.to_string().contains("bad-other"), "{e}");
     let left: Vec<_> = std::fs::read_dir(dir.parent().expect("parent")).expect("list").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().contains("fresh")), "{left:?}");
 
@@ -331,4 +334,24 @@ fn bad_inputs_are_refused_without_touching_files() {
     std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt2", "vocab_size": 832}"#).expect("config");
     let e = export(&dir, None, OutType::F16, &fresh).expect_err("unsupported");
     assert!(e.to_string().contains("\"gpt2\"") && e.to_string().contains("llama, mistral, qwen2, qwen3"), "{e}");
+}
+
+/// llama.cpp picks its pre-tokenizer by the hash of the check text's ids: ours (tokenizers
+/// crate) must equal the ids transformers gave when llama.cpp recorded the hash.
+#[test]
+fn real_tokenizers_get_the_pre_tokenizer_llama_cpp_records_for_them() {
+    for (dir, vocab_size, pre, model) in [
+        ("llama3_2", 128256, "llama-bpe", "gpt2"),
+        ("qwen2_5", 151936, "qwen2", "gpt2"),
+        ("qwen3", 151936, "qwen2", "gpt2"),
+        ("llama2", 32000, "default", "llama"),
+    ] {
+        let path = root().join("assets/tokenizers").join(dir);
+        let specials = gguf::Specials { eos: Some("<|im_end|>".into()), ..Default::default() };
+        let v = gguf::vocab::vocab(&path, vocab_size, &specials).expect("vocab");
+        let get = |k: &str| v.metadata.iter().find(|(key, _)| key == k).map(|(_, v)| v.to_string().expect("string").clone());
+        assert_eq!(get("tokenizer.ggml.pre").as_deref(), Some(pre), "{dir}");
+        assert_eq!(get("tokenizer.ggml.model").as_deref(), Some(model), "{dir}");
+        assert!(v.warnings.iter().all(|w| !w.contains("pre-tokenizer")), "{dir}: {:?}", v.warnings);
+    }
 }
