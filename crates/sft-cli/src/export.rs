@@ -71,7 +71,8 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         let settings = TemplateSettings::default();
         let kwargs = settings.kwargs_for(Some(&source.tokenizer_dir))?;
         let renderer = Renderer::new(Some(&source.tokenizer_dir), &settings.choice(Clock::System), kwargs)?;
-        let name = source.base.name.clone();
+        let base = &source.base.name;
+        let name = base.rsplit(['/', '\\']).find(|part| !part.is_empty()).unwrap_or(base).to_string();
         let src = ModelSource {
             model_dir: &source.base.dir,
             adapter: source.adapter.as_deref(),

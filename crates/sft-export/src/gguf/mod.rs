@@ -145,7 +145,11 @@ pub fn export_model(src: &ModelSource<'_>, outtype: OutType, out: &Path, force: 
     let specials = specials(src.renderer);
     let vocab = vocab::vocab(src.tokenizer_dir, config.vocab_size, &specials)?;
     meta.extend(vocab.metadata);
-    meta.push(("tokenizer.chat_template".into(), Value::String(src.renderer.templates().default.source().to_string())));
+    let templates = src.renderer.templates();
+    meta.push(("tokenizer.chat_template".into(), Value::String(templates.default.source().to_string())));
+    if let Some(tools) = &templates.tool_use {
+        meta.push(("tokenizer.chat_template.tool_use".into(), Value::String(tools.source().to_string())));
+    }
     let tensors = quantize_as(entries, outtype, false)?;
     let mut exported = write_gguf(out, &meta, &tensors)?;
     exported.warnings = vocab.warnings;
