@@ -62,68 +62,44 @@ pub fn vocab(dir: &Path, vocab_size: usize, specials: &Specials) -> Result<Vocab
     let path = dir.join("tokenizer.json");
     let text = std::fs::read_to_string(&path).map_err(|source| GgufError::Io { path: path.clone(), source })?;
     let json: Json = serde_json::from_str(&text).map_err(|e| GgufError::File { path: path.clone(), message: e.to_string() })?;
-    let bad = |message: String| GgufError::File { path: path.clone(), message };
     let model = &json["model"];
     if model["type"].as_str() != Some("BPE") {
-        return Err(bad(format!("model.type {}: only BPE tokenizers can be exported to GGUF", model["type"])));
+        let message = format!("model.type {}: only BPE tokenizers can be exported to GGUF", model["type"]);
+        return Err(GgufError::File { path, message });
     }
     let spm = model["byte_fallback"].as_bool().unwrap_or(false);
-    let mut tokens: Vec<Option<Token>> = (0..vocab_size).map(|_| None).collect();
-    let vocab = model["vocab"].as_object().ok_or_else(|| bad("model.vocab: expected an object".into()))?;
-    let mut put = |id: u64, token: Token| -> Result<(), GgufError> {
-        let slot = tokens.get_mut(id as usize).ok_or_else(|| bad(format!("token id {id} is past the model's vocab_size {vocab_size}")))?;
-        *slot = Some(token);
-        Ok(())
-    };
-    for (text, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| bad(format!("model.vocab.{text}: expected an id")))?;
-        let byte = spm && text.len() == 6 && text.starts_with("<0x") && text.ends_with('>');
-        put(id, Token { text: text.clone(), kind: if byte { BYTE } else { NORMAL } })?;
-    }
-    for added in json["added_tokens"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let (Some(id), Some(content)) = (added["id"].as_u64(), added["content"].as_str()) else {
-            return Err(bad("added_tokens: an entry without id and content".into()));
-        };
-        let special = added["special"].as_bool().unwrap_or(false) || looks_special(content);
-        let kind = if special { CONTROL } else { USER_DEFINED };
-        // llama.cpp expects user-defined tokens pre-normalized: SentencePiece's ▁ as a space.
-        let text = if spm || special { content.to_string() } else { content.replace('\u{2581}', " ") };
-        put(id, Token { text, kind })?;
-    }
-    let ids: HashMap<&str, usize> =
-        tokens.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (t.text.as_str(), i))).collect();
+    let tokens = read_tokens(&path, &json, vocab_size, spm)?;
     let mut warnings = Vec::new();
-    let mut metadata = Vec::new();
-    let mut id_of = |what: &str, token: &Option<String>| -> Option<u32> {
-        let token = token.as_ref()?;
-        let id = ids.get(token.as_str()).map(|&i| i as u32);
-        if id.is_none() {
-            warnings.push(format!("{}: {what} {token:?} is not a token; not declared", path.display()));
-        }
-        id
+    let declared = {
+        let ids: HashMap<&str, usize> =
+            tokens.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (t.text.as_str(), i))).collect();
+        let mut id_of = |what: &str, token: &Option<String>| -> Option<u32> {
+            let token = token.as_ref()?;
+            let id = ids.get(token.as_str()).map(|&i| i as u32);
+            if id.is_none() {
+                warnings.push(format!("{}: {what} {token:?} is not a token; not declared", path.display()));
+            }
+            id
+        };
+        [
+            ("bos", id_of("bos_token", &specials.bos)),
+            ("eos", id_of("eos_token", &specials.eos)),
+            ("eot", id_of("end-of-turn token", &specials.eot)),
+            ("padding", id_of("pad_token", &specials.pad)),
+            ("unknown", id_of("unk_token", &specials.unk)),
+        ]
     };
-    let declared = [
-        ("bos", id_of("bos_token", &specials.bos)),
-        ("eos", id_of("eos_token", &specials.eos)),
-        ("eot", id_of("end-of-turn token", &specials.eot)),
-        ("padding", id_of("pad_token", &specials.pad)),
-        ("unknown", id_of("unk_token", &specials.unk)),
-    ];
     let (add_bos, add_eos) = added_specials(&path, declared[0].1, declared[1].1)?;
-    let pre = if spm { None } else { Some(pre_name(&path)?) };
-    metadata.push(("tokenizer.ggml.model".into(), Value::String(if spm { "llama" } else { "gpt2" }.into())));
-    match &pre {
-        Some(Some(name)) => metadata.push(("tokenizer.ggml.pre".into(), Value::String(name.clone()))),
-        Some(None) => {
-            warnings.push(format!(
-                "{}: llama.cpp knows no pre-tokenizer for this tokenizer (its check-text hash is not in llama.cpp's table); \
-                 wrote tokenizer.ggml.pre = \"default\", so llama.cpp may split text differently from training",
-                path.display()
-            ));
-            metadata.push(("tokenizer.ggml.pre".into(), Value::String("default".into())));
-        }
-        None => metadata.push(("tokenizer.ggml.pre".into(), Value::String("default".into()))),
+    let mut metadata = vec![("tokenizer.ggml.model".to_string(), Value::String(if spm { "llama" } else { "gpt2" }.into()))];
+    let pre = if spm { Some("default".to_string()) } else { pre_name(&path)? };
+    if pre.is_none() {
+        warnings.push(format!(
+            "{}: llama.cpp knows no pre-tokenizer for this tokenizer (its check-text hash is not in llama.cpp's table); \
+             wrote tokenizer.ggml.pre = \"default\", so llama.cpp may split text differently from training",
+            path.display()
+        ));
     }
+    metadata.push(("tokenizer.ggml.pre".into(), Value::String(pre.unwrap_or_else(|| "default".into()))));
     let (texts, kinds): (Vec<Value>, Vec<Value>) = tokens
         .into_iter()
         .enumerate()
@@ -149,6 +125,35 @@ pub fn vocab(dir: &Path, vocab_size: usize, specials: &Specials) -> Result<Vocab
     metadata.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)));
     metadata.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(add_eos)));
     Ok(Vocab { metadata, warnings })
+}
+
+/// Every embedding row's token, by id (`None` for rows no token uses), typed as the converter
+/// types them.
+fn read_tokens(path: &Path, json: &Json, vocab_size: usize, spm: bool) -> Result<Vec<Option<Token>>, GgufError> {
+    let bad = |message: String| GgufError::File { path: path.into(), message };
+    let mut tokens: Vec<Option<Token>> = (0..vocab_size).map(|_| None).collect();
+    let mut put = |id: u64, token: Token| -> Result<(), GgufError> {
+        let slot = tokens.get_mut(id as usize).ok_or_else(|| bad(format!("token id {id} is past the model's vocab_size {vocab_size}")))?;
+        *slot = Some(token);
+        Ok(())
+    };
+    let vocab = json["model"]["vocab"].as_object().ok_or_else(|| bad("model.vocab: expected an object".into()))?;
+    for (text, id) in vocab {
+        let id = id.as_u64().ok_or_else(|| bad(format!("model.vocab.{text}: expected an id")))?;
+        let byte = spm && text.len() == 6 && text.starts_with("<0x") && text.ends_with('>');
+        put(id, Token { text: text.clone(), kind: if byte { BYTE } else { NORMAL } })?;
+    }
+    for added in json["added_tokens"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let (Some(id), Some(content)) = (added["id"].as_u64(), added["content"].as_str()) else {
+            return Err(bad("added_tokens: an entry without id and content".into()));
+        };
+        let special = added["special"].as_bool().unwrap_or(false) || looks_special(content);
+        let kind = if special { CONTROL } else { USER_DEFINED };
+        // llama.cpp expects user-defined tokens pre-normalized: SentencePiece's ▁ as a space.
+        let text = if spm || special { content.to_string() } else { content.replace('\u{2581}', " ") };
+        put(id, Token { text, kind })?;
+    }
+    Ok(tokens)
 }
 
 /// `does_token_look_special` of the converter: added tokens some models leave unmarked.
