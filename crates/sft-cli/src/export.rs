@@ -59,7 +59,8 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         if path.exists() && !args.force {
             bail!("{} exists; pass --force to replace it", path.display());
         }
-        std::fs::create_dir_all(args.ollama.as_deref().unwrap_or(Path::new("."))).with_context(|| format!("creating {}", path.display()))?;
+        std::fs::create_dir_all(args.ollama.as_deref().unwrap_or(Path::new(".")))
+            .with_context(|| format!("creating {}", path.display()))?;
     }
     let exported = if args.adapter_only {
         let Some(adapter) = &source.adapter else {

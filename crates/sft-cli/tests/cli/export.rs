@@ -14,7 +14,15 @@ fn tiny_model(name: &str) -> PathBuf {
             "num_hidden_layers": 1, "num_attention_heads": 2, "eos_token_id": 2}"#,
     );
     let model = dir.join("model");
-    let out = sft(&["init-model", "--config", config.to_str().unwrap(), "--tokenizer", "examples/quickstart/tokenizer", "--out", model.to_str().unwrap()]);
+    let out = sft(&[
+        "init-model",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        "examples/quickstart/tokenizer",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     model
 }

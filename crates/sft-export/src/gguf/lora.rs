@@ -27,19 +27,24 @@ pub fn export_adapter(model_dir: &Path, adapter_dir: &Path, outtype: OutType, ou
     let (config, _) = read_config(model_dir)?;
     let settings = LoraSettings::from_adapter_dir(adapter_dir)?;
     let path = adapter_dir.join(ADAPTER_WEIGHTS);
-    let weights = candle_core::safetensors::load(&path, &Device::Cpu)
-        .map_err(|e| GgufError::File { path: path.clone(), message: e.to_string() })?;
+    let weights =
+        candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| GgufError::File { path: path.clone(), message: e.to_string() })?;
     let heads = names::Heads { q: config.num_heads, kv: config.num_kv_heads };
     let mut modules: Vec<(usize, String, String)> = Vec::new();
     for name in weights.keys() {
         let Some(module) = name.strip_prefix("base_model.model.").and_then(|n| n.strip_suffix(".lora_A.weight")) else {
             if !name.ends_with(".lora_B.weight") {
-                return Err(GgufError::Tensor { tensor: name.clone(), message: format!("in {}: not a LoRA A or B matrix", path.display()) });
+                return Err(GgufError::Tensor {
+                    tensor: name.clone(),
+                    message: format!("in {}: not a LoRA A or B matrix", path.display()),
+                });
             }
             continue;
         };
-        let (gguf, _) = names::gguf_name(config.family, heads, &format!("{module}.weight"))
-            .ok_or_else(|| GgufError::Tensor { tensor: name.clone(), message: "adapts a weight llama.cpp's format has no place for".into() })?;
+        let (gguf, _) = names::gguf_name(config.family, heads, &format!("{module}.weight")).ok_or_else(|| GgufError::Tensor {
+            tensor: name.clone(),
+            message: "adapts a weight llama.cpp's format has no place for".into(),
+        })?;
         let layer = gguf.split('.').nth(1).and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
         modules.push((layer, gguf, module.to_string()));
     }

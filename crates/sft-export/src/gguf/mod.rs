@@ -160,7 +160,13 @@ pub fn export_model(src: &ModelSource<'_>, outtype: OutType, out: &Path, force: 
 /// and the template's end-of-turn token.
 pub fn specials(renderer: &Renderer) -> Specials {
     let var = |k: &str| renderer.template_vars().get(k).and_then(serde_json::Value::as_str).map(str::to_string);
-    Specials { bos: var("bos_token"), eos: var("eos_token"), eot: renderer.end_of_turn().ok(), pad: var("pad_token"), unk: var("unk_token") }
+    Specials {
+        bos: var("bos_token"),
+        eos: var("eos_token"),
+        eot: renderer.end_of_turn().ok(),
+        pad: var("pad_token"),
+        unk: var("unk_token"),
+    }
 }
 
 fn read_config(dir: &Path) -> Result<(ModelConfig, HfConfig), GgufError> {

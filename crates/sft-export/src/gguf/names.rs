@@ -117,12 +117,24 @@ mod tests {
     #[test]
     fn names_follow_llama_cpp() {
         let n = |f, hf| gguf_name(f, HEADS, hf);
-        assert_eq!(n(Family::Llama, "model.layers.3.self_attn.q_proj.weight"), Some(("blk.3.attn_q.weight".into(), Layout::PermuteHeads(4))));
-        assert_eq!(n(Family::Llama, "model.layers.3.self_attn.k_proj.weight"), Some(("blk.3.attn_k.weight".into(), Layout::PermuteHeads(2))));
+        assert_eq!(
+            n(Family::Llama, "model.layers.3.self_attn.q_proj.weight"),
+            Some(("blk.3.attn_q.weight".into(), Layout::PermuteHeads(4)))
+        );
+        assert_eq!(
+            n(Family::Llama, "model.layers.3.self_attn.k_proj.weight"),
+            Some(("blk.3.attn_k.weight".into(), Layout::PermuteHeads(2)))
+        );
         assert_eq!(n(Family::Qwen2, "model.layers.0.self_attn.k_proj.bias"), Some(("blk.0.attn_k.bias".into(), Layout::AsIs)));
         assert_eq!(n(Family::Qwen3, "model.layers.1.self_attn.q_norm.weight"), Some(("blk.1.attn_q_norm.weight".into(), Layout::AsIs)));
-        assert_eq!(n(Family::Gemma2, "model.layers.1.post_attention_layernorm.weight"), Some(("blk.1.post_attention_norm.weight".into(), Layout::AddOne)));
-        assert_eq!(n(Family::Gemma, "model.layers.1.post_attention_layernorm.weight"), Some(("blk.1.ffn_norm.weight".into(), Layout::AddOne)));
+        assert_eq!(
+            n(Family::Gemma2, "model.layers.1.post_attention_layernorm.weight"),
+            Some(("blk.1.post_attention_norm.weight".into(), Layout::AddOne))
+        );
+        assert_eq!(
+            n(Family::Gemma, "model.layers.1.post_attention_layernorm.weight"),
+            Some(("blk.1.ffn_norm.weight".into(), Layout::AddOne))
+        );
         assert_eq!(n(Family::Phi3, "model.layers.0.mlp.gate_up_proj.weight"), Some(("blk.0.ffn_up.weight".into(), Layout::AsIs)));
         assert_eq!(n(Family::Llama, "model.layers.0.self_attn.rotary_emb.inv_freq"), None);
     }

@@ -71,8 +71,7 @@ pub fn vocab(dir: &Path, vocab_size: usize, specials: &Specials) -> Result<Vocab
     let tokens = read_tokens(&path, &json, vocab_size, spm)?;
     let mut warnings = Vec::new();
     let declared = {
-        let ids: HashMap<&str, usize> =
-            tokens.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (t.text.as_str(), i))).collect();
+        let ids: HashMap<&str, usize> = tokens.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (t.text.as_str(), i))).collect();
         let mut id_of = |what: &str, token: &Option<String>| -> Option<u32> {
             let token = token.as_ref()?;
             let id = ids.get(token.as_str()).map(|&i| i as u32);

@@ -36,7 +36,8 @@ fn tiny(name: &str, family: &str, extra: &str) -> PathBuf {
             "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "initializer_range": 0.05}}"#
     ))
     .expect("base config");
-    let extra: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&format!("{{{}}}", extra.trim_start_matches(','))).expect("extra keys");
+    let extra: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&format!("{{{}}}", extra.trim_start_matches(','))).expect("extra keys");
     config.as_object_mut().expect("object").extend(extra);
     let config = config.to_string();
     std::fs::write(dir.join("config.json"), &config).expect("config");
@@ -97,7 +98,11 @@ fn weights(dir: &Path) -> HashMap<String, Tensor> {
 /// llama.cpp's Q/K row order back to transformers': per head, rows (2i, 2i+1) -> (i, i + d/2).
 fn unpermute(t: &Tensor, heads: usize) -> Tensor {
     let (rows, cols) = t.dims2().expect("matrix");
-    t.reshape((heads, rows / heads / 2, 2, cols)).and_then(|t| t.transpose(1, 2)).and_then(|t| t.contiguous()).and_then(|t| t.reshape((rows, cols))).expect("unpermute")
+    t.reshape((heads, rows / heads / 2, 2, cols))
+        .and_then(|t| t.transpose(1, 2))
+        .and_then(|t| t.contiguous())
+        .and_then(|t| t.reshape((rows, cols)))
+        .expect("unpermute")
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -141,7 +146,11 @@ fn f32_llama_export_has_llama_cpp_names_metadata_and_exact_values() {
     assert_eq!(g.string("tokenizer.chat_template"), template["chat_template"].as_str().expect("template"));
 
     let hf = weights(&dir);
-    let infos: Vec<String> = { let mut v: Vec<String> = g.content.tensor_infos.keys().cloned().collect(); v.sort(); v };
+    let infos: Vec<String> = {
+        let mut v: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
+        v.sort();
+        v
+    };
     assert!(infos.contains(&"output.weight".to_string()) && infos.contains(&"blk.1.ffn_down.weight".to_string()), "{infos:?}");
     assert_eq!(g.content.tensor_infos["blk.0.attn_k.weight"].shape.dims(), &[128, 256]);
     for (gguf_name, hf_name, heads) in [
@@ -261,16 +270,28 @@ fn adapter(dir: &Path, rslora: bool) -> PathBuf {
     let out = dir.with_file_name(if rslora { "adapter-rs" } else { "adapter" });
     std::fs::create_dir_all(&out).expect("adapter dir");
     let config = sft_model::config::ModelConfig::from_dir(dir).expect("config");
-    let settings = LoraSettings { r: 4, alpha: 8.0, use_rslora: rslora, dropout: 0.0, targets: Targets::Names(vec!["q_proj".into(), "v_proj".into()]) };
-    std::fs::write(out.join(ADAPTER_CONFIG), PeftConfig::for_adapter(&settings, vec!["q_proj".into(), "v_proj".into()], dir.display().to_string(), None).to_json())
-        .expect("adapter config");
+    let settings = LoraSettings {
+        r: 4,
+        alpha: 8.0,
+        use_rslora: rslora,
+        dropout: 0.0,
+        targets: Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+    };
+    std::fs::write(
+        out.join(ADAPTER_CONFIG),
+        PeftConfig::for_adapter(&settings, vec!["q_proj".into(), "v_proj".into()], dir.display().to_string(), None).to_json(),
+    )
+    .expect("adapter config");
     let mut tensors = HashMap::new();
     for i in 0..config.layers.len() {
         for (m, rows) in [("q_proj", config.num_heads * config.head_dim), ("v_proj", config.num_kv_heads * config.head_dim)] {
             let module = format!("model.layers.{i}.self_attn.{m}");
             let (a, b) = sft_model::lora::peft_names(&module);
             let seed = (i * 2 + rows) as f64;
-            tensors.insert(a, Tensor::randn(0f32, 0.05, (4, config.hidden_size), &Device::Cpu).and_then(|t| t.affine(1.0, seed * 1e-4)).expect("a"));
+            tensors.insert(
+                a,
+                Tensor::randn(0f32, 0.05, (4, config.hidden_size), &Device::Cpu).and_then(|t| t.affine(1.0, seed * 1e-4)).expect("a"),
+            );
             tensors.insert(b, Tensor::randn(0f32, 0.05, (rows, 4), &Device::Cpu).expect("b"));
         }
     }
@@ -329,7 +350,8 @@ fn bad_inputs_are_refused_without_touching_files() {
     let fresh = dir.with_file_name("fresh.gguf");
     let e = export(&dir, Some(&wrong), OutType::F16, &fresh).expect_err("wrong adapter");
     assert!(e.to_string().contains("bad-other"), "{e}");
-    let left: Vec<_> = std::fs::read_dir(dir.parent().expect("parent")).expect("list").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    let left: Vec<_> =
+        std::fs::read_dir(dir.parent().expect("parent")).expect("list").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().contains("fresh")), "{left:?}");
 
     let e = gguf::export_adapter(&dir, &adapter(&dir, false), OutType::Q4KM, &fresh, false).expect_err("q4_k_m adapter");

@@ -1,4 +1,4 @@
 //! Integration tests of sft-export, one module per stage.
 
-mod ollama;
 mod gguf;
+mod ollama;
