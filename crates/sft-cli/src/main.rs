@@ -7,6 +7,7 @@
 mod chat;
 mod common;
 mod eval;
+mod export;
 mod generate;
 mod init_model;
 mod inspect;
@@ -49,6 +50,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Fold a LoRA adapter into its base model and save an HF model directory.
     Merge(merge::MergeArgs),
+    /// Write a model (or an adapter alone) as a GGUF file for llama.cpp and Ollama.
+    Export(export::ExportArgs),
     /// Create a model directory with random weights from a config.json (no download needed).
     InitModel(init_model::InitModelArgs),
 }
@@ -66,6 +69,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run(&args),
         Command::Merge(args) => merge::run(&args),
         Command::Chat(args) => chat::run(&args),
+        Command::Export(args) => export::run(&args),
     }
 }
 

@@ -1,53 +1,67 @@
-//! Issue 23: models out. `sft merge --dtype --max-shard-size` writes sharded safetensors with an
-//! index, as transformers' `save_pretrained` does.
+//! Issue 23: `sft export` end to end: a GGUF plus an Ollama Modelfile from a model directory,
+//! outputs never replaced without `--force`, and the bad-input cases named clearly.
 
-use super::{eval_expected, json_file, lines, root, sft, stderr};
+use std::path::PathBuf;
 
-/// The dtype of every tensor in a safetensors file's header.
-fn dtypes(path: &std::path::Path) -> Vec<String> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    header
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| *k != "__metadata__")
-        .map(|(_, v)| v["dtype"].as_str().unwrap().to_string())
-        .collect()
+use super::{root, scratch, sft, stderr};
+
+fn tiny_model(name: &str) -> PathBuf {
+    let dir = root().join("target/cli-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = scratch(
+        &format!("{name}-config.json"),
+        r#"{"model_type": "qwen2", "vocab_size": 832, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "eos_token_id": 2}"#,
+    );
+    let model = dir.join("model");
+    let out = sft(&[
+        "init-model",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        "examples/quickstart/tokenizer",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    model
 }
 
 #[test]
-fn merge_writes_bf16_shards_with_an_index() {
-    let out_dir = root().join("target/cli-tests/merged-bf16");
-    let _ = std::fs::remove_dir_all(&out_dir);
-    let (m, a) = ("tests/fixtures/model/eval/model", "tests/fixtures/model/eval/adapter");
-    let out_name = out_dir.display().to_string();
-    let out = sft(&["merge", "--model", m, "--adapter", a, "--dtype", "bf16", "--max-shard-size", "20KB", "--out", &out_name]);
+fn export_writes_a_gguf_and_a_modelfile_and_replaces_them_only_with_force() {
+    let model = tiny_model("export");
+    let ollama = model.with_file_name("ollama");
+    let args = ["export", "--model", model.to_str().unwrap(), "--ollama", ollama.to_str().unwrap(), "--outtype", "q8_0"];
+    let out = sft(&args);
     assert!(out.status.success(), "{}", stderr(&out));
-    let index = json_file(&out_dir.join("model.safetensors.index.json"));
-    let map = index["weight_map"].as_object().unwrap();
-    let mut files: Vec<&str> = map.values().map(|v| v.as_str().unwrap()).collect();
-    files.sort();
-    files.dedup();
-    assert!(files.len() >= 2, "{files:?}");
-    let n = files.len();
-    for (i, f) in files.iter().enumerate() {
-        assert_eq!(*f, format!("model-{:05}-of-{n:05}.safetensors", i + 1));
-        let path = out_dir.join(f);
-        assert!(std::fs::metadata(&path).unwrap().len() <= 20_000 + 4096, "{f} over the shard size");
-        assert!(dtypes(&path).iter().all(|d| d == "BF16"), "{f}");
-    }
-    assert!(!out_dir.join("model.safetensors").exists());
-    assert_eq!(json_file(&out_dir.join("config.json"))["dtype"], "bfloat16");
-    let total: u64 = files.iter().map(|f| std::fs::metadata(out_dir.join(f)).unwrap().len()).sum();
-    assert!(index["metadata"]["total_size"].as_u64().unwrap() <= total);
-    // The sharded bf16 model evaluates to transformers' loss of the f32 merge, within bf16's
-    // rounding.
-    let eval = sft(&["eval", "--model", &out_name, "--data", "tests/fixtures/model/eval/data.jsonl", "--json"]);
-    assert!(eval.status.success(), "{}", stderr(&eval));
-    let (got, want) = (lines(&eval)[0]["loss"].as_f64().unwrap(), eval_expected("adapter")["loss"].as_f64().unwrap());
-    assert!(((got - want) / want).abs() < 1e-2, "bf16 shards: loss {got} vs {want}");
-    let bad = sft(&["merge", "--model", m, "--adapter", a, "--max-shard-size", "2 parsecs", "--out", &format!("{out_name}-x")]);
-    assert!(!bad.status.success() && stderr(&bad).contains("--max-shard-size"), "{}", stderr(&bad));
+    let gguf = std::fs::read(ollama.join("model.gguf")).unwrap();
+    assert_eq!(&gguf[..4], b"GGUF");
+    let modelfile = std::fs::read_to_string(ollama.join("Modelfile")).unwrap();
+    assert!(modelfile.contains("FROM ./model.gguf") && modelfile.contains("PARAMETER stop \"<|im_end|>\""), "{modelfile}");
+
+    let again = sft(&args);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("exists; pass --force"), "{}", stderr(&again));
+    assert_eq!(std::fs::read(ollama.join("model.gguf")).unwrap(), gguf, "kept");
+    let forced = sft(&[&args[..], &["--force", "--outtype", "f16"]].concat());
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_ne!(std::fs::read(ollama.join("model.gguf")).unwrap(), gguf, "replaced");
+    let left: Vec<String> = std::fs::read_dir(&ollama).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left.len(), 2, "no temporary files left: {left:?}");
+}
+
+#[test]
+fn export_bad_inputs_say_what_is_wrong() {
+    let model = tiny_model("export-bad");
+    let m = model.to_str().unwrap();
+    let out_file = model.with_file_name("x.gguf");
+    let o = out_file.to_str().unwrap();
+    let out = sft(&["export", "--model", m, "--out", o, "--outtype", "q3_k"]);
+    assert!(stderr(&out).contains("q4_k_m") && stderr(&out).contains("bf16"), "{}", stderr(&out));
+    let out = sft(&["export", "--model", m, "--out", o, "--adapter-only"]);
+    assert!(!out.status.success() && stderr(&out).contains("--adapter-only needs --adapter"), "{}", stderr(&out));
+    std::fs::write(model.join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
+    let out = sft(&["export", "--model", m, "--out", o]);
+    assert!(!out.status.success() && stderr(&out).contains("\"mamba\"") && stderr(&out).contains("supported: llama"), "{}", stderr(&out));
+    assert!(!out_file.exists());
 }

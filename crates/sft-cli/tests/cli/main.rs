@@ -11,6 +11,7 @@ mod crash;
 mod export;
 mod hub;
 mod lock;
+mod merge;
 mod map_eos;
 #[cfg(feature = "mpi")]
 mod mpi;

@@ -1,3 +1,4 @@
 //! Integration tests of sft-export, one module per stage.
 
+mod gguf;
 mod ollama;
