@@ -8,6 +8,7 @@ mod chat;
 mod common;
 mod eval;
 mod generate;
+mod import;
 mod init_model;
 mod inspect;
 mod merge;
@@ -48,6 +49,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Fold a LoRA adapter into its base model and save an HF model directory.
     Merge(merge::MergeArgs),
+    /// Write a GGUF file (llama.cpp, Ollama) out as a Hugging Face model directory.
+    Import(import::ImportArgs),
     /// Create a model directory with random weights from a config.json (no download needed).
     InitModel(init_model::InitModelArgs),
 }
@@ -59,6 +62,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(&args),
         Command::Prepare(args) => prepare::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Import(args) => import::run(&args),
         Command::InitModel(args) => init_model::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Quickstart(args) => quickstart::run(&args),

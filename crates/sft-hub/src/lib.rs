@@ -29,6 +29,9 @@ pub use spec::ModelSpec;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HubError {
+    /// A GGUF file could not be converted.
+    #[error(transparent)]
+    Gguf(#[from] sft_gguf::GgufError),
     /// The adapter's config could not be read.
     #[error(transparent)]
     Adapter(#[from] sft_model::ModelError),
@@ -89,7 +92,11 @@ pub fn locate(name: &str) -> Result<LocalModel, HubError> {
             let absolute = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
             Ok(LocalModel { name: absolute.display().to_string(), dir, revision: None })
         }
-        ModelSpec::Gguf(_) => Err(HubError::Unsupported { name: name.into(), what: "GGUF files" }),
+        ModelSpec::Gguf(file) => {
+            let dir = sft_gguf::cached(&file)?;
+            let absolute = std::path::absolute(&file).unwrap_or(file);
+            Ok(LocalModel { name: absolute.display().to_string(), dir, revision: None })
+        }
         ModelSpec::Hub { .. } => Err(HubError::Unsupported { name: name.into(), what: "hub ids" }),
     }
 }
