@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 mod bad_inputs;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod gguf;
 mod map_eos;
 
 /// The crash-safety tests need the binary's fault hooks: without the feature they would not
