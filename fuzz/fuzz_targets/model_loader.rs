@@ -1,7 +1,8 @@
-//! A model directory from the internet: the input's first byte chooses what is fuzzed (the
-//! config.json, the model.safetensors, or both, split at a NUL), the rest is written into a
-//! directory that `Model::load` then reads. It must load or fail with an error, never panic,
-//! abort or allocate without bound.
+//! A model from the internet: the input's first byte chooses what is fuzzed (the config.json,
+//! the model.safetensors, both split at a NUL, or a GGUF file), the rest is written into a
+//! directory that `Model::load` then reads, or into a `.gguf` that `sft_gguf::import` converts
+//! (seed corpus: tests/fixtures/bad_inputs/gguf/). It must load or fail with an error, never
+//! panic, abort or allocate without bound.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,7 +14,17 @@ const WEIGHTS: &[u8] = include_bytes!("../../tests/fixtures/model/eval/model/mod
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
-    let (config, weights) = match mode % 3 {
+    let dir = std::env::temp_dir().join(format!("sft-fuzz-model-{}", std::process::id()));
+    if mode % 4 == 3 {
+        let file = dir.with_extension("gguf");
+        let out = dir.with_extension("imported");
+        let _ = std::fs::remove_dir_all(&out);
+        if std::fs::write(&file, rest).is_ok() {
+            let _ = sft_gguf::import(&file, &out);
+        }
+        return;
+    }
+    let (config, weights) = match mode % 4 {
         0 => (rest, WEIGHTS),
         1 => (CONFIG, rest),
         _ => match rest.iter().position(|&b| b == 0) {
@@ -21,7 +32,6 @@ fuzz_target!(|data: &[u8]| {
             None => return,
         },
     };
-    let dir = std::env::temp_dir().join(format!("sft-fuzz-model-{}", std::process::id()));
     if std::fs::create_dir_all(&dir).is_err()
         || std::fs::write(dir.join("config.json"), config).is_err()
         || std::fs::write(dir.join("model.safetensors"), weights).is_err()

@@ -9,6 +9,7 @@ mod common;
 mod eval;
 mod export;
 mod generate;
+mod import;
 mod init_model;
 mod inspect;
 mod merge;
@@ -52,6 +53,8 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Write a model (or an adapter alone) as a GGUF file for llama.cpp and Ollama.
     Export(export::ExportArgs),
+    /// Write a GGUF file (llama.cpp, Ollama) out as a Hugging Face model directory.
+    Import(import::ImportArgs),
     /// Create a model directory with random weights from a config.json (no download needed).
     InitModel(init_model::InitModelArgs),
 }
@@ -63,6 +66,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(&args),
         Command::Prepare(args) => prepare::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Import(args) => import::run(&args),
         Command::InitModel(args) => init_model::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Quickstart(args) => quickstart::run(&args),

@@ -41,6 +41,9 @@ pub use spec::ModelSpec;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HubError {
+    /// A GGUF file could not be converted.
+    #[error(transparent)]
+    Gguf(#[from] sft_gguf::GgufError),
     /// The adapter's config could not be read.
     #[error(transparent)]
     Adapter(#[from] sft_model::ModelError),
@@ -189,7 +192,11 @@ pub fn locate_with(name: &str, env: &HubEnv) -> Result<LocalModel, HubError> {
             let absolute = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
             Ok(LocalModel { name: absolute.display().to_string(), dir, revision: None })
         }
-        ModelSpec::Gguf(_) => Err(HubError::Unsupported { name: name.into(), what: "GGUF files" }),
+        ModelSpec::Gguf(file) => {
+            let dir = sft_gguf::cached(&file)?;
+            let absolute = std::path::absolute(&file).unwrap_or(file);
+            Ok(LocalModel { name: absolute.display().to_string(), dir, revision: None })
+        }
         ModelSpec::Hub { id, revision } => {
             let revision = revision.as_deref().unwrap_or(DEFAULT_REVISION);
             cache::check_revision(name, revision)?;

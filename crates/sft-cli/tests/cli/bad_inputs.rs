@@ -264,7 +264,7 @@ fn every_bad_input_fails_cleanly_naming_the_file_and_the_row_tensor_or_key() {
     assert!(failures.is_empty(), "{} of the corpus cases failed:\n{}", failures.len(), failures.join("\n"));
     let total: usize = per_category.values().sum();
     assert!(total >= 40, "only {total} cases");
-    for category in ["data", "template", "model", "config"] {
+    for category in ["data", "template", "model", "config", "gguf"] {
         let n = per_category.get(category).copied().unwrap_or(0);
         assert!(n >= MIN_PER_CATEGORY, "only {n} {category} cases");
     }

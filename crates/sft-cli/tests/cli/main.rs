@@ -12,6 +12,7 @@ mod export;
 mod hub;
 mod lock;
 mod merge;
+mod gguf;
 mod map_eos;
 #[cfg(feature = "mpi")]
 mod mpi;
