@@ -21,8 +21,8 @@ pub struct ImportArgs {
 
 /// Runs `sft import`.
 pub fn run(args: &ImportArgs) -> anyhow::Result<ExitCode> {
-    let summary =
-        sft_gguf::import(&args.gguf, &args.out).with_context(|| format!("importing {} into {}", args.gguf.display(), args.out.display()))?;
+    let summary = sft_gguf::import(&args.gguf, &args.out)
+        .with_context(|| format!("importing {} into {}", args.gguf.display(), args.out.display()))?;
     println!(
         "{}: {} model, {} tensors ({:.1}M parameters{}), {} tokenizer",
         summary.dir.display(),

@@ -12,7 +12,9 @@ use crate::{import, GgufError};
 /// `$SFT_CACHE_DIR`, else `$XDG_CACHE_HOME/sft`, else `~/.cache/sft`.
 pub fn cache_root() -> Option<PathBuf> {
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var("SFT_CACHE_DIR").or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("sft"))).or_else(|| var("HOME").map(|h| h.join(".cache").join("sft")))
+    var("SFT_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("sft")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache").join("sft")))
 }
 
 /// The model directory of `gguf`, converted on first use.
@@ -39,6 +41,12 @@ fn cache_name(gguf: &Path) -> Result<String, GgufError> {
     h.update(meta.len().to_le_bytes());
     h.update(mtime.to_le_bytes());
     let key: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let stem: String = gguf.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default().chars().filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect();
+    let stem: String = gguf
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .collect();
     Ok(format!("{stem}-{key}"))
 }

@@ -331,7 +331,8 @@ fn tensor_entry<R: Read + Seek>(w: &mut Walker<'_, R>, name: String) -> Result<(
     let id = w.u32(&name)?;
     let offset = w.u64(&name)?;
     let kind = TENSOR_TYPES.iter().find(|t| t.id == id).copied().ok_or_else(|| {
-        let known = OTHER_TYPES.iter().find(|(i, _)| *i == id).map(|(_, n)| format!("{n} (type {id})")).unwrap_or(format!("unknown type {id}"));
+        let known =
+            OTHER_TYPES.iter().find(|(i, _)| *i == id).map(|(_, n)| format!("{n} (type {id})")).unwrap_or(format!("unknown type {id}"));
         let supported: Vec<&str> = TENSOR_TYPES.iter().map(|t| t.name).collect();
         bad(format!("{known} is not supported (supported: {})", supported.join(", ")))
     })?;

@@ -83,7 +83,13 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), GgufError> {
     std::fs::write(path, text).map_err(|e| GgufError::io(path, e))
 }
 
-fn write_dir(dir: &Path, meta: &GgufMetadata, rebuilt: &tokenizer::Rebuilt, weights: &[(String, Tensor)], tied: bool) -> Result<(), GgufError> {
+fn write_dir(
+    dir: &Path,
+    meta: &GgufMetadata,
+    rebuilt: &tokenizer::Rebuilt,
+    weights: &[(String, Tensor)],
+    tied: bool,
+) -> Result<(), GgufError> {
     write_json(&dir.join("config.json"), &meta.hf_config(tied))?;
     write_json(&dir.join("generation_config.json"), &meta.generation_config())?;
     write_json(&dir.join("tokenizer.json"), &rebuilt.tokenizer_json)?;
@@ -104,7 +110,9 @@ fn save_weights(path: &Path, weights: &[(String, Tensor)]) -> Result<(), GgufErr
 
 /// The converted config must resolve as sft's own loader resolves it.
 fn check(dir: &Path, gguf: &Path) -> Result<(), GgufError> {
-    sft_model::config::ModelConfig::from_dir(dir).map(|_| ()).map_err(|e| GgufError::Converted { path: gguf.into(), message: e.to_string() })
+    sft_model::config::ModelConfig::from_dir(dir)
+        .map(|_| ())
+        .map_err(|e| GgufError::Converted { path: gguf.into(), message: e.to_string() })
 }
 
 /// Renames `tmp` to `out`; an empty `out` is replaced, a non-empty one (another process won

@@ -276,7 +276,9 @@ impl GgufMetadata {
                 Architecture::Llama | Architecture::Mistral => self.rope_dimension_count,
                 _ => None,
             })
-            .or_else(|| (self.head_count > 0 && self.embedding_length % self.head_count == 0).then(|| self.embedding_length / self.head_count))
+            .or_else(|| {
+                (self.head_count > 0 && self.embedding_length % self.head_count == 0).then(|| self.embedding_length / self.head_count)
+            })
     }
 
     /// The `config.json` transformers' GGUF loader builds for this file; `tied` when the file
@@ -316,7 +318,9 @@ impl GgufMetadata {
         }
         if matches!(self.architecture, Gemma2 | Gemma3) {
             c.insert("query_pre_attn_scalar".into(), json!(self.head_dim().unwrap_or(256)));
-            for (key, v) in [("attn_logit_softcapping", self.attn_logit_softcapping), ("final_logit_softcapping", self.final_logit_softcapping)] {
+            for (key, v) in
+                [("attn_logit_softcapping", self.attn_logit_softcapping), ("final_logit_softcapping", self.final_logit_softcapping)]
+            {
                 c.insert(key.into(), json!(v));
             }
         }

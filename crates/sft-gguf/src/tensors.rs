@@ -146,7 +146,9 @@ mod tests {
         assert_eq!(hf_name(Phi3, "blk.0.ffn_up.weight").as_deref(), Some("model.layers.0.mlp.gate_up_proj.weight"));
         assert_eq!(hf_name(Qwen3, "blk.3.attn_q_norm.weight").as_deref(), Some("model.layers.3.self_attn.q_norm.weight"));
         assert_eq!(hf_name(Llama, "output.weight").as_deref(), Some("lm_head.weight"));
-        for other in ["rope_freqs.weight", "blk.x.attn_q.weight", "blk.0.attn_q", "blk.0.ffn_gate_exps.weight", "blk.0.post_ffw_norm.weight"] {
+        for other in
+            ["rope_freqs.weight", "blk.x.attn_q.weight", "blk.0.attn_q", "blk.0.ffn_gate_exps.weight", "blk.0.post_ffw_norm.weight"]
+        {
             assert_eq!(hf_name(Llama, other), None, "{other}");
         }
     }

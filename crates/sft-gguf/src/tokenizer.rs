@@ -145,7 +145,9 @@ pub fn build(meta: &GgufMetadata) -> Result<Rebuilt, GgufError> {
             return Err(meta.key_error(key, format!("token id {id} is outside the vocabulary of {n} tokens")));
         }
     }
-    for (key, len) in [("tokenizer.ggml.token_type", t.token_type.as_ref().map(Vec::len)), ("tokenizer.ggml.scores", t.scores.as_ref().map(Vec::len))] {
+    for (key, len) in
+        [("tokenizer.ggml.token_type", t.token_type.as_ref().map(Vec::len)), ("tokenizer.ggml.scores", t.scores.as_ref().map(Vec::len))]
+    {
         if let Some(len) = len.filter(|&l| l != n) {
             return Err(meta.key_error(key, format!("{len} entries for {n} tokens")));
         }
@@ -153,7 +155,10 @@ pub fn build(meta: &GgufMetadata) -> Result<Rebuilt, GgufError> {
     let (tokens, model, mut pipeline) = match t.model.as_str() {
         "gpt2" => byte_level(meta)?,
         "llama" if meta.architecture.norm_plus_one() => {
-            return Err(meta.key_error("tokenizer.ggml.model", "Gemma's SentencePiece vocabulary is not rebuilt yet (llama and gpt2 vocabularies of other architectures are)"))
+            return Err(meta.key_error(
+                "tokenizer.ggml.model",
+                "Gemma's SentencePiece vocabulary is not rebuilt yet (llama and gpt2 vocabularies of other architectures are)",
+            ))
         }
         "llama" => sentencepiece(meta)?,
         other => return Err(meta.key_error("tokenizer.ggml.model", format!("{other:?} is not supported (supported: gpt2, llama)"))),
@@ -163,11 +168,16 @@ pub fn build(meta: &GgufMetadata) -> Result<Rebuilt, GgufError> {
     let add_bos = t.add_bos.unwrap_or(t.model == "llama") && bos.is_some();
     let add_eos = t.add_eos.unwrap_or(false) && eos.is_some();
     pipeline.insert("added_tokens".into(), added_tokens(meta, &tokens, &model, [&bos, &eos, &unk, &pad]));
-    pipeline.insert("post_processor".into(), post_processor(t.bos.zip(bos.clone()).filter(|_| add_bos), t.eos.zip(eos.clone()).filter(|_| add_eos)));
+    pipeline.insert(
+        "post_processor".into(),
+        post_processor(t.bos.zip(bos.clone()).filter(|_| add_bos), t.eos.zip(eos.clone()).filter(|_| add_eos)),
+    );
     pipeline.insert("model".into(), Json::Object(model));
     let tokenizer_json = order(pipeline);
     let text = tokenizer_json.to_string();
-    let tokenizer = text.parse::<tokenizers::Tokenizer>().map_err(|e| meta.key_error("tokenizer.ggml.tokens", format!("the rebuilt tokenizer does not load: {e}")))?;
+    let tokenizer = text
+        .parse::<tokenizers::Tokenizer>()
+        .map_err(|e| meta.key_error("tokenizer.ggml.tokens", format!("the rebuilt tokenizer does not load: {e}")))?;
     let tokenizer_config = json!({
         "add_bos_token": add_bos,
         "add_eos_token": add_eos,
@@ -204,9 +214,18 @@ fn byte_level(meta: &GgufMetadata) -> Result<Parts, GgufError> {
     let tokens: Vec<String> = t
         .tokens
         .iter()
-        .map(|tok| if tok.chars().all(|c| alphabet.contains(&c)) { tok.clone() } else { tok.bytes().map(|b| spelling[b as usize]).collect() })
+        .map(
+            |tok| {
+                if tok.chars().all(|c| alphabet.contains(&c)) {
+                    tok.clone()
+                } else {
+                    tok.bytes().map(|b| spelling[b as usize]).collect()
+                }
+            },
+        )
         .collect();
-    let merges = t.merges.as_ref().ok_or_else(|| meta.key_error("tokenizer.ggml.merges", "missing (a gpt2 vocabulary needs its merges)"))?;
+    let merges =
+        t.merges.as_ref().ok_or_else(|| meta.key_error("tokenizer.ggml.merges", "missing (a gpt2 vocabulary needs its merges)"))?;
     let merges = split_merges(meta, merges)?;
     let mut model = bpe(&tokens, merges);
     model.insert("unk_token".into(), Json::Null);
@@ -214,7 +233,8 @@ fn byte_level(meta: &GgufMetadata) -> Result<Parts, GgufError> {
     model.insert("end_of_word_suffix".into(), json!(""));
     model.insert("fuse_unk".into(), json!(false));
     model.insert("byte_fallback".into(), json!(false));
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let byte_level =
+        |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let pre = match t.pre.as_deref().and_then(split_regex) {
         Some(regex) => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
@@ -256,7 +276,10 @@ fn sentencepiece(meta: &GgufMetadata) -> Result<Parts, GgufError> {
         p.insert("pre_tokenizer".into(), Json::Null);
     } else {
         p.insert("normalizer".into(), Json::Null);
-        p.insert("pre_tokenizer".into(), json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false}));
+        p.insert(
+            "pre_tokenizer".into(),
+            json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false}),
+        );
     }
     p.insert(
         "decoder".into(),

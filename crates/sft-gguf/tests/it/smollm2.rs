@@ -46,7 +46,10 @@ fn tokenizer_matches_transformers_gguf_tokenizer() {
     }
     assert!(n >= 1000, "{n} strings");
     let config = json(&dir.join("tokenizer_config.json"));
-    assert_eq!((config["eos_token"].as_str(), config["bos_token"].as_str(), config["add_bos_token"].as_bool()), (Some("<|im_end|>"), Some("<|im_start|>"), Some(false)));
+    assert_eq!(
+        (config["eos_token"].as_str(), config["bos_token"].as_str(), config["add_bos_token"].as_bool()),
+        (Some("<|im_end|>"), Some("<|im_start|>"), Some(false))
+    );
     assert!(std::fs::read_to_string(dir.join("chat_template.jinja")).unwrap().contains("<|im_start|>"));
 }
 
