@@ -220,7 +220,7 @@ impl<R: Read + Seek> Walker<'_, R> {
             2 | 3 => Ok(Some(u64::from(u16::from_le_bytes(self.bytes::<2>(key)?)))),
             4 | 5 => Ok(Some(u64::from(self.u32(key)?))),
             6 => self.skip(4, key).map(|_| None),
-            10 | 11 | 12 => self.skip(8, key).map(|_| None),
+            10..=12 => self.skip(8, key).map(|_| None),
             8 => {
                 let n = self.length(key)?;
                 if n > MAX_STRING {
@@ -235,7 +235,7 @@ impl<R: Read + Seek> Walker<'_, R> {
                 let fixed = match elem {
                     0 | 1 | 7 => Some(1),
                     2 | 3 => Some(2),
-                    4 | 5 | 6 => Some(4),
+                    4..=6 => Some(4),
                     10..=12 => Some(8),
                     8 | 9 => None,
                     other => return Err(bad_key(format!("array of unknown value type {other}"))),

@@ -277,7 +277,8 @@ impl GgufMetadata {
                 _ => None,
             })
             .or_else(|| {
-                (self.head_count > 0 && self.embedding_length % self.head_count == 0).then(|| self.embedding_length / self.head_count)
+                (self.head_count > 0 && self.embedding_length.is_multiple_of(self.head_count))
+                    .then(|| self.embedding_length / self.head_count)
             })
     }
 

@@ -80,7 +80,7 @@ fn transform(meta: &GgufMetadata, hf: &str) -> Transform {
 pub fn unpermute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
     let dims = w.dims().to_vec();
     let rows = dims[0];
-    if n_head == 0 || rows % (2 * n_head) != 0 {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
         candle_core::bail!("{rows} rows do not split into {n_head} heads of pairs");
     }
     let rest: usize = dims[1..].iter().product();

@@ -6,9 +6,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum InferError {
-    /// The model name could not be resolved.
+    /// The model name could not be resolved (boxed: a hub error carries URLs and paths, and
+    /// every inference call returns this type).
     #[error(transparent)]
-    Hub(#[from] sft_hub::HubError),
+    Hub(Box<sft_hub::HubError>),
     /// The model could not be loaded or run.
     #[error(transparent)]
     Model(#[from] sft_model::ModelError),
@@ -29,4 +30,10 @@ pub enum InferError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl From<sft_hub::HubError> for InferError {
+    fn from(e: sft_hub::HubError) -> Self {
+        Self::Hub(Box::new(e))
+    }
 }

@@ -65,9 +65,10 @@ pub enum TrainError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] sft_model::ModelError),
-    /// The model or tokenizer name could not be resolved.
+    /// The model or tokenizer name could not be resolved (boxed: a hub error carries URLs and
+    /// paths, and every training call returns this type).
     #[error(transparent)]
-    Hub(#[from] sft_hub::HubError),
+    Hub(Box<sft_hub::HubError>),
     /// The optimizer failed.
     #[error(transparent)]
     Optim(#[from] optim::OptimError),
@@ -139,4 +140,10 @@ pub enum TrainError {
 /// Adds what was being done to a candle error.
 pub(crate) fn during<T>(r: candle_core::Result<T>, context: impl FnOnce() -> String) -> Result<T, TrainError> {
     r.map_err(|source| TrainError::Tensor { context: context(), source })
+}
+
+impl From<sft_hub::HubError> for TrainError {
+    fn from(e: sft_hub::HubError) -> Self {
+        Self::Hub(Box::new(e))
+    }
 }

@@ -9,13 +9,14 @@ mod bad_inputs;
 #[cfg(feature = "fault-injection")]
 mod crash;
 mod export;
+mod gguf;
 mod hub;
 mod lock;
-mod merge;
-mod gguf;
 mod map_eos;
+mod merge;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod quickstart;
 
 /// The crash-safety tests need the binary's fault hooks: without the feature they would not
 /// run, so the suite fails instead (scripts/test.sh enables it).
@@ -796,15 +797,16 @@ fn train_reuses_a_prepared_dataset_and_refuses_a_stale_one() {
     assert!(stderr(&stale).contains("does not fit this run (settings changed: max_seq_length)"), "{}", stderr(&stale));
 }
 
-/// The README's main command: `sft quickstart` with its default output directory, run from a
-/// fresh directory (the data and config are bundled), a few steps long.
+/// The README's main command on its offline path: `sft quickstart --tiny` with its default
+/// output directory, run from a fresh directory (the data and config are bundled), a few steps
+/// long. (The default path fine-tunes the fetched SmolLM2 GGUF with the same code.)
 #[test]
 fn quickstart_runs_with_its_default_output_directory() {
     let cwd = root().join("target/cli-tests/quickstart-default");
     let _ = std::fs::remove_dir_all(&cwd);
     std::fs::create_dir_all(&cwd).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sft"))
-        .args(["quickstart", "--set", "max_steps=2", "--set", "per_device_train_batch_size=2"])
+        .args(["quickstart", "--tiny", "--set", "max_steps=2", "--set", "per_device_train_batch_size=2"])
         .current_dir(&cwd)
         .output()
         .expect("run sft");
@@ -812,4 +814,7 @@ fn quickstart_runs_with_its_default_output_directory() {
     let checkpoint = cwd.join("outputs/quickstart/run/checkpoint-2");
     assert!(checkpoint.join("model.safetensors").is_file(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("held-out prompts (70)"));
+    // The config written for a rerun names the tiny base inside the output directory.
+    let yaml = std::fs::read_to_string(cwd.join("outputs/quickstart/data/quickstart.yaml")).unwrap();
+    assert!(yaml.contains("model: outputs/quickstart/base\n"), "{yaml}");
 }

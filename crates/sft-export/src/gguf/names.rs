@@ -99,7 +99,7 @@ pub fn apply(layout: Layout, t: &Tensor) -> candle_core::Result<Tensor> {
 pub fn permute_heads(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         candle_core::bail!("{rows} rows do not split into {heads} heads of pairs");
     }
     let mut split = vec![heads, 2, rows / heads / 2];

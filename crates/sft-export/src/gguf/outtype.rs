@@ -84,7 +84,7 @@ impl TypePlan {
 
     fn q4_k_m(&mut self, name: &str, cols: usize) -> GgmlDType {
         if name == "output.weight" || (self.tied && name == "token_embd.weight") {
-            return if cols % 256 != 0 { GgmlDType::Q8_0 } else { GgmlDType::Q6K };
+            return if !cols.is_multiple_of(256) { GgmlDType::Q8_0 } else { GgmlDType::Q6K };
         }
         if is_attn_v(name) {
             let more = use_more_bits(self.i_attn_v, self.n_attn_v);
@@ -107,7 +107,7 @@ pub fn matrix_type(outtype: OutType, cols: usize) -> GgmlDType {
         OutType::F32 => GgmlDType::F32,
         OutType::F16 => GgmlDType::F16,
         OutType::Bf16 => GgmlDType::BF16,
-        OutType::Q8_0 if cols % 32 == 0 => GgmlDType::Q8_0,
+        OutType::Q8_0 if cols.is_multiple_of(32) => GgmlDType::Q8_0,
         OutType::Q8_0 | OutType::Q4KM => GgmlDType::F16,
     }
 }
@@ -125,7 +125,7 @@ fn use_more_bits(i: usize, n: usize) -> bool {
 /// llama.cpp's `tensor_type_fallback`: a type whose block does not divide the row length
 /// becomes a 32-block type, and F16 when that does not divide it either.
 fn fallback(t: GgmlDType, cols: usize) -> GgmlDType {
-    if cols % t.block_size() == 0 {
+    if cols.is_multiple_of(t.block_size()) {
         return t;
     }
     let smaller = match t {
@@ -134,7 +134,7 @@ fn fallback(t: GgmlDType, cols: usize) -> GgmlDType {
         GgmlDType::Q6K => GgmlDType::Q8_0,
         other => other,
     };
-    if cols % smaller.block_size() == 0 {
+    if cols.is_multiple_of(smaller.block_size()) {
         smaller
     } else {
         GgmlDType::F16

@@ -157,7 +157,7 @@ fn block(x: &[f32], out: &mut [u8]) {
 pub fn quantize(t: &Tensor) -> candle_core::Result<QTensor> {
     let x = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
     let cols = *t.dims().last().unwrap_or(&0);
-    if cols == 0 || cols % QK_K != 0 {
+    if cols == 0 || !cols.is_multiple_of(QK_K) {
         candle_core::bail!("rows of {cols} values do not split into Q4_K blocks of {QK_K}");
     }
     let mut bytes = vec![0u8; x.len() / QK_K * BLOCK_BYTES];

