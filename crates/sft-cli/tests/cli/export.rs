@@ -43,7 +43,7 @@ fn export_writes_a_gguf_and_a_modelfile_and_replaces_them_only_with_force() {
     assert!(!again.status.success());
     assert!(stderr(&again).contains("exists; pass --force"), "{}", stderr(&again));
     assert_eq!(std::fs::read(ollama.join("model.gguf")).unwrap(), gguf, "kept");
-    let forced = sft(&[&args[..], &["--force", "--outtype", "f16"]].concat());
+    let forced = sft(&[&args[..args.len() - 2], &["--outtype", "f16", "--force"]].concat());
     assert!(forced.status.success(), "{}", stderr(&forced));
     assert_ne!(std::fs::read(ollama.join("model.gguf")).unwrap(), gguf, "replaced");
     let left: Vec<String> = std::fs::read_dir(&ollama).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
