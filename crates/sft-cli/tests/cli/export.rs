@@ -1,29 +1,21 @@
 //! Issue 23: `sft export` end to end: a GGUF plus an Ollama Modelfile from a model directory,
 //! outputs never replaced without `--force`, and the bad-input cases named clearly.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use super::{root, scratch, sft, stderr};
+use super::{init_model, root, sft, stderr, QUICKSTART_TOKENIZER};
 
 fn tiny_model(name: &str) -> PathBuf {
     let dir = root().join("target/cli-tests").join(name);
     let _ = std::fs::remove_dir_all(&dir);
-    let config = scratch(
-        &format!("{name}-config.json"),
+    let model = dir.join("model");
+    init_model(
         r#"{"model_type": "qwen2", "vocab_size": 832, "hidden_size": 32, "intermediate_size": 64,
             "num_hidden_layers": 1, "num_attention_heads": 2, "eos_token_id": 2}"#,
+        Path::new(QUICKSTART_TOKENIZER),
+        0,
+        &model,
     );
-    let model = dir.join("model");
-    let out = sft(&[
-        "init-model",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        "examples/quickstart/tokenizer",
-        "--out",
-        model.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
     model
 }
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use super::{json_file, root, sft, stderr};
+use super::{init_model, json_file, root, stderr, QUICKSTART_TOKENIZER};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -43,17 +43,14 @@ fn a_hub_id_trains_and_its_checkpoint_finds_the_base_offline() {
     let dir = root().join("target/cli-tests/hub");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config.json");
-    std::fs::write(
-        &config,
+    let model = dir.join("model");
+    init_model(
         r#"{"model_type": "llama", "vocab_size": 829, "hidden_size": 16, "intermediate_size": 32,
             "num_hidden_layers": 1, "num_attention_heads": 2, "tie_word_embeddings": true, "eos_token_id": 2}"#,
-    )
-    .unwrap();
-    let model = dir.join("model");
-    let (config, model_s) = (config.display().to_string(), model.display().to_string());
-    let out = sft(&["init-model", "--config", &config, "--tokenizer", "examples/quickstart/tokenizer", "--out", &model_s]);
-    assert!(out.status.success(), "{}", stderr(&out));
+        Path::new(QUICKSTART_TOKENIZER),
+        0,
+        &model,
+    );
     let cache = dir.join("cache");
     into_cache(&model, &cache);
 

@@ -47,6 +47,21 @@ fn sft_stdin(args: &[&str], input: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// The quickstart's tokenizer, which the tiny test models use.
+const QUICKSTART_TOKENIZER: &str = "examples/quickstart/tokenizer";
+
+/// `sft init-model`: random weights (from `seed`) for `config_json` with the tokenizer files of
+/// `tokenizer`, into `out`; the config is written beside it as `<out>.config.json`.
+fn init_model(config_json: &str, tokenizer: &Path, seed: u64, out: &Path) {
+    let config = out.with_extension("config.json");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, config_json).unwrap();
+    let (config, tokenizer, out, seed) =
+        (config.display().to_string(), tokenizer.display().to_string(), out.display().to_string(), seed.to_string());
+    let made = sft(&["init-model", "--config", &config, "--tokenizer", &tokenizer, "--seed", &seed, "--out", &out]);
+    assert!(made.status.success(), "{}", stderr(&made));
+}
+
 fn lines(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
 }
@@ -454,27 +469,15 @@ fn tiny_run(name: &str, extra: &str) -> PathBuf {
     let dir = root().join("target/cli-tests").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config.json");
-    std::fs::write(
-        &config,
+    let model = dir.join("model");
+    init_model(
         r#"{"model_type": "llama", "vocab_size": 829, "hidden_size": 32, "intermediate_size": 64,
             "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
             "tie_word_embeddings": true, "eos_token_id": 2, "initializer_range": 0.1}"#,
-    )
-    .unwrap();
-    let model = dir.join("model");
-    let out = sft(&[
-        "init-model",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        "examples/quickstart/tokenizer",
-        "--seed",
-        "3",
-        "--out",
-        model.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+        Path::new(QUICKSTART_TOKENIZER),
+        3,
+        &model,
+    );
     let finetuning = if extra.contains("lora_r") { "lora" } else { "full" };
     let yaml = format!(
         "model: {model}\ndatasets:\n  - path: examples/quickstart/train_sharegpt.jsonl\noutput_dir: {out}\nfinetuning: {finetuning}\n\
@@ -657,21 +660,13 @@ fn merge_folds_the_adapter_in_and_eval_agrees() {
 fn chat_keeps_history_and_resets() {
     let ckpt = root().join("target/cli-tests/chat-model");
     let _ = std::fs::remove_dir_all(&ckpt);
-    let config = scratch(
-        "chat-config.json",
+    init_model(
         r#"{"model_type": "llama", "vocab_size": 829, "hidden_size": 16, "intermediate_size": 32,
         "num_hidden_layers": 1, "num_attention_heads": 2, "eos_token_id": 2}"#,
+        Path::new(QUICKSTART_TOKENIZER),
+        0,
+        &ckpt,
     );
-    let out = sft(&[
-        "init-model",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        "examples/quickstart/tokenizer",
-        "--out",
-        ckpt.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let args = ["chat", "--model", ckpt.to_str().unwrap(), "--temperature", "0", "--max-new-tokens", "5", "--system", "Be brief."];
     let out = sft_stdin(&args, "Hello there.\nAnd again?\n/reset\nHello there.\n/exit\nnever read\n");
     assert!(out.status.success(), "{}", stderr(&out));

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{json_file, jsonl_file, root, sft, stderr};
+use super::{init_model, json_file, jsonl_file, root, sft, stderr};
 
 /// Token ids of the quickstart tokenizer's special tokens.
 const ENDOFTEXT: i64 = 0;
@@ -23,29 +23,16 @@ fn base_model(dir: &Path) -> PathBuf {
     config["eos_token"] = "<|endoftext|>".into();
     config.as_object_mut().unwrap().remove("chat_template");
     std::fs::write(tokenizer.join("tokenizer_config.json"), config.to_string()).unwrap();
-    let model_config = dir.join("config.json");
-    std::fs::write(
-        &model_config,
+    std::fs::write(tokenizer.join("generation_config.json"), r#"{"eos_token_id": 0}"#).unwrap();
+    let model = dir.join("base");
+    init_model(
         r#"{"model_type": "llama", "vocab_size": 829, "hidden_size": 32, "intermediate_size": 64,
             "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
             "tie_word_embeddings": true, "eos_token_id": 0, "initializer_range": 0.1}"#,
-    )
-    .unwrap();
-    std::fs::write(tokenizer.join("generation_config.json"), r#"{"eos_token_id": 0}"#).unwrap();
-    let model = dir.join("base");
-    let args = [
-        "init-model",
-        "--config",
-        &model_config.display().to_string(),
-        "--tokenizer",
-        &tokenizer.display().to_string(),
-        "--seed",
-        "7",
-        "--out",
-        &model.display().to_string(),
-    ];
-    let out = sft(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
+        &tokenizer,
+        7,
+        &model,
+    );
     model
 }
 
