@@ -76,7 +76,13 @@ pub struct Step {
 impl Decoder {
     /// A sequence starting from `prompt`, sampled as `sampling` says.
     pub fn new(prompt: &[u32], sampling: &Sampling) -> Self {
-        Self { ids: prompt.to_vec(), fresh: prompt.to_vec(), cache: Cache::default(), rng: SplitMix(sampling.seed), sampling: sampling.clone() }
+        Self {
+            ids: prompt.to_vec(),
+            fresh: prompt.to_vec(),
+            cache: Cache::default(),
+            rng: SplitMix(sampling.seed),
+            sampling: sampling.clone(),
+        }
     }
 
     /// Decodes the next token; `logprobs = Some(n)` also returns its log-probability with the

@@ -20,21 +20,34 @@ pub const COMPLETION_DEFAULT_MAX_TOKENS: usize = 16;
 
 /// Parses a request body as `T`, naming the field of any error.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    typed(&json_body(body)?)
+}
+
+/// Parses a generating request's body: its own fields and the shared [`RawSampling`] ones, each
+/// read from the same JSON object (not through `#[serde(flatten)]`, which would lose the name
+/// of a field at fault).
+pub fn parse_generating<T: DeserializeOwned>(body: &[u8]) -> Result<(T, RawSampling), ApiError> {
+    let value = json_body(body)?;
+    Ok((typed(&value)?, typed(&value)?))
+}
+
+/// The body as JSON: UTF-8 and syntax errors.
+fn json_body(body: &[u8]) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| ApiError::invalid("", format!("the request body is not valid UTF-8: {e}")))?;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    serde_json::from_str(text).map_err(|e| ApiError::invalid("", format!("the request body is not valid JSON: {e}")))
+}
+
+/// `value` as `T`, naming the field of a type error.
+fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::invalid("", format!("the request body is not valid JSON: {inner}"))
-        } else if path == "." {
+        if path == "." {
             ApiError::invalid("", format!("the request body: {inner}"))
         } else {
             ApiError::invalid(&path, format!("{path}: {inner}"))
         }
-    })?;
-    de.end().map_err(|e| ApiError::invalid("", format!("the request body is not valid JSON: {e}")))?;
-    Ok(value)
+    })
 }
 
 /// `stop`: one string or a list.
@@ -86,6 +99,9 @@ pub struct RawSampling {
     pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<RawStreamOptions>,
+    /// Name tokens in log-probabilities as `token_id:N` instead of their text (vLLM's
+    /// extension; a token's text alone can be ambiguous).
+    pub return_tokens_as_token_ids: Option<bool>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -101,9 +117,6 @@ pub struct RawChatRequest {
     pub logprobs: Option<bool>,
     /// How many alternatives per token (needs `logprobs`).
     pub top_logprobs: Option<i64>,
-    /// The shared fields.
-    #[serde(flatten)]
-    pub sampling: RawSampling,
 }
 
 /// `prompt`: text, texts, token ids, or lists of token ids.
@@ -131,9 +144,6 @@ pub struct RawCompletionRequest {
     pub echo: Option<bool>,
     /// How many alternatives per token; any value (0 too) returns log-probabilities.
     pub logprobs: Option<i64>,
-    /// The shared fields.
-    #[serde(flatten)]
-    pub sampling: RawSampling,
 }
 
 /// `POST /tokenize`: a text, or messages rendered with the template first.
@@ -173,6 +183,8 @@ pub struct Generation {
     pub stream: bool,
     /// A last streamed chunk with the usage.
     pub include_usage: bool,
+    /// Log-probabilities name tokens as `token_id:N`.
+    pub tokens_as_ids: bool,
 }
 
 /// A validated chat request.
@@ -232,7 +244,9 @@ impl RawSampling {
         let repetition_penalty = in_range("repetition_penalty", self.repetition_penalty, 0.01, 100.0, 1.0)?;
         let top_k = match self.top_k {
             None | Some(-1) => 0,
-            Some(k) => usize::try_from(k).map_err(|_| ApiError::invalid("top_k", format!("top_k must be >= 0 (or -1 for off), got {k}")))?,
+            Some(k) => {
+                usize::try_from(k).map_err(|_| ApiError::invalid("top_k", format!("top_k must be >= 0 (or -1 for off), got {k}")))?
+            }
         };
         for (param, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
             if v.is_some_and(|x| x != 0.0) {
@@ -242,12 +256,13 @@ impl RawSampling {
         if let Some(n) = self.n.filter(|&n| n != 1) {
             return Err(ApiError::invalid("n", format!("n must be 1 (one choice per prompt), got {n}")));
         }
-        let max_tokens = match (non_negative("max_tokens", self.max_tokens)?, non_negative("max_completion_tokens", self.max_completion_tokens)?) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(ApiError::invalid("max_completion_tokens", "max_tokens and max_completion_tokens disagree; give one"))
-            }
-            (a, b) => a.or(b),
-        };
+        let max_tokens =
+            match (non_negative("max_tokens", self.max_tokens)?, non_negative("max_completion_tokens", self.max_completion_tokens)?) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(ApiError::invalid("max_completion_tokens", "max_tokens and max_completion_tokens disagree; give one"))
+                }
+                (a, b) => a.or(b),
+            };
         let stop = match &self.stop {
             None => vec![],
             Some(RawStop::One(s)) => vec![s.clone()],
@@ -258,7 +273,8 @@ impl RawSampling {
         // Negative seeds are taken as their two's-complement bits (any i64 is a valid seed).
         let seed = self.seed.unwrap_or(0) as u64;
         let sampling = Sampling { temperature, top_k, top_p, min_p, repetition_penalty, seed };
-        Ok(Generation { max_tokens, sampling, stop, logprobs, stream, include_usage })
+        let tokens_as_ids = self.return_tokens_as_token_ids.unwrap_or(false);
+        Ok(Generation { max_tokens, sampling, stop, logprobs, stream, include_usage, tokens_as_ids })
     }
 }
 
@@ -284,15 +300,15 @@ pub fn conversation(messages: &[Value], tools: Option<&Vec<Value>>) -> Result<Co
 }
 
 impl RawChatRequest {
-    /// Validates the request.
-    pub fn resolve(&self) -> Result<ChatRequest, ApiError> {
+    /// Validates the request with its shared fields.
+    pub fn resolve(&self, sampling: &RawSampling) -> Result<ChatRequest, ApiError> {
         let top = top_count("top_logprobs", self.top_logprobs)?;
         let logprobs = match (self.logprobs.unwrap_or(false), top) {
             (true, top) => Some(top.unwrap_or(0)),
             (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true")),
             (false, None) => None,
         };
-        let generation = self.sampling.resolve(logprobs)?;
+        let generation = sampling.resolve(logprobs)?;
         Ok(ChatRequest { model: self.model.clone(), conversation: conversation(&self.messages, self.tools.as_ref())?, generation })
     }
 }
@@ -301,25 +317,29 @@ impl RawChatRequest {
 pub fn token_ids(param: &str, ids: &[i64]) -> Result<Vec<u32>, ApiError> {
     ids.iter()
         .enumerate()
-        .map(|(i, &t)| u32::try_from(t).map_err(|_| ApiError::invalid(format!("{param}[{i}]"), format!("{param}[{i}]: {t} is not a token id"))))
+        .map(|(i, &t)| {
+            u32::try_from(t).map_err(|_| ApiError::invalid(format!("{param}[{i}]"), format!("{param}[{i}]: {t} is not a token id")))
+        })
         .collect()
 }
 
 impl RawCompletionRequest {
-    /// Validates the request.
-    pub fn resolve(&self) -> Result<CompletionRequest, ApiError> {
+    /// Validates the request with its shared fields.
+    pub fn resolve(&self, sampling: &RawSampling) -> Result<CompletionRequest, ApiError> {
         let prompts = match &self.prompt {
             RawPrompt::Text(t) => vec![Prompt::Text(t.clone())],
             RawPrompt::Texts(v) => v.iter().cloned().map(Prompt::Text).collect(),
             RawPrompt::Ids(ids) => vec![Prompt::Ids(token_ids("prompt", ids)?)],
-            RawPrompt::IdLists(lists) => {
-                lists.iter().enumerate().map(|(i, ids)| token_ids(&format!("prompt[{i}]"), ids).map(Prompt::Ids)).collect::<Result<_, _>>()?
-            }
+            RawPrompt::IdLists(lists) => lists
+                .iter()
+                .enumerate()
+                .map(|(i, ids)| token_ids(&format!("prompt[{i}]"), ids).map(Prompt::Ids))
+                .collect::<Result<_, _>>()?,
         };
         if prompts.is_empty() {
             return Err(ApiError::invalid("prompt", "prompt must not be empty"));
         }
-        let mut generation = self.sampling.resolve(top_count("logprobs", self.logprobs)?)?;
+        let mut generation = sampling.resolve(top_count("logprobs", self.logprobs)?)?;
         generation.max_tokens = Some(generation.max_tokens.unwrap_or(COMPLETION_DEFAULT_MAX_TOKENS));
         if generation.stream && prompts.len() > 1 {
             return Err(ApiError::invalid("stream", "streaming takes one prompt"));
@@ -334,19 +354,20 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = parse::<RawChatRequest>(br#"{"model": "m", "messages": [], "max_tokens": "x"}"#).unwrap_err();
+        let e = parse_generating::<RawChatRequest>(br#"{"model": "m", "messages": [], "max_tokens": "x"}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"), "{e:?}");
         let e = parse::<RawChatRequest>(br#"{"messages": []}"#).unwrap_err();
         assert!(e.message.contains("model"), "{e:?}");
         let e = parse::<RawChatRequest>(b"{\"model\": \"m\xff\"}").unwrap_err();
         assert!(e.message.contains("UTF-8"), "{e:?}");
-        let e = parse::<RawChatRequest>(br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}"#)
-            .unwrap()
-            .resolve()
-            .unwrap_err();
+        let (r, sampling) =
+            parse_generating::<RawChatRequest>(br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}"#)
+                .unwrap();
+        let e = r.resolve(&sampling).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
-        let r = parse::<RawCompletionRequest>(br#"{"model": "m", "prompt": [[1, 2], [3]], "logprobs": 2, "echo": true}"#).unwrap();
-        let r = r.resolve().unwrap();
+        let (r, sampling) =
+            parse_generating::<RawCompletionRequest>(br#"{"model": "m", "prompt": [[1, 2], [3]], "logprobs": 2, "echo": true}"#).unwrap();
+        let r = r.resolve(&sampling).unwrap();
         assert_eq!(r.prompts, vec![Prompt::Ids(vec![1, 2]), Prompt::Ids(vec![3])]);
         assert_eq!(r.generation.logprobs, Some(2));
     }

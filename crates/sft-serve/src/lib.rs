@@ -114,7 +114,8 @@ impl App {
                 return Err(ServeError::Adapter(format!("{name}={dir}: the name {name:?} is taken")));
             }
             let located = sft_hub::locate(dir).map_err(|e| ServeError::Load { name: name.clone(), source: e.into() })?;
-            let view = model.with_adapter(&located.dir).map_err(|e| ServeError::Load { name: format!("{name}={dir}"), source: e.into() })?;
+            let view =
+                model.with_adapter(&located.dir).map_err(|e| ServeError::Load { name: format!("{name}={dir}"), source: e.into() })?;
             names.push(name.clone());
             models.push(view);
         }

@@ -33,8 +33,8 @@ use crate::ModelError;
 pub use greedy::argmax;
 use greedy::GreedyScreen;
 pub use kv_cache::KvCache;
-pub use logprobs::{log_softmax, top_n, TokenLogprobs};
 use layer::{Context, Layer};
+pub use logprobs::{log_softmax, top_n, TokenLogprobs};
 use params::{BaseSource, Builder};
 use recompute::{Pending, Recompute};
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sft_model::model::TokenLogprobs;
 
 use super::{drive, finish_reason, request_id, sse, Outcome, Piece, Shared};
-use crate::api::{parse, ChatRequest, RawChatRequest};
+use crate::api::{parse_generating, ChatRequest, RawChatRequest};
 use crate::{ApiError, State};
 
 pub(super) async fn handle(state: Shared, body: Bytes) -> Response {
@@ -22,10 +22,10 @@ pub(super) async fn handle(state: Shared, body: Bytes) -> Response {
 }
 
 /// One token's logprobs entry (`logprobs.content[i]`).
-fn entry(state: &State, id: u32, lp: &TokenLogprobs) -> Value {
+fn entry(state: &State, id: u32, lp: &TokenLogprobs, as_ids: bool) -> Value {
     let one = |id: u32, logprob: f32| {
-        let token = state.token_text(id);
-        json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()})
+        let text = state.token_label(id, false);
+        json!({"token": state.token_label(id, as_ids), "logprob": logprob, "bytes": text.as_bytes()})
     };
     let mut e = one(id, lp.logprob);
     e["top_logprobs"] = lp.top.iter().map(|&(t, l)| one(t, l)).collect();
@@ -33,7 +33,10 @@ fn entry(state: &State, id: u32, lp: &TokenLogprobs) -> Value {
 }
 
 async fn answer(state: Arc<State>, body: Bytes) -> Result<Response, ApiError> {
-    let request = parse::<RawChatRequest>(&body)?.resolve()?;
+    let request = {
+        let (raw, sampling) = parse_generating::<RawChatRequest>(&body)?;
+        raw.resolve(&sampling)?
+    };
     let model = state.model_index(&request.model)?;
     let prompt = {
         let state = state.clone();
@@ -53,7 +56,7 @@ async fn answer(state: Arc<State>, body: Bytes) -> Result<Response, ApiError> {
     let want = g.logprobs.is_some();
     let out = drive(&state, rx, &g.stop, |p: Piece<'_>| {
         if let (true, Some(lp)) = (want, &p.step.logprobs) {
-            logprobs.push(entry(&state, p.step.id, lp));
+            logprobs.push(entry(&state, p.step.id, lp, g.tokens_as_ids));
         }
         true
     })
@@ -72,7 +75,10 @@ async fn answer(state: Arc<State>, body: Bytes) -> Result<Response, ApiError> {
 }
 
 fn prompt_ids(state: &State, conversation: &sft_data::conversation::Conversation) -> Result<Vec<u32>, ApiError> {
-    let rendered = state.renderer.render(conversation, true, false).map_err(|e| ApiError::invalid("messages", format!("rendering the messages with the chat template: {e}")))?;
+    let rendered = state
+        .renderer
+        .render(conversation, true, false)
+        .map_err(|e| ApiError::invalid("messages", format!("rendering the messages with the chat template: {e}")))?;
     Ok(state.tokenizer.encode(&rendered.text, &[]).map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))?.input_ids)
 }
 
@@ -80,7 +86,13 @@ fn usage(prompt: usize, out: &Outcome) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": out.ids.len(), "total_tokens": prompt + out.ids.len()})
 }
 
-fn stream(state: Arc<State>, request: ChatRequest, rx: tokio::sync::mpsc::UnboundedReceiver<crate::engine::Event>, id: String, prompt: usize) -> Response {
+fn stream(
+    state: Arc<State>,
+    request: ChatRequest,
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::engine::Event>,
+    id: String,
+    prompt: usize,
+) -> Response {
     sse(move |tx| async move {
         let g = &request.generation;
         let chunk = |delta: Value, logprobs: Value, finish: Value| {
@@ -94,7 +106,7 @@ fn stream(state: Arc<State>, request: ChatRequest, rx: tokio::sync::mpsc::Unboun
         let want = g.logprobs.is_some();
         let out = drive(&state, rx, &g.stop, |p: Piece<'_>| {
             let logprobs = match (&p.step.logprobs, want) {
-                (Some(lp), true) => json!({"content": [entry(&state, p.step.id, lp)]}),
+                (Some(lp), true) => json!({"content": [entry(&state, p.step.id, lp, g.tokens_as_ids)]}),
                 _ => Value::Null,
             };
             if p.text.is_empty() && logprobs.is_null() {

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use sft_model::model::TokenLogprobs;
 
 use super::{drive, finish_reason, request_id, sse, Piece, Shared};
-use crate::api::{parse, CompletionRequest, Prompt, RawCompletionRequest};
+use crate::api::{parse_generating, CompletionRequest, Prompt, RawCompletionRequest};
 use crate::{ApiError, State};
 
 pub(super) async fn handle(state: Shared, body: Bytes) -> Response {
@@ -25,6 +25,8 @@ pub(super) async fn handle(state: Shared, body: Bytes) -> Response {
 /// OpenAI's legacy logprobs lists, filled token by token.
 #[derive(Default)]
 struct Logprobs {
+    /// Name tokens `token_id:N`.
+    as_ids: bool,
     tokens: Vec<String>,
     token_logprobs: Vec<Value>,
     top_logprobs: Vec<Value>,
@@ -34,13 +36,12 @@ struct Logprobs {
 
 impl Logprobs {
     fn push(&mut self, state: &State, id: u32, lp: Option<&TokenLogprobs>) {
-        let token = state.token_text(id);
         self.text_offset.push(self.offset);
-        self.offset += token.len();
-        self.tokens.push(token);
+        self.offset += state.token_label(id, false).len();
+        self.tokens.push(state.token_label(id, self.as_ids));
         self.token_logprobs.push(lp.map_or(Value::Null, |l| json!(l.logprob)));
         self.top_logprobs.push(lp.map_or(Value::Null, |l| {
-            Value::Object(l.top.iter().map(|&(t, v)| (state.token_text(t), json!(v))).collect::<Map<_, _>>())
+            Value::Object(l.top.iter().map(|&(t, v)| (state.token_label(t, self.as_ids), json!(v))).collect::<Map<_, _>>())
         }));
     }
 
@@ -54,7 +55,9 @@ impl Logprobs {
 fn prompt_of(state: &State, p: &Prompt) -> Result<(Vec<u32>, String), ApiError> {
     let internal = |e: sft_data::tokens::TokenError| ApiError::internal(format!("tokenizing the prompt: {e}"));
     match p {
-        Prompt::Ids(ids) => Ok((ids.clone(), state.tokenizer.decode(ids, false).map_err(|e| ApiError::invalid("prompt", format!("prompt: {e}")))?)),
+        Prompt::Ids(ids) => {
+            Ok((ids.clone(), state.tokenizer.decode(ids, false).map_err(|e| ApiError::invalid("prompt", format!("prompt: {e}")))?))
+        }
         Prompt::Text(text) => {
             let mut ids = state.tokenizer.leading_special_ids().map_err(internal)?;
             ids.extend(state.tokenizer.encode(text, &[]).map_err(internal)?.input_ids);
@@ -64,7 +67,10 @@ fn prompt_of(state: &State, p: &Prompt) -> Result<(Vec<u32>, String), ApiError> 
 }
 
 async fn complete(state: Arc<State>, body: Bytes) -> Result<Response, ApiError> {
-    let request = parse::<RawCompletionRequest>(&body)?.resolve()?;
+    let request = {
+        let (raw, sampling) = parse_generating::<RawCompletionRequest>(&body)?;
+        raw.resolve(&sampling)?
+    };
     let model = state.model_index(&request.model)?;
     let g = &request.generation;
     let prompts = {
@@ -94,7 +100,7 @@ async fn complete(state: Arc<State>, body: Bytes) -> Result<Response, ApiError> 
     let mut choices = vec![];
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     for (index, (rx, (ids, prompt_text))) in receivers.into_iter().zip(prompts).enumerate() {
-        let mut lp = Logprobs::default();
+        let mut lp = Logprobs { as_ids: g.tokens_as_ids, ..Logprobs::default() };
         let want = g.logprobs.is_some();
         let mut steps = vec![];
         let out = drive(&state, rx, &g.stop, |p: Piece<'_>| {
@@ -132,7 +138,13 @@ async fn complete(state: Arc<State>, body: Bytes) -> Result<Response, ApiError> 
     .into_response())
 }
 
-fn stream(state: Arc<State>, request: CompletionRequest, rx: tokio::sync::mpsc::UnboundedReceiver<crate::engine::Event>, id: String, prompt_text: String) -> Response {
+fn stream(
+    state: Arc<State>,
+    request: CompletionRequest,
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::engine::Event>,
+    id: String,
+    prompt_text: String,
+) -> Response {
     sse(move |tx| async move {
         let g = &request.generation;
         let chunk = |text: &str, logprobs: Value, finish: Value| {
@@ -147,7 +159,7 @@ fn stream(state: Arc<State>, request: CompletionRequest, rx: tokio::sync::mpsc::
         let out = drive(&state, rx, &g.stop, |p: Piece<'_>| {
             let logprobs = match (&p.step.logprobs, want) {
                 (Some(l), true) => {
-                    let mut lp = Logprobs::default();
+                    let mut lp = Logprobs { as_ids: g.tokens_as_ids, ..Logprobs::default() };
                     lp.push(&state, p.step.id, Some(l));
                     lp.json()
                 }

@@ -78,7 +78,10 @@ impl State {
             return Err(ApiError::invalid(param, format!("{param}: the prompt has no tokens")));
         }
         if let Some((i, t)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= self.vocab) {
-            return Err(ApiError::invalid(format!("{param}[{i}]"), format!("{param}[{i}]: token id {t} is outside the vocabulary of {}", self.vocab)));
+            return Err(ApiError::invalid(
+                format!("{param}[{i}]"),
+                format!("{param}[{i}]: token id {t} is outside the vocabulary of {}", self.vocab),
+            ));
         }
         let room = self.context.saturating_sub(ids.len());
         let too_long = |wanted: usize| {
@@ -102,7 +105,14 @@ impl State {
     }
 
     /// Hands a job to the engine; 429 when every slot is taken.
-    fn submit(&self, model: usize, prompt: Vec<u32>, max_tokens: usize, g: &Generation, echo: Option<usize>) -> Result<UnboundedReceiver<Event>, ApiError> {
+    fn submit(
+        &self,
+        model: usize,
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        g: &Generation,
+        echo: Option<usize>,
+    ) -> Result<UnboundedReceiver<Event>, ApiError> {
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| ApiError::busy(self.capacity))?;
         let (events, rx) = unbounded_channel();
         let job = Job {
@@ -121,9 +131,13 @@ impl State {
         Ok(rx)
     }
 
-    /// The text of one token, as logprobs report it.
-    fn token_text(&self, id: u32) -> String {
-        self.tokenizer.decode(&[id], false).unwrap_or_default()
+    /// One token as log-probabilities name it: its text, or `token_id:N` when `as_id`.
+    fn token_label(&self, id: u32, as_id: bool) -> String {
+        if as_id {
+            format!("token_id:{id}")
+        } else {
+            self.tokenizer.decode(&[id], false).unwrap_or_default()
+        }
     }
 }
 
@@ -200,7 +214,9 @@ where
         task.await;
         let _ = tx.send("[DONE]".into());
     });
-    let events = tokio_stream::StreamExt::map(UnboundedReceiverStream::new(rx), |data| Ok::<_, std::convert::Infallible>(SseEvent::default().data(data)));
+    let events = tokio_stream::StreamExt::map(UnboundedReceiverStream::new(rx), |data| {
+        Ok::<_, std::convert::Infallible>(SseEvent::default().data(data))
+    });
     Sse::new(events).into_response()
 }
 

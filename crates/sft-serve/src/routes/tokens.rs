@@ -22,7 +22,11 @@ pub(super) async fn tokenize(state: Shared, body: Bytes) -> Response {
             (Some(p), None) => p.clone(),
             (None, Some(m)) => {
                 let c = conversation(m, r.tools.as_ref())?;
-                state.renderer.render(&c, true, false).map_err(|e| ApiError::invalid("messages", format!("rendering the messages: {e}")))?.text
+                state
+                    .renderer
+                    .render(&c, true, false)
+                    .map_err(|e| ApiError::invalid("messages", format!("rendering the messages: {e}")))?
+                    .text
             }
             _ => return Err(ApiError::invalid("prompt", "give prompt (a text) or messages, not both")),
         };
@@ -38,7 +42,10 @@ pub(super) async fn detokenize(state: Shared, body: Bytes) -> Response {
         check_model(&state, &r.model)?;
         let ids = token_ids("tokens", &r.tokens)?;
         if let Some((i, t)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= state.vocab) {
-            return Err(ApiError::invalid(format!("tokens[{i}]"), format!("tokens[{i}]: token id {t} is outside the vocabulary of {}", state.vocab)));
+            return Err(ApiError::invalid(
+                format!("tokens[{i}]"),
+                format!("tokens[{i}]: token id {t} is outside the vocabulary of {}", state.vocab),
+            ));
         }
         let text = state.tokenizer.decode(&ids, false).map_err(|e| ApiError::internal(format!("decoding: {e}")))?;
         Ok(Json(json!({"prompt": text})).into_response())
