@@ -352,6 +352,48 @@ impl RawCompletionRequest {
 mod tests {
     use super::*;
 
+    /// A short deterministic stand-in for the `serve_request` fuzz target (fuzz/): seeds cut,
+    /// spliced and with bytes replaced must all end in a request or an error.
+    #[test]
+    fn mangled_bodies_never_panic() {
+        let seeds: [&[u8]; 3] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true,"stop":["x"],"logprobs":true,"top_logprobs":2}"#,
+            br#"{"model":"m","prompt":[[1,2],[3]],"echo":true,"logprobs":1,"max_tokens":0,"temperature":0.5,"top_k":-1,"seed":-3}"#,
+            br#"{"tokens":[1,2,3],"messages":[{"role":"tool","content":[{"type":"text","text":"x"}]}],"tools":[{"type":"function"}]}"#,
+        ];
+        let pieces: [&[u8]; 10] = [b"-1", b"1e999", b"null", b"[]", b"{}", b"\"\xff\"", b"\"", b",", b"18446744073709551616", b"true"];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut body = seeds[(next() % 3) as usize].to_vec();
+            for _ in 0..1 + next() % 3 {
+                let at = (next() as usize) % (body.len() + 1);
+                match next() % 3 {
+                    0 => body.truncate(at),
+                    1 => body.splice(at..at, pieces[(next() % 10) as usize].iter().copied()).for_each(drop),
+                    _ => {
+                        if at < body.len() {
+                            body[at] = next() as u8;
+                        }
+                    }
+                }
+            }
+            if let Ok((r, s)) = parse_generating::<RawChatRequest>(&body) {
+                let _ = r.resolve(&s);
+            }
+            if let Ok((r, s)) = parse_generating::<RawCompletionRequest>(&body) {
+                let _ = r.resolve(&s);
+            }
+            let _ = parse::<RawTokenizeRequest>(&body);
+            let _ = parse::<RawDetokenizeRequest>(&body);
+        }
+    }
+
     #[test]
     fn errors_name_the_field() {
         let e = parse_generating::<RawChatRequest>(br#"{"model": "m", "messages": [], "max_tokens": "x"}"#).unwrap_err();
