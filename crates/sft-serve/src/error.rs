@@ -106,7 +106,7 @@ pub enum ServeError {
         /// The model or adapter name.
         name: String,
         /// Why.
-        source: sft_infer::InferError,
+        source: Box<sft_infer::InferError>,
     },
     /// An `--adapter` flag is not `NAME=DIR` or repeats a name.
     #[error("--adapter {0}")]

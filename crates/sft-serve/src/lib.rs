@@ -104,7 +104,8 @@ impl App {
     /// Loads the base and every adapter (as views sharing the base's weights) and starts the
     /// engine thread.
     pub fn load(opts: ServeOptions) -> Result<Self, ServeError> {
-        let base = Inference::load(&opts.load).map_err(|source| ServeError::Load { name: opts.load.model.clone(), source })?;
+        let base =
+            Inference::load(&opts.load).map_err(|source| ServeError::Load { name: opts.load.model.clone(), source: Box::new(source) })?;
         let stop_ids = base.stop_ids().to_vec();
         let Inference { model, tokenizer, renderer, source, .. } = base;
         let mut names = vec![opts.load.model.clone()];
@@ -113,9 +114,10 @@ impl App {
             if names.contains(name) {
                 return Err(ServeError::Adapter(format!("{name}={dir}: the name {name:?} is taken")));
             }
-            let located = sft_hub::locate(dir).map_err(|e| ServeError::Load { name: name.clone(), source: e.into() })?;
-            let view =
-                model.with_adapter(&located.dir).map_err(|e| ServeError::Load { name: format!("{name}={dir}"), source: e.into() })?;
+            let located = sft_hub::locate(dir).map_err(|e| ServeError::Load { name: name.clone(), source: Box::new(e.into()) })?;
+            let view = model
+                .with_adapter(&located.dir)
+                .map_err(|e| ServeError::Load { name: format!("{name}={dir}"), source: Box::new(e.into()) })?;
             names.push(name.clone());
             models.push(view);
         }

@@ -315,3 +315,29 @@ fn sigterm_drains_a_running_stream_then_exits() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn bad_adapters_stop_the_server_before_it_listens() {
+    for (adapter, expected) in [
+        ("no-equals-sign", "expected NAME=DIR"),
+        ("x=tests/fixtures/model/phi3/adapter", "phi3/adapter"),
+        ("x=tests/fixtures/model/does-not-exist", "does-not-exist"),
+    ] {
+        let out = sft(&["serve", "--model", MODEL, "--adapter", adapter, "--port", "0"]);
+        assert!(!out.status.success(), "{adapter}");
+        assert!(stderr(&out).contains(expected), "{adapter}: {}", stderr(&out));
+    }
+    let taken = format!("{MODEL}={ADAPTER}");
+    let out = sft(&["serve", "--model", MODEL, "--adapter", &taken, "--port", "0"]);
+    assert!(!out.status.success() && stderr(&out).contains("is taken"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_request_past_the_timeout_ends_with_408() {
+    let server = Server::start(&["--timeout", "0.001"]);
+    let body = json!({"model": MODEL, "prompt": "Count on:", "max_tokens": 200, "temperature": 0});
+    let (status, v) = server.post_raw("/v1/completions", body.to_string().as_bytes());
+    assert_eq!(status, 408, "{v}");
+    assert_eq!(v["error"]["code"], "timeout");
+    assert_eq!(server.get("/health")["running"], 0);
+}
