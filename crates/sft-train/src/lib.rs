@@ -1,5 +1,5 @@
 //! Training for sft, stage by stage: the YAML config ([`config`]), the data read and encoded
-//! ([`data`]), its order ([`batches`]), passes side by side on the cores ([`threads`]),
+//! ([`data`]) and mixed ([`mix`]), its order ([`batches`]), passes side by side on the cores ([`threads`]),
 //! learning-rate schedules as pure functions of the step ([`schedule`]), AdamW ([`optim`]),
 //! checkpoints ([`checkpoint`]), metrics ([`metrics`]) and the training loop, one
 //! straight-line function ([`trainer::train`]).
@@ -13,6 +13,7 @@ pub mod data;
 mod fault;
 pub mod lock;
 pub mod metrics;
+pub mod mix;
 pub mod optim;
 pub mod schedule;
 pub mod threads;
