@@ -584,43 +584,27 @@ impl RawTrainConfig {
             let theirs = peft.target_modules.as_ref().unwrap_or(&Value::Null);
             mine == theirs || sorted(mine).is_some_and(|m| sorted(theirs) == Some(m))
         };
+        // `(mine, theirs)` as text when the config sets a value and it is not the adapter's.
+        fn differs<T: PartialEq + ToString>(mine: Option<T>, theirs: T) -> Option<(String, String)> {
+            mine.filter(|m| *m != theirs).map(|m| (m.to_string(), theirs.to_string()))
+        }
+        let targets = self
+            .target_modules
+            .as_ref()
+            .filter(|t| !same_targets(t))
+            .map(|t| (t.to_string(), peft.target_modules.as_ref().map_or("none".into(), Value::to_string)));
         let conflicts = [
-            ("lora_r", "r", self.lora_r.is_some_and(|r| r != peft.r), self.lora_r.map(|v| v.to_string()), peft.r.to_string()),
-            (
-                "lora_alpha",
-                "lora_alpha",
-                self.lora_alpha.is_some_and(|a| a != peft.lora_alpha),
-                self.lora_alpha.map(|v| v.to_string()),
-                peft.lora_alpha.to_string(),
-            ),
-            (
-                "lora_dropout",
-                "lora_dropout",
-                self.lora_dropout.is_some_and(|p| p != peft.lora_dropout),
-                self.lora_dropout.map(|v| v.to_string()),
-                peft.lora_dropout.to_string(),
-            ),
-            (
-                "use_rslora",
-                "use_rslora",
-                self.use_rslora.is_some_and(|b| b != peft.use_rslora),
-                self.use_rslora.map(|v| v.to_string()),
-                peft.use_rslora.to_string(),
-            ),
-            (
-                "target_modules",
-                "target_modules",
-                self.target_modules.as_ref().is_some_and(|t| !same_targets(t)),
-                self.target_modules.as_ref().map(Value::to_string),
-                peft.target_modules.as_ref().map_or("none".into(), Value::to_string),
-            ),
+            ("lora_r", "r", differs(self.lora_r, peft.r)),
+            ("lora_alpha", "lora_alpha", differs(self.lora_alpha, peft.lora_alpha)),
+            ("lora_dropout", "lora_dropout", differs(self.lora_dropout, peft.lora_dropout)),
+            ("use_rslora", "use_rslora", differs(self.use_rslora, peft.use_rslora)),
+            ("target_modules", "target_modules", targets),
         ];
-        if let Some((key, theirs, _, mine, value)) = conflicts.into_iter().find(|c| c.2) {
+        if let Some((key, name, Some((mine, value)))) = conflicts.into_iter().find(|c| c.2.is_some()) {
             return Err(err(
                 key,
                 format!(
-                    "{} conflicts with adapter: {}, whose {ADAPTER_CONFIG} has {theirs} {value} (the adapter's settings are used; remove {key} or make it match)",
-                    mine.unwrap_or_default(),
+                    "{mine} conflicts with adapter: {}, whose {ADAPTER_CONFIG} has {name} {value} (the adapter's settings are used; remove {key} or make it match)",
                     dir.display()
                 ),
             ));

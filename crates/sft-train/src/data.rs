@@ -66,6 +66,8 @@ pub fn prepare(cfg: &TrainConfig, tokenizer_dir: &Path) -> Result<TrainData, Tra
         }
     }
     let weights: Option<Vec<f64>> = cfg.datasets.iter().map(|d| d.weight).collect();
+    // Every dataset has a weight, so none is a prepared one (they take no weight): `files` and
+    // `datasets` are the config's datasets, in order.
     if let Some(weights) = weights {
         let counts = weighted_counts(&files.iter().map(Vec::len).collect::<Vec<_>>(), &weights);
         for ((examples, count), k) in files.iter_mut().zip(&mut datasets).zip(counts) {

@@ -42,7 +42,7 @@ pub fn row_order(rows: usize, shuffle: bool, max_samples: Option<usize>, seed: u
 /// `weights` (all positive): see the module doc. Never more than a file has.
 pub fn weighted_counts(available: &[usize], weights: &[f64]) -> Vec<usize> {
     let sum: f64 = weights.iter().sum();
-    if available.is_empty() || !(sum > 0.0) {
+    if available.is_empty() || sum.is_nan() || sum <= 0.0 {
         return available.to_vec();
     }
     let shares: Vec<f64> = weights.iter().map(|w| w / sum).collect();

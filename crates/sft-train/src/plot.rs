@@ -20,8 +20,11 @@ static FONT: &[u8] = include_bytes!("../assets/DejaVuSans-ascii.ttf");
 /// Pixel size of the picture.
 const SIZE: (u32, u32) = (900, 560);
 
-/// The `(step, loss)` points of the training and eval losses in `history` (finite ones only).
-fn series(history: &[LogEntry]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+/// `(step, loss)` points.
+type Points = Vec<(f64, f64)>;
+
+/// The points of the training and eval losses in `history` (finite ones only).
+fn series(history: &[LogEntry]) -> (Points, Points) {
     let (mut train, mut eval) = (vec![], vec![]);
     for e in history {
         match *e {

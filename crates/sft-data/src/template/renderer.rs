@@ -109,7 +109,7 @@ impl Renderer {
             ],
             tools: None,
             documents: None,
-            shape: crate::conversation::Shape::Chat,
+            shape: Shape::Chat,
         };
         let template = &self.templates.default;
         let unknown = |why: &str| {
@@ -225,7 +225,13 @@ impl Renderer {
             Shape::Chat => end,
             Shape::Plain { prompt, .. } => prompt.chars().count(),
             Shape::Completion { from } => {
-                let prompt = Conversation { messages: conv.messages[..*from].to_vec(), shape: Shape::Chat, ..conv.clone() };
+                let prompt = Conversation {
+                    source: conv.source.clone(),
+                    messages: conv.messages[..*from].to_vec(),
+                    tools: conv.tools.clone(),
+                    documents: conv.documents.clone(),
+                    shape: Shape::Chat,
+                };
                 let prompt = self.render(&prompt, true, false)?;
                 prompt.text.chars().zip(rendered.text.chars()).take_while(|(a, b)| a == b).count()
             }
@@ -291,7 +297,7 @@ mod tests {
             messages: turns.iter().map(|(r, c)| Message::text(r, c)).collect(),
             tools: None,
             documents: None,
-            shape: crate::conversation::Shape::Chat,
+            shape: Shape::Chat,
         }
     }
 
