@@ -56,7 +56,8 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<ExitCode> {
         }
         turn += 1;
         let source = RowRef { file: "chat".into(), row: turn as usize };
-        let conversation = Conversation { source, messages: messages.clone(), tools: None, documents: None };
+        let conversation =
+            Conversation { source, messages: messages.clone(), tools: None, documents: None, shape: sft_data::conversation::Shape::Chat };
         let params = args.generation.params(args.generation.seed.wrapping_add(turn));
         let answer = inference.answer(&conversation, &params, |piece| {
             print!("{piece}");

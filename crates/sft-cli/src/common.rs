@@ -61,7 +61,12 @@ impl DataArgs {
                     .with_context(|| format!("--now {t:?}: expected YYYY-MM-DDTHH:MM:SS"))?,
             ),
         };
-        let read = ReadOptions { format: self.format.format(), sharegpt: ShareGptOptions::default(), on_bad_row: self.on_bad_row };
+        let read = ReadOptions {
+            format: self.format.format(),
+            sharegpt: ShareGptOptions::default(),
+            on_bad_row: self.on_bad_row,
+            ..ReadOptions::default()
+        };
         Ok((read, self.template.choice(clock)))
     }
 

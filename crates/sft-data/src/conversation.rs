@@ -64,6 +64,42 @@ pub struct Conversation {
     pub tools: Option<Value>,
     /// Retrieved documents, as the template's `documents` variable.
     pub documents: Option<Value>,
+    /// A chat, a conversational prompt/completion, or a row that is not a chat.
+    pub shape: Shape,
+}
+
+impl Conversation {
+    /// A chat of `messages` read at `source`, without tools or documents.
+    pub fn chat(source: RowRef, messages: Vec<Message>) -> Self {
+        Conversation { source, messages, tools: None, documents: None, shape: Shape::Chat }
+    }
+}
+
+/// What kind of row a conversation is: it decides what the chat template renders and what
+/// trains (TRL's dataset types: conversational or standard, language modeling or
+/// prompt/completion).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Shape {
+    /// A chat (`messages`): the template renders the messages and the masking strategy picks the
+    /// trained turns.
+    #[default]
+    Chat,
+    /// A conversational prompt/completion row: `messages` are the prompt's then the completion's,
+    /// which starts at message `from`; what the template writes after the prompt (rendered with
+    /// a generation prompt) trains, as TRL's completion mask has it.
+    Completion {
+        /// The index of the completion's first message.
+        from: usize,
+    },
+    /// Not a chat (a `text` row, or a prompt/completion of strings): the prompt then the
+    /// completion, as they are, without a template; the completion trains (all of a `text` row,
+    /// whose prompt is empty). `messages` is empty.
+    Plain {
+        /// Text that does not train.
+        prompt: String,
+        /// Text that trains.
+        completion: String,
+    },
 }
 
 /// Drops the keys whose value is `null` from one object, as transformers does to each message

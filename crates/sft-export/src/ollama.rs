@@ -300,6 +300,7 @@ fn probes() -> Vec<Conversation> {
         messages: turns.iter().map(|(role, text)| Message::text(role, text)).collect(),
         tools: None,
         documents: None,
+        shape: sft_data::conversation::Shape::Chat,
     };
     vec![
         conv(&[("user", "Hi there")]),

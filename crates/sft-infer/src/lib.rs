@@ -15,6 +15,7 @@
 //!     messages: vec![Message::text("user", "Hello!")],
 //!     tools: None,
 //!     documents: None,
+//!     shape: sft_data::conversation::Shape::Chat,
 //! };
 //! let answer = inference.answer(&conversation, &GenerateParams::default(), |piece| print!("{piece}"))?;
 //! println!("\n{} tokens, {:?}", answer.ids.len(), answer.finish);

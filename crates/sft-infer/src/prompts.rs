@@ -24,7 +24,13 @@ pub struct Prompt {
 pub fn single(source: &str, system: Option<&str>, user: &str) -> Conversation {
     let mut messages: Vec<Message> = system.iter().map(|s| Message::text("system", s)).collect();
     messages.push(Message::text("user", user));
-    Conversation { source: RowRef { file: source.into(), row: 1 }, messages, tools: None, documents: None }
+    Conversation {
+        source: RowRef { file: source.into(), row: 1 },
+        messages,
+        tools: None,
+        documents: None,
+        shape: sft_data::conversation::Shape::Chat,
+    }
 }
 
 /// The conversation of a JSON file: a list of `{"role", "content"}` messages, or an object with

@@ -6,16 +6,17 @@
 //! keys are read off the struct itself ([`known_keys`]). `--set key=value` overrides are applied
 //! to the YAML before it is read.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
-use sft_data::data::{DataFormat, OnBadRow};
+use sft_data::data::{columns, Columns, DataFormat, OnBadRow};
 use sft_data::encode::{EncodeOptions, EncodeSettings};
 use sft_data::template::TemplateSettings;
-use sft_model::lora::{LoraSettings, Targets};
+use sft_model::lora::{LoraSettings, PeftConfig, Targets, ADAPTER_CONFIG};
 use sft_model::quant::BaseFormat;
 
 use crate::schedule::SchedulerKind;
@@ -27,8 +28,25 @@ use crate::TrainError;
 pub struct RawDataset {
     /// JSONL, JSON or Parquet file, or a prepared dataset directory.
     pub path: PathBuf,
-    /// auto (default), alpaca, sharegpt or openai.
+    /// auto (default), alpaca, sharegpt, openai, prompt_completion or text.
     pub format: DataFormat,
+    /// The file's names for the columns the format expects (`{messages: conversation, role:
+    /// from, content: value}`; see [`sft_data::data::columns`]).
+    pub columns: BTreeMap<String, String>,
+    /// Shuffle the file's rows (from the seed) before `max_samples` and `weight` pick from them.
+    pub shuffle: bool,
+    /// Use at most this many rows of the file (the first ones, or the first after `shuffle`).
+    pub max_samples: Option<usize>,
+    /// The file's share of the mixed training set, relative to the other datasets' weights
+    /// (set on every dataset or on none; see [`crate::mix`]).
+    pub weight: Option<f64>,
+}
+
+impl RawDataset {
+    /// The column mapping, checked.
+    pub fn read_columns(&self) -> Result<Columns, String> {
+        Columns::new(self.columns.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
 }
 
 /// `finetuning`: what trains.
@@ -89,11 +107,17 @@ pub struct RawTrainConfig {
     pub eval_steps: Option<usize>,
     pub save_steps: usize,
     pub save_total_limit: Option<usize>,
-    pub lora_r: usize,
-    pub lora_alpha: f64,
-    pub lora_dropout: f64,
-    pub target_modules: Value,
-    pub use_rslora: bool,
+    /// A PEFT adapter directory to continue training (a new run from its weights; its
+    /// adapter_config.json sets the LoRA keys).
+    pub adapter: Option<PathBuf>,
+    /// LoRA rank (default [`LORA_DEFAULTS`]'s; unset so that `adapter` can tell a key the file
+    /// sets from a default).
+    pub lora_r: Option<usize>,
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: Option<f64>,
+    /// `all-linear` or a list of module names.
+    pub target_modules: Option<Value>,
+    pub use_rslora: Option<bool>,
     /// Recompute each layer in the backward pass instead of keeping its activations.
     pub gradient_checkpointing: bool,
     /// Frozen base linear weights in bf16, multiplied in bf16 with f32 sums (on AMX tiles where
@@ -105,6 +129,24 @@ pub struct RawTrainConfig {
     pub bnb_4bit_use_double_quant: bool,
     /// With load_in_4bit: the 4-bit data type.
     pub bnb_4bit_quant_type: QuantType,
+}
+
+/// The LoRA keys' defaults (PEFT's `LoraConfig`, with TRL's usual rank 16 and alpha 32), applied
+/// when resolving: the keys are optional in [`RawTrainConfig`] so that a config continuing an
+/// `adapter` can be checked for keys that contradict the adapter's own.
+pub const LORA_DEFAULTS: LoraDefaults = LoraDefaults { r: 16, alpha: 32.0, dropout: 0.0, use_rslora: false };
+
+/// See [`LORA_DEFAULTS`] (`target_modules` defaults to `all-linear`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraDefaults {
+    /// `lora_r`.
+    pub r: usize,
+    /// `lora_alpha`.
+    pub alpha: f64,
+    /// `lora_dropout`.
+    pub dropout: f64,
+    /// `use_rslora`.
+    pub use_rslora: bool,
 }
 
 /// Training's `max_seq_length` when the config sets none (the flattened encode keys take their
@@ -144,11 +186,12 @@ impl Default for RawTrainConfig {
             eval_steps: None,
             save_steps: 500,
             save_total_limit: None,
-            lora_r: 16,
-            lora_alpha: 32.0,
-            lora_dropout: 0.0,
-            target_modules: Value::String("all-linear".into()),
-            use_rslora: false,
+            adapter: None,
+            lora_r: None,
+            lora_alpha: None,
+            lora_dropout: None,
+            target_modules: None,
+            use_rslora: None,
             gradient_checkpointing: false,
             bf16: false,
             load_in_4bit: false,
@@ -161,8 +204,9 @@ impl Default for RawTrainConfig {
 /// Every key a config may have, as a tree: [`RawTrainConfig`] serialized with one dataset in
 /// each list, so nested keys (`datasets[].format`) are there too.
 pub fn known_keys() -> Yaml {
-    let example =
-        RawTrainConfig { datasets: vec![RawDataset::default()], eval_dataset: Some(RawDataset::default()), ..RawTrainConfig::default() };
+    let names = columns::ROW_COLUMNS.iter().chain(columns::MESSAGE_KEYS);
+    let dataset = RawDataset { columns: names.map(|n| (n.to_string(), String::new())).collect(), ..RawDataset::default() };
+    let example = RawTrainConfig { datasets: vec![dataset.clone()], eval_dataset: Some(dataset), ..RawTrainConfig::default() };
     serde_yaml::to_value(example).unwrap_or(Yaml::Null)
 }
 
@@ -207,6 +251,8 @@ pub struct TrainConfig {
     pub output_dir: PathBuf,
     /// Full or LoRA.
     pub method: Method,
+    /// The PEFT adapter a LoRA run starts from (its settings are in `method`).
+    pub adapter: Option<PathBuf>,
     /// Encoding.
     pub encode: EncodeOptions,
     /// Pack examples into max_seq_length sequences.
@@ -351,16 +397,15 @@ impl RawTrainConfig {
         if self.datasets.is_empty() {
             return Err(err("datasets", "needs at least one file"));
         }
-        for (i, ds) in self.datasets.iter().enumerate() {
-            if ds.path.as_os_str().is_empty() {
-                return Err(err(&format!("datasets[{i}].path"), "missing"));
-            }
-        }
+        self.check_datasets(path)?;
         let length = match self.max_steps {
             Some(n) if n > 0 => Length::Steps(n as usize),
             Some(0) => return Err(err("max_steps", "must be positive (or -1 to use num_train_epochs)")),
             _ => Length::Epochs(self.num_train_epochs),
         };
+        if self.adapter.is_some() && self.finetuning == Finetuning::Full {
+            return Err(err("adapter", "continues a LoRA adapter: use finetuning: lora"));
+        }
         let method = match self.finetuning {
             Finetuning::Full => Method::Full,
             Finetuning::Lora => Method::Lora(self.lora(path)?),
@@ -377,6 +422,7 @@ impl RawTrainConfig {
             eval_split: self.eval_split,
             on_bad_row: self.on_bad_row,
             output_dir: self.output_dir.clone(),
+            adapter: self.adapter.clone(),
             base_format: self.base_format(&method, path)?,
             method,
             encode,
@@ -443,6 +489,34 @@ impl RawTrainConfig {
         Ok(())
     }
 
+    /// Each dataset's path and mixing keys: `weight` on every dataset or on none, positive;
+    /// `max_samples` at least 1; the eval file takes no `weight`.
+    fn check_datasets(&self, path: &Path) -> Result<(), TrainError> {
+        let err = |key: String, message: &str| TrainError::Config { path: path.into(), key, message: message.into() };
+        let weighted = self.datasets.iter().filter(|d| d.weight.is_some()).count();
+        let named = self.eval_dataset.iter().map(|d| ("eval_dataset".to_string(), d));
+        for (key, ds) in self.datasets.iter().enumerate().map(|(i, d)| (format!("datasets[{i}]"), d)).chain(named) {
+            if ds.path.as_os_str().is_empty() {
+                return Err(err(format!("{key}.path"), "missing"));
+            }
+            ds.read_columns().map_err(|message| err(format!("{key}.columns"), &message))?;
+            if ds.max_samples == Some(0) {
+                return Err(err(format!("{key}.max_samples"), "must be at least 1"));
+            }
+            match ds.weight {
+                Some(_) if key == "eval_dataset" => {
+                    return Err(err(format!("{key}.weight"), "applies only to training datasets (their shares of the mixed set)"))
+                }
+                Some(w) if !(w > 0.0 && w.is_finite()) => return Err(err(format!("{key}.weight"), "must be greater than 0")),
+                None if weighted > 0 && key != "eval_dataset" => {
+                    return Err(err(format!("{key}.weight"), "missing: set weight on every dataset or on none"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// How the frozen base linear weights are held: `bf16` and `load_in_4bit` are for LoRA only,
     /// and exclusive.
     fn base_format(&self, method: &Method, path: &Path) -> Result<BaseFormat, TrainError> {
@@ -460,18 +534,25 @@ impl RawTrainConfig {
         }
     }
 
+    /// The LoRA settings: the config's keys, or with `adapter` the adapter's own (a key the
+    /// config sets as well must agree with it).
     fn lora(&self, path: &Path) -> Result<LoraSettings, TrainError> {
         let err = |key: &str, message: &str| TrainError::Config { path: path.into(), key: key.into(), message: message.into() };
-        if self.lora_r == 0 {
+        if let Some(dir) = &self.adapter {
+            return self.adapter_lora(dir, path);
+        }
+        let d = LORA_DEFAULTS;
+        let (r, alpha, dropout) = (self.lora_r.unwrap_or(d.r), self.lora_alpha.unwrap_or(d.alpha), self.lora_dropout.unwrap_or(d.dropout));
+        if r == 0 {
             return Err(err("lora_r", "must be at least 1"));
         }
-        if self.lora_alpha <= 0.0 {
+        if alpha <= 0.0 {
             return Err(err("lora_alpha", "must be greater than 0"));
         }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
+        if !(0.0..1.0).contains(&dropout) {
             return Err(err("lora_dropout", "must be in [0, 1)"));
         }
-        let targets = match &self.target_modules {
+        let targets = match self.target_modules.as_ref().unwrap_or(&Value::String("all-linear".into())) {
             Value::String(s) if s == "all-linear" => Targets::AllLinear,
             Value::Array(items) if !items.is_empty() => Targets::Names(
                 items
@@ -481,7 +562,54 @@ impl RawTrainConfig {
             ),
             _ => return Err(err("target_modules", "expected \"all-linear\" or a list of module names like [q_proj, v_proj]")),
         };
-        Ok(LoraSettings { r: self.lora_r, alpha: self.lora_alpha, use_rslora: self.use_rslora, dropout: self.lora_dropout, targets })
+        Ok(LoraSettings { r, alpha, use_rslora: self.use_rslora.unwrap_or(d.use_rslora), dropout, targets })
+    }
+
+    /// `adapter: DIR`'s settings from its adapter_config.json; a LoRA key the config also sets
+    /// must hold the adapter's value.
+    fn adapter_lora(&self, dir: &Path, path: &Path) -> Result<LoraSettings, TrainError> {
+        let err = |key: &str, message: String| TrainError::Config { path: path.into(), key: key.into(), message };
+        let file = dir.join(ADAPTER_CONFIG);
+        if !file.is_file() {
+            return Err(err("adapter", format!("{}: no {ADAPTER_CONFIG}; expected a PEFT adapter directory", dir.display())));
+        }
+        let peft = PeftConfig::read(dir).map_err(|e| err("adapter", e.to_string()))?;
+        let settings = peft.resolve(&file).map_err(|e| err("adapter", e.to_string()))?;
+        let same_targets = |mine: &Value| {
+            let sorted = |v: &Value| {
+                let mut names: Vec<String> = v.as_array()?.iter().map(|n| n.as_str().map(str::to_string)).collect::<Option<_>>()?;
+                names.sort();
+                Some(names)
+            };
+            let theirs = peft.target_modules.as_ref().unwrap_or(&Value::Null);
+            mine == theirs || sorted(mine).is_some_and(|m| sorted(theirs) == Some(m))
+        };
+        // `(mine, theirs)` as text when the config sets a value and it is not the adapter's.
+        fn differs<T: PartialEq + ToString>(mine: Option<T>, theirs: T) -> Option<(String, String)> {
+            mine.filter(|m| *m != theirs).map(|m| (m.to_string(), theirs.to_string()))
+        }
+        let targets = self
+            .target_modules
+            .as_ref()
+            .filter(|t| !same_targets(t))
+            .map(|t| (t.to_string(), peft.target_modules.as_ref().map_or("none".into(), Value::to_string)));
+        let conflicts = [
+            ("lora_r", "r", differs(self.lora_r, peft.r)),
+            ("lora_alpha", "lora_alpha", differs(self.lora_alpha, peft.lora_alpha)),
+            ("lora_dropout", "lora_dropout", differs(self.lora_dropout, peft.lora_dropout)),
+            ("use_rslora", "use_rslora", differs(self.use_rslora, peft.use_rslora)),
+            ("target_modules", "target_modules", targets),
+        ];
+        if let Some((key, name, Some((mine, value)))) = conflicts.into_iter().find(|c| c.2.is_some()) {
+            return Err(err(
+                key,
+                format!(
+                    "{mine} conflicts with adapter: {}, whose {ADAPTER_CONFIG} has {name} {value} (the adapter's settings are used; remove {key} or make it match)",
+                    dir.display()
+                ),
+            ));
+        }
+        Ok(settings)
     }
 }
 
@@ -543,6 +671,53 @@ mod tests {
         assert_eq!(c.encode.max_seq_length, Some(64));
         let c = load(&write("min.yaml", MIN), &[]).expect("valid");
         assert_eq!(c.encode.max_seq_length, Some(1024), "training's default length");
+    }
+
+    #[test]
+    fn an_adapter_sets_the_lora_keys_and_a_conflicting_key_is_refused_naming_both() {
+        let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/model/eval/adapter");
+        let base = format!("{MIN}adapter: {}\n", adapter.display());
+        let c = load(&write("adapter.yaml", &base), &[]).expect("valid");
+        let Method::Lora(lora) = &c.method else { panic!("lora") };
+        assert_eq!((lora.r, lora.alpha, c.adapter.as_deref()), (4, 8.0, Some(adapter.as_path())));
+        assert!(lora.targets.matches("model.layers.1.mlp.up_proj"));
+        // Keys that agree with the adapter are fine.
+        load(&write("adapter-same.yaml", &format!("{base}lora_r: 4\nlora_alpha: 8\n")), &[]).expect("agrees");
+        for (extra, expect) in [
+            ("lora_r: 16", "lora_r: 16 conflicts with adapter: "),
+            ("lora_alpha: 16", "whose adapter_config.json has lora_alpha 8"),
+            ("use_rslora: true", "use_rslora: true conflicts with adapter"),
+            ("target_modules: [q_proj]", "target_modules: [\"q_proj\"] conflicts with adapter"),
+            ("finetuning: full", "adapter: continues a LoRA adapter: use finetuning: lora"),
+        ] {
+            let e = load(&write("adapter-bad.yaml", &format!("{base}{extra}\n")), &[]).unwrap_err().to_string();
+            assert!(e.contains(expect), "{extra}: {e}");
+        }
+        let e = load(&write("adapter-none.yaml", &format!("{MIN}adapter: /no/such/adapter\n")), &[]).unwrap_err().to_string();
+        assert!(e.contains("adapter: /no/such/adapter: no adapter_config.json"), "{e}");
+    }
+
+    #[test]
+    fn mixing_keys_are_checked_per_dataset() {
+        let two = |a: &str, b: &str| format!("model: m\ndatasets:\n  - path: a.jsonl\n{a}  - path: b.jsonl\n{b}");
+        let c = load(&write("mix.yaml", &two("    weight: 3\n    shuffle: true\n", "    weight: 1\n    max_samples: 5\n")), &[])
+            .expect("valid");
+        assert_eq!((c.datasets[0].weight, c.datasets[0].shuffle, c.datasets[1].max_samples), (Some(3.0), true, Some(5)));
+        for (a, b, expect) in [
+            ("    weight: 1\n", "", "datasets[1].weight: missing: set weight on every dataset or on none"),
+            ("    weight: 0\n", "    weight: 1\n", "datasets[0].weight: must be greater than 0"),
+            ("    weight: -1\n", "    weight: 1\n", "datasets[0].weight: must be greater than 0"),
+            ("", "    max_samples: 0\n", "datasets[1].max_samples: must be at least 1"),
+            ("", "    max_samples: -3\n", "datasets[1].max_samples: invalid type"),
+            ("    weight: lots\n", "", "invalid type"),
+            ("", "    shuffle: maybe\n", "invalid type"),
+            ("    wieght: 1\n", "", "datasets[0].wieght: unknown key; did you mean weight?"),
+        ] {
+            let e = load(&write("mix-bad.yaml", &two(a, b)), &[]).unwrap_err().to_string();
+            assert!(e.contains(expect), "{a}{b}: {e}");
+        }
+        let e = load(&write("mix-eval.yaml", &format!("{MIN}eval_dataset:\n  path: e.jsonl\n  weight: 2\n")), &[]).unwrap_err().to_string();
+        assert!(e.contains("eval_dataset.weight: applies only to training datasets"), "{e}");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The data of a run: every training file read, rendered, tokenized and masked (or a prepared
 //! dataset taken as stored, once its manifest fits the run), an eval file or split held out,
-//! and the examples made into [`Record`]s (packed when the config says so).
+//! and the examples made into [`Record`]s (packed when the config says so). Which rows of each
+//! file are used, and in what shares, is [`crate::mix`]'s rule.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use sft_data::conversation::Conversation;
 use sft_data::data::{read_dataset, ReadOptions, ShareGptOptions};
 use sft_data::encode::{encode_all, Example};
 use sft_data::prepared::{DataFingerprint, ManifestKey, PreparedDataset, Settings, MANIFEST};
@@ -14,6 +16,7 @@ use sft_model::model::IGNORE;
 
 use crate::batches::{records, Plan, Record};
 use crate::config::{RawDataset, TrainConfig};
+use crate::mix::{row_order, weighted_counts, DatasetCount};
 use crate::TrainError;
 
 /// The encoded data of a run.
@@ -30,6 +33,8 @@ pub struct TrainData {
     pub template_kwargs: serde_json::Map<String, serde_json::Value>,
     /// Tokens that train, over all training records.
     pub trained_tokens: usize,
+    /// What the run took from each training file.
+    pub datasets: Vec<DatasetCount>,
 }
 
 /// Reads, renders, tokenizes and masks the training (and evaluation) data with the tokenizer and
@@ -37,17 +42,42 @@ pub struct TrainData {
 pub fn prepare(cfg: &TrainConfig, tokenizer_dir: &Path) -> Result<TrainData, TrainError> {
     let renderer = Renderer::new(Some(tokenizer_dir), &cfg.template.choice(Clock::System), cfg.template.kwargs_for(Some(tokenizer_dir))?)?;
     let tokenizer = TextTokenizer::from_dir(tokenizer_dir)?;
-    let mut train: Vec<Example> = vec![];
+    let mut files: Vec<Vec<Example>> = vec![];
     let mut prepared: Vec<Record> = vec![];
-    for ds in &cfg.datasets {
+    let mut datasets: Vec<DatasetCount> = vec![];
+    for (i, ds) in cfg.datasets.iter().enumerate() {
         if ds.path.join(MANIFEST).is_file() {
-            prepared.extend(prepared_records(cfg, &ds.path, tokenizer_dir, &renderer)?);
+            let records = prepared_records(cfg, i, ds, tokenizer_dir, &renderer)?;
+            let n = records.len();
+            datasets.push(DatasetCount {
+                path: ds.path.display().to_string(),
+                format: "prepared".into(),
+                rows: n,
+                selected: n,
+                examples: n,
+                used: n,
+                weight: None,
+            });
+            prepared.extend(records);
         } else {
-            train.extend(encode_file(cfg, ds, &renderer, &tokenizer)?);
+            let (examples, count) = encode_file(cfg, ds, i, &renderer, &tokenizer)?;
+            files.push(examples);
+            datasets.push(count);
         }
     }
+    let weights: Option<Vec<f64>> = cfg.datasets.iter().map(|d| d.weight).collect();
+    // Every dataset has a weight, so none is a prepared one (they take no weight): `files` and
+    // `datasets` are the config's datasets, in order.
+    if let Some(weights) = weights {
+        let counts = weighted_counts(&files.iter().map(Vec::len).collect::<Vec<_>>(), &weights);
+        for ((examples, count), k) in files.iter_mut().zip(&mut datasets).zip(counts) {
+            examples.truncate(k);
+            count.used = k;
+        }
+    }
+    let mut train: Vec<Example> = files.into_iter().flatten().collect();
     let mut eval = match &cfg.eval_dataset {
-        Some(ds) => encode_file(cfg, ds, &renderer, &tokenizer)?,
+        Some(ds) => encode_file(cfg, ds, cfg.datasets.len(), &renderer, &tokenizer)?.0,
         None => vec![],
     };
     if let (Some(fraction), true) = (cfg.eval_split, eval.is_empty()) {
@@ -79,18 +109,31 @@ pub fn prepare(cfg: &TrainConfig, tokenizer_dir: &Path) -> Result<TrainData, Tra
         mapped_eos,
         template_kwargs: renderer.kwargs().clone(),
         trained_tokens,
+        datasets,
     })
 }
 
-/// The examples of one data file, with its skipped and excluded rows reported.
-fn encode_file(cfg: &TrainConfig, ds: &RawDataset, renderer: &Renderer, tokenizer: &TextTokenizer) -> Result<Vec<Example>, TrainError> {
+/// The examples of one data file (its rows picked by `shuffle` and `max_samples`; `index`, its
+/// position in `datasets`, seeds the shuffle), with its skipped and excluded rows reported.
+fn encode_file(
+    cfg: &TrainConfig,
+    ds: &RawDataset,
+    index: usize,
+    renderer: &Renderer,
+    tokenizer: &TextTokenizer,
+) -> Result<(Vec<Example>, DatasetCount), TrainError> {
     let name = ds.path.to_string_lossy();
-    let opts = ReadOptions { format: ds.format.format(), sharegpt: ShareGptOptions::default(), on_bad_row: cfg.on_bad_row };
+    let columns = ds.read_columns().map_err(|message| TrainError::Config { path: cfg.source.clone(), key: "columns".into(), message })?;
+    let opts = ReadOptions { format: ds.format.format(), sharegpt: ShareGptOptions::default(), on_bad_row: cfg.on_bad_row, columns };
     let dataset = read_dataset(&name, &opts)?;
     if let Some(report) = dataset.skipped_report(&name) {
         eprintln!("{report}");
     }
-    let encoded = encode_all(&dataset.conversations, &cfg.encode, renderer, tokenizer)?;
+    let rows = dataset.conversations.len();
+    let mut all: Vec<Option<Conversation>> = dataset.conversations.into_iter().map(Some).collect();
+    let picked: Vec<Conversation> =
+        row_order(rows, ds.shuffle, ds.max_samples, cfg.seed, index).into_iter().filter_map(|i| all[i].take()).collect();
+    let encoded = encode_all(&picked, &cfg.encode, renderer, tokenizer)?;
     for ex in encoded.excluded.iter().take(10) {
         eprintln!("{name}: excluded {ex}");
     }
@@ -100,7 +143,17 @@ fn encode_file(cfg: &TrainConfig, ds: &RawDataset, renderer: &Renderer, tokenize
     if let Some(w) = encoded.stats.eos_warning() {
         eprintln!("warning: {name}: {w}");
     }
-    Ok(encoded.examples)
+    let examples = encoded.examples.len();
+    let count = DatasetCount {
+        path: name.into_owned(),
+        format: dataset.format.to_string(),
+        rows,
+        selected: picked.len(),
+        examples,
+        used: examples,
+        weight: ds.weight,
+    };
+    Ok((encoded.examples, count))
 }
 
 /// `(train, eval)`: `fraction` of the examples (at least one, and one fewer than all) held out,
@@ -115,7 +168,29 @@ fn split(examples: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>, Vec
 
 /// The records of a prepared dataset directory (`sft prepare`), after checking that it was made
 /// with this run's tokenizer, template, settings and an unchanged data file.
-fn prepared_records(cfg: &TrainConfig, dir: &Path, tokenizer_dir: &Path, renderer: &Renderer) -> Result<Vec<Record>, TrainError> {
+/// `datasets[index]` is such a directory; its rows were chosen when it was prepared, so the
+/// mixing and column keys are refused.
+fn prepared_records(
+    cfg: &TrainConfig,
+    index: usize,
+    ds: &RawDataset,
+    tokenizer_dir: &Path,
+    renderer: &Renderer,
+) -> Result<Vec<Record>, TrainError> {
+    let dir = &ds.path;
+    let mixing = [
+        ("shuffle", ds.shuffle),
+        ("max_samples", ds.max_samples.is_some()),
+        ("weight", ds.weight.is_some()),
+        ("columns", !ds.columns.is_empty()),
+    ];
+    if let Some((key, _)) = mixing.iter().find(|(_, set)| *set) {
+        return Err(TrainError::Config {
+            path: cfg.source.clone(),
+            key: format!("datasets[{index}].{key}"),
+            message: format!("{}: a prepared dataset is used whole; set {key} on the data file instead", dir.display()),
+        });
+    }
     let dataset = PreparedDataset::open(dir)?;
     let source = DataFingerprint::of(&dataset.manifest().key.data.path)?;
     let expected = ManifestKey::new(tokenizer_dir, renderer, Settings::new(&cfg.encode, cfg.packing), None, source)?;

@@ -1,7 +1,7 @@
 //! Training for sft, stage by stage: the YAML config ([`config`]), the data read and encoded
-//! ([`data`]), its order ([`batches`]), passes side by side on the cores ([`threads`]),
+//! ([`data`]) and mixed ([`mix`]), its order ([`batches`]), passes side by side on the cores ([`threads`]),
 //! learning-rate schedules as pure functions of the step ([`schedule`]), AdamW ([`optim`]),
-//! checkpoints ([`checkpoint`]), metrics ([`metrics`]) and the training loop, one
+//! checkpoints ([`checkpoint`]), metrics ([`metrics`]) and their plot ([`plot`]) and the training loop, one
 //! straight-line function ([`trainer::train`]).
 #![deny(missing_docs)]
 
@@ -13,7 +13,9 @@ pub mod data;
 mod fault;
 pub mod lock;
 pub mod metrics;
+pub mod mix;
 pub mod optim;
+pub mod plot;
 pub mod schedule;
 pub mod threads;
 pub mod trainer;

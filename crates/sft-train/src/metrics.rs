@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -104,41 +103,7 @@ impl Metrics {
     /// evaluation loss (red) against the step, on a shared scale.
     pub fn plot(&self, history: &[LogEntry]) -> Result<PathBuf, TrainError> {
         let out = self.path.with_file_name("loss_curve.png");
-        let (mut train, mut eval) = (vec![], vec![]);
-        for e in history {
-            match *e {
-                LogEntry::Train { step, loss, .. } if loss.is_finite() => train.push((step as f64, loss)),
-                LogEntry::Eval { step, eval_loss, .. } if eval_loss.is_finite() => eval.push((step as f64, eval_loss)),
-                _ => {}
-            }
-        }
-        let all: Vec<&(f64, f64)> = train.iter().chain(&eval).collect();
-        if all.is_empty() {
-            return Ok(out);
-        }
-        let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-        let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-        let (w, h, m) = (800i32, 500i32, 40i32);
-        let px = |p: &(f64, f64)| -> (i32, i32) {
-            let fx = if x1 > x0 { (p.0 - x0) / (x1 - x0) } else { 0.5 };
-            let fy = if y1 > y0 { (p.1 - y0) / (y1 - y0) } else { 0.5 };
-            (m + (fx * (w - 2 * m) as f64) as i32, h - m - (fy * (h - 2 * m) as f64) as i32)
-        };
-        let draw = || -> Result<(), Box<dyn std::error::Error>> {
-            let root = BitMapBackend::new(&out, (w as u32, h as u32)).into_drawing_area();
-            root.fill(&WHITE)?;
-            root.draw(&PathElement::new(vec![(m, m), (m, h - m), (w - m, h - m)], BLACK))?;
-            for (points, color) in [(&train, BLUE), (&eval, RED)] {
-                let pts: Vec<(i32, i32)> = points.iter().map(px).collect();
-                root.draw(&PathElement::new(pts.clone(), color.stroke_width(2)))?;
-                for p in pts {
-                    root.draw(&Circle::new(p, 3, color.filled()))?;
-                }
-            }
-            root.present()?;
-            Ok(())
-        };
-        draw().map_err(|e| TrainError::Io { path: out.clone(), source: std::io::Error::other(e.to_string()) })?;
+        crate::plot::loss_curve(history, &out)?;
         Ok(out)
     }
 }

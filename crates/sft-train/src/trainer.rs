@@ -188,7 +188,12 @@ impl<'a> Run<'a> {
             (Method::Full, None) => Model::load(&base.dir, &Trainable::Full)?,
             (Method::Full, Some(dir)) => Model::load(dir, &Trainable::Full)?,
             (Method::Lora(settings), None) => {
-                Model::load_as(&base.dir, &Trainable::NewLora { settings: settings.clone(), seed: cfg.seed }, cfg.base_format)?
+                let trainable = match &cfg.adapter {
+                    // A new run from a trained adapter: its weights, a fresh optimizer and schedule.
+                    Some(dir) => Trainable::Adapter { dir: dir.clone(), train: true },
+                    None => Trainable::NewLora { settings: settings.clone(), seed: cfg.seed },
+                };
+                Model::load_as(&base.dir, &trainable, cfg.base_format)?
             }
             (Method::Lora(_), Some(dir)) => {
                 Model::load_as(&base.dir, &Trainable::Adapter { dir: dir.clone(), train: true }, cfg.base_format)?
@@ -200,6 +205,9 @@ impl<'a> Run<'a> {
         let adam = AdamWConfig { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.adam_epsilon, weight_decay: cfg.weight_decay };
         let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
         let mut state = TrainerState::new(cfg, total, comm.size());
+        if let (Some(dir), None, true) = (&cfg.adapter, &resume_dir, writer) {
+            eprintln!("starting from the adapter {}: its weights, a fresh optimizer and schedule", dir.display());
+        }
         if let Some(dir) = &resume_dir {
             state = checkpoint::read_state(dir)?;
             optimizer.load_state(&checkpoint::read_optimizer(dir)?)?;
@@ -217,6 +225,9 @@ impl<'a> Run<'a> {
             progress = Some(Progress::new(total, state.global_step, opts.progress_bar));
             let config_copy = cfg.output_dir.join("training_config.yaml");
             std::fs::write(&config_copy, &config_yaml).map_err(|source| TrainError::Io { path: config_copy, source })?;
+            let summary = cfg.output_dir.join("data_summary.json");
+            let text = serde_json::to_vec_pretty(&serde_json::json!({ "datasets": data.datasets })).unwrap_or_default();
+            std::fs::write(&summary, text).map_err(|source| TrainError::Io { path: summary, source })?;
         }
         let last_saved = None;
         Ok(Run { cfg, base, tokenizer, data, comm, model, optimizer, state, metrics, progress, config_yaml, last_saved, eval_loss: None })
@@ -379,6 +390,9 @@ fn describe(cfg: &TrainConfig, data: &TrainData, model: &Model, optimizer: &Adam
         data.trained_tokens,
         model.params().len()
     );
+    for count in &data.datasets {
+        eprintln!("  {count}");
+    }
     if ranks > 1 {
         eprintln!(
             "data-parallel over {ranks} ranks: global batch {} = per_device_train_batch_size {} × gradient_accumulation_steps {} × {ranks} ranks",

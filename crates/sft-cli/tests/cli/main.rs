@@ -18,6 +18,7 @@ mod merge;
 mod mpi;
 mod quickstart;
 mod serve;
+mod train_options;
 
 /// The crash-safety tests need the binary's fault hooks: without the feature they would not
 /// run, so the suite fails instead (scripts/test.sh enables it).

@@ -13,7 +13,7 @@
 use serde_json::{Map, Value};
 
 use super::error::{kind, RowError};
-use crate::conversation::{Conversation, Message, RowRef};
+use crate::conversation::{Conversation, Message, RowRef, Shape};
 
 const HINT: &str = "alpaca rows need \"instruction\" and \"output\" strings";
 
@@ -41,7 +41,7 @@ pub fn convert(row: &Map<String, Value>, at: &RowRef) -> Result<Conversation, Ro
     let prompt: Vec<&str> = [instruction, input].into_iter().filter(|s| !s.is_empty()).collect();
     messages.push(Message::text("user", &prompt.join("\n")));
     messages.push(Message::text("assistant", output));
-    Ok(Conversation { source: at.clone(), messages, tools: None, documents: None })
+    Ok(Conversation { source: at.clone(), messages, tools: None, documents: None, shape: Shape::Chat })
 }
 
 const PAIR: &str = "a [user, assistant] pair of strings";

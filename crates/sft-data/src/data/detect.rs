@@ -4,7 +4,9 @@
 //! 1. `messages` → openai (or sharegpt when its entries use the ShareGPT role key, e.g. `from`);
 //! 2. the ShareGPT column (`conversations` by default) → sharegpt (or openai when its entries use
 //!    `role`/`content`, as many Hub datasets do);
-//! 3. `instruction` and `output` → alpaca.
+//! 3. `instruction` and `output` → alpaca;
+//! 4. `prompt` and `completion` → prompt_completion (TRL's; strings or message lists);
+//! 5. `text` → text (plain text, for continued pre-training).
 //!
 //! Anything else is an error listing the keys found.
 
@@ -21,18 +23,24 @@ pub enum Format {
     ShareGpt,
     /// `messages: [{role, content}]` rows (see [`openai`](super::openai)).
     OpenAi,
+    /// `prompt` / `completion` rows (see [`prompt_completion`](super::prompt_completion)).
+    PromptCompletion,
+    /// `text` rows (see [`text`](super::text)).
+    Text,
 }
 
 impl Format {
     /// Every format, in the order they are listed to users.
-    pub const ALL: [Format; 3] = [Format::Alpaca, Format::ShareGpt, Format::OpenAi];
+    pub const ALL: [Format; 5] = [Format::Alpaca, Format::ShareGpt, Format::OpenAi, Format::PromptCompletion, Format::Text];
 
-    /// The canonical name: `alpaca`, `sharegpt` or `openai`.
+    /// The canonical name: `alpaca`, `sharegpt`, `openai`, `prompt_completion` or `text`.
     pub fn name(self) -> &'static str {
         match self {
             Format::Alpaca => "alpaca",
             Format::ShareGpt => "sharegpt",
             Format::OpenAi => "openai",
+            Format::PromptCompletion => "prompt_completion",
+            Format::Text => "text",
         }
     }
 }
@@ -45,7 +53,8 @@ impl std::fmt::Display for Format {
 
 /// The format a user asks for (`format:` of a dataset, `--format`): detected from the first
 /// row (`auto`, the default) or one of the formats, named in any case; `messages` and `chatml`
-/// are aliases of `openai`.
+/// are aliases of `openai`, `prompt-completion` of `prompt_completion`, and `completion`
+/// (Axolotl's name for raw text) of `text`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(into = "&'static str")]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -61,6 +70,12 @@ pub enum DataFormat {
     /// OpenAI `messages` rows.
     #[cfg_attr(feature = "clap", value(alias = "messages", alias = "chatml"))]
     OpenAi,
+    /// TRL prompt/completion rows.
+    #[cfg_attr(feature = "clap", value(name = "prompt_completion", alias = "prompt-completion"))]
+    PromptCompletion,
+    /// Plain `text` rows.
+    #[cfg_attr(feature = "clap", value(alias = "completion"))]
+    Text,
 }
 
 impl DataFormat {
@@ -71,7 +86,11 @@ impl DataFormat {
             "alpaca" => Ok(DataFormat::Alpaca),
             "sharegpt" => Ok(DataFormat::ShareGpt),
             "openai" | "messages" | "chatml" => Ok(DataFormat::OpenAi),
-            _ => Err(format!("unknown data format {name:?}; expected one of auto, alpaca, sharegpt, openai (aliases: messages, chatml)")),
+            "prompt_completion" | "prompt-completion" => Ok(DataFormat::PromptCompletion),
+            "text" | "completion" => Ok(DataFormat::Text),
+            _ => Err(format!(
+                "unknown data format {name:?}; expected one of auto, alpaca, sharegpt, openai (aliases: messages, chatml), prompt_completion, text (alias: completion)"
+            )),
         }
     }
 }
@@ -108,6 +127,8 @@ impl DataFormat {
             DataFormat::Alpaca => Some(Format::Alpaca),
             DataFormat::ShareGpt => Some(Format::ShareGpt),
             DataFormat::OpenAi => Some(Format::OpenAi),
+            DataFormat::PromptCompletion => Some(Format::PromptCompletion),
+            DataFormat::Text => Some(Format::Text),
         }
     }
 }
@@ -123,6 +144,8 @@ pub(crate) enum Plan {
     OpenAi {
         column: String,
     },
+    PromptCompletion,
+    Text,
 }
 
 impl Plan {
@@ -131,6 +154,8 @@ impl Plan {
             Plan::Alpaca => Format::Alpaca,
             Plan::ShareGpt { .. } => Format::ShareGpt,
             Plan::OpenAi { .. } => Format::OpenAi,
+            Plan::PromptCompletion => Format::PromptCompletion,
+            Plan::Text => Format::Text,
         }
     }
 
@@ -144,6 +169,8 @@ impl Plan {
                 let column = if !row.contains_key("messages") && row.contains_key(fallback) { fallback.clone() } else { "messages".into() };
                 Plan::OpenAi { column }
             }
+            Format::PromptCompletion => Plan::PromptCompletion,
+            Format::Text => Plan::Text,
         }
     }
 
@@ -174,6 +201,12 @@ impl Plan {
         }
         if row.contains_key("instruction") && row.contains_key("output") {
             return Some(Plan::Alpaca);
+        }
+        if row.contains_key("prompt") && row.contains_key("completion") {
+            return Some(Plan::PromptCompletion);
+        }
+        if row.contains_key("text") {
+            return Some(Plan::Text);
         }
         None
     }
@@ -208,6 +241,8 @@ mod tests {
         assert_eq!(parse("messages"), Some(DataFormat::OpenAi));
         assert_eq!(parse("auto"), Some(DataFormat::Auto));
         assert_eq!(parse("auto").and_then(DataFormat::format), None);
+        assert_eq!(parse("prompt-completion"), Some(DataFormat::PromptCompletion));
+        assert_eq!(parse("completion"), Some(DataFormat::Text));
         assert_eq!(parse("csv"), None);
     }
 
@@ -223,7 +258,9 @@ mod tests {
         assert_eq!(plan(msgs_from), sharegpt("messages"));
         assert_eq!(plan(json!({"instruction": "a", "output": "b"})), Some(Plan::Alpaca));
         assert_eq!(plan(json!({"instruction": "a"})), None);
-        assert_eq!(plan(json!({"text": "a"})), None);
+        assert_eq!(plan(json!({"text": "a"})), Some(Plan::Text));
+        assert_eq!(plan(json!({"prompt": "a", "completion": "b", "text": "c"})), Some(Plan::PromptCompletion));
+        assert_eq!(plan(json!({"prompt": "a"})), None);
     }
 
     #[test]

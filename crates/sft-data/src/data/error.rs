@@ -58,8 +58,9 @@ pub enum DataError {
     /// The first row's keys match none of the known formats.
     #[error(
         "{at}: cannot detect the data format from keys [{keys}]; expected \"messages\" (openai), \
-         \"{sharegpt_key}\" (sharegpt) or \"instruction\" and \"output\" (alpaca); rename the \
-         columns or pass the format explicitly",
+         \"{sharegpt_key}\" (sharegpt), \"instruction\" and \"output\" (alpaca), \"prompt\" and \
+         \"completion\" (prompt_completion) or \"text\" (text); map the columns (a dataset's \
+         columns key) or pass the format explicitly",
         keys = keys.join(", ")
     )]
     UnknownFormat {

@@ -1,7 +1,7 @@
 //! Data files → [`Conversation`]s: readers with row numbers, then one normalizer per format.
 //!
 //! The pipeline for one file is [`read_rows`] (JSONL, JSON array or Parquet, detected from the
-//! bytes; `-` is stdin) → [`drop_null_keys`] on each row → a format chosen once per file (explicit,
+//! bytes; `-` is stdin) → [`drop_null_keys`] on each row → its columns renamed ([`Columns`]) → a format chosen once per file (explicit,
 //! or detected from the first readable row: see [`detect`](mod@detect)) → [`alpaca::convert`],
 //! [`sharegpt::convert`] or [`openai::convert`].
 //!
@@ -16,11 +16,14 @@
 //! ```
 
 pub mod alpaca;
+pub mod columns;
 pub mod detect;
 pub mod error;
 pub mod openai;
+pub mod prompt_completion;
 pub mod reader;
 pub mod sharegpt;
+pub mod text;
 
 use rayon::prelude::*;
 use serde_json::{Map, Value};
@@ -28,6 +31,7 @@ use serde_json::{Map, Value};
 use crate::conversation::{drop_null_keys, Conversation, RowRef};
 use detect::Plan;
 
+pub use columns::Columns;
 pub use detect::{DataFormat, Format};
 pub use error::{DataError, RowError};
 pub use reader::{read_rows, FileKind, RawRow, RawRows, RowStream};
@@ -54,6 +58,8 @@ pub struct ReadOptions {
     pub sharegpt: ShareGptOptions,
     /// Fail on the first bad row, or skip bad rows.
     pub on_bad_row: OnBadRow,
+    /// The file's names for the columns and message keys the formats expect.
+    pub columns: Columns,
 }
 
 /// The conversations of one file.
@@ -133,7 +139,7 @@ impl<'a> RowConverter<'a> {
         while self.plan.is_none() {
             let Some(row) = rows.next() else { return Ok(out) };
             let result = row.and_then(|raw| {
-                let value = drop_null_keys(&raw.value);
+                let value = self.opts.columns.apply(drop_null_keys(&raw.value));
                 let plan = match self.opts.format {
                     Some(format) => Plan::explicit(format, &value, &self.opts.sharegpt),
                     None => Plan::detect(&value, &self.opts.sharegpt).ok_or_else(|| DataError::UnknownFormat {
@@ -148,12 +154,13 @@ impl<'a> RowConverter<'a> {
             self.keep(result, &mut out)?;
         }
         let Some(plan) = &self.plan else { return Ok(out) };
+        let columns = &self.opts.columns;
         let results: Vec<Result<Conversation, DataError>> = rows
             .collect::<Vec<_>>()
             .into_par_iter()
             .map(|row| {
                 row.and_then(|raw| {
-                    let value = drop_null_keys(&raw.value);
+                    let value = columns.apply(drop_null_keys(&raw.value));
                     convert(plan, &value, &raw.source).map_err(|error| DataError::Row { at: raw.source, error })
                 })
             })
@@ -217,6 +224,8 @@ fn convert(plan: &Plan, row: &Map<String, Value>, at: &RowRef) -> Result<Convers
         Plan::Alpaca => alpaca::convert(row, at),
         Plan::OpenAi { column } => openai::convert(row, at, column),
         Plan::ShareGpt { opts } => sharegpt::convert(row, at, opts),
+        Plan::PromptCompletion => prompt_completion::convert(row, at),
+        Plan::Text => text::convert(row, at),
     }
 }
 

@@ -14,7 +14,7 @@
 use serde_json::{Map, Value};
 
 use super::error::{kind, RowError};
-use crate::conversation::{drop_null_keys, Conversation, Message, RowRef, ROLES};
+use crate::conversation::{drop_null_keys, Conversation, Message, RowRef, Shape, ROLES};
 
 /// Converts one row (nulls already dropped) whose message list is under `column` (normally
 /// `messages`; auto-detection may pick a ShareGPT-named column holding role/content entries).
@@ -42,10 +42,16 @@ pub fn convert(row: &Map<String, Value>, at: &RowRef, column: &str) -> Result<Co
     if messages.is_empty() {
         return Err(RowError::EmptyConversation);
     }
-    Ok(Conversation { source: at.clone(), messages, tools: tools(row.get("tools"))?, documents: row.get("documents").cloned() })
+    Ok(Conversation {
+        source: at.clone(),
+        messages,
+        tools: tools(row.get("tools"))?,
+        documents: row.get("documents").cloned(),
+        shape: Shape::Chat,
+    })
 }
 
-fn message(number: usize, entry: &Value) -> Result<Message, RowError> {
+pub(crate) fn message(number: usize, entry: &Value) -> Result<Message, RowError> {
     let bad = |problem: String| RowError::BadMessage { message: number, problem };
     let Value::Object(fields) = entry else {
         return Err(bad(format!("is {}; expected an object with \"role\" and \"content\"", kind(entry))));

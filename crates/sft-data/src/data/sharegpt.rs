@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::error::{kind, RowError};
 use super::openai;
-use crate::conversation::{drop_null_keys, Conversation, Message, RowRef, ROLES};
+use crate::conversation::{drop_null_keys, Conversation, Message, RowRef, Shape, ROLES};
 
 /// The role-map target meaning "an assistant message whose value holds tool calls".
 pub const FUNCTION_CALL: &str = "function_call";
@@ -121,7 +121,13 @@ pub fn convert(row: &Map<String, Value>, at: &RowRef, opts: &ShareGptOptions) ->
         },
         Some(other) => return Err(RowError::WrongType { what: "\"system\"".into(), expected: "a string", found: kind(other) }),
     }
-    Ok(Conversation { source: at.clone(), messages, tools: openai::tools(row.get("tools"))?, documents: row.get("documents").cloned() })
+    Ok(Conversation {
+        source: at.clone(),
+        messages,
+        tools: openai::tools(row.get("tools"))?,
+        documents: row.get("documents").cloned(),
+        shape: Shape::Chat,
+    })
 }
 
 fn message(number: usize, entry: &Value, opts: &ShareGptOptions) -> Result<Message, RowError> {

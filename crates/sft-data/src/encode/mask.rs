@@ -139,7 +139,13 @@ mod tests {
     use crate::conversation::{Message, RowRef};
 
     fn conv(messages: Vec<Message>) -> Conversation {
-        Conversation { source: RowRef { file: "t.jsonl".into(), row: 3 }, messages, tools: None, documents: None }
+        Conversation {
+            source: RowRef { file: "t.jsonl".into(), row: 3 },
+            messages,
+            tools: None,
+            documents: None,
+            shape: crate::conversation::Shape::Chat,
+        }
     }
 
     fn with(mut m: Message, key: &str, v: Value) -> Message {

@@ -4,9 +4,11 @@
 //!
 //! 1. render with the chat template (no generation prompt);
 //! 2. pick the trained character ranges by the [`Masking`] strategy and per-message
-//!    `weight` / `train` fields;
+//!    `weight` / `train` fields (for prompt/completion and text rows, under `assistant` and
+//!    `last`: the completion, see [`Shape`]);
 //! 3. tokenize without special tokens, a token training when it overlaps a trained range;
-//! 4. prepend the post-processor's BOS when the text has none, append the EOS by [`AppendEos`];
+//! 4. prepend the post-processor's BOS when the text has none, append the EOS by [`AppendEos`]
+//!    (`auto` on a plain row: unless it ends with the EOS, as TRL does);
 //! 5. fit `max_seq_length` by [`Truncation`].
 //!
 //! A row that ends with no trained token is [`Excluded`] with a reason, not an error;
@@ -45,8 +47,8 @@ pub use settings::{EncodeSettings, SettingError};
 use eos::SpecialIds;
 use error::Skip;
 
-use crate::conversation::{Conversation, RowRef};
-use crate::template::{Renderer, TemplateError};
+use crate::conversation::{Conversation, RowRef, Shape};
+use crate::template::{char_ranges, Renderer, TemplateError};
 use crate::tokens::TextTokenizer;
 
 /// The label of a position the loss ignores (PyTorch's `CrossEntropyLoss` default).
@@ -159,8 +161,14 @@ impl<'a> Encoder<'a> {
             masking @ (Masking::Assistant | Masking::Last) => {
                 let (rendered, spans) = self.renderer.render_with_spans(conv).map_err(template_failed)?;
                 let spans = spans.map_err(|e| ExcludeReason::Spans(e.to_string()))?;
-                let template = self.renderer.templates().select(conv.tools.is_some()).name();
-                let ranges = mask::assistant_ranges(masking, conv, &spans, template)?;
+                let ranges = match conv.shape {
+                    // The completion, whole: TRL's completion mask.
+                    Shape::Completion { .. } | Shape::Plain { .. } => char_ranges(&spans),
+                    Shape::Chat => {
+                        let template = self.renderer.templates().select(conv.tools.is_some()).name();
+                        mask::assistant_ranges(masking, conv, &spans, template)?
+                    }
+                };
                 (rendered, ranges)
             }
         };
@@ -175,7 +183,12 @@ impl<'a> Encoder<'a> {
             return Err(ExcludeReason::NoTrainedTokens.into());
         }
         self.special.add_bos(&mut ids, &mut trained);
-        self.special.add_eos(&mut ids, &mut trained, self.options.append_eos);
+        let append_eos = match (&conv.shape, self.options.append_eos) {
+            // TRL appends the EOS to a text or completion unless it ends with one.
+            (Shape::Plain { .. }, AppendEos::Auto) => AppendEos::Always,
+            (_, policy) => policy,
+        };
+        self.special.add_eos(&mut ids, &mut trained, append_eos);
         let trained_tokens_lost = length::fit(&mut ids, &mut trained, self.options.max_seq_length, self.options.truncation)?;
         let eos_trained = self.special.eos_trained(&ids, &trained);
         let labels = ids

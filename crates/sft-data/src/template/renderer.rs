@@ -33,7 +33,7 @@ use super::{
     context_vars, load_template, special_tokens, ChatTemplate, RenderArgs, Rendered, TemplateChoice, TemplateError, TemplateInput,
     TemplateSet,
 };
-use crate::conversation::Conversation;
+use crate::conversation::{Conversation, Shape};
 
 /// Renders conversations for one tokenizer and template choice.
 #[derive(Debug)]
@@ -109,6 +109,7 @@ impl Renderer {
             ],
             tools: None,
             documents: None,
+            shape: Shape::Chat,
         };
         let template = &self.templates.default;
         let unknown = |why: &str| {
@@ -153,6 +154,9 @@ impl Renderer {
         add_generation_prompt: bool,
         continue_final_message: bool,
     ) -> Result<Rendered, TemplateError> {
+        if let Shape::Plain { prompt, completion } = &conv.shape {
+            return Ok(Rendered { text: format!("{prompt}{completion}"), generation_spans: vec![] });
+        }
         let template = self.templates.select(conv.tools.is_some());
         if continue_final_message {
             return template.render(conv, &self.args(add_generation_prompt, continue_final_message));
@@ -177,6 +181,11 @@ impl Renderer {
         add_generation_prompt: bool,
         continue_final_message: bool,
     ) -> Result<(Rendered, Result<Spans, TemplateError>), TemplateError> {
+        if !add_generation_prompt && !continue_final_message && conv.shape != Shape::Chat {
+            let rendered = self.render(conv, false, false)?;
+            let span = self.completion_span(conv, &rendered);
+            return Ok((rendered, span.map(|s| vec![s])));
+        }
         let template = self.templates.select(conv.tools.is_some());
         let input = TemplateInput::of(conv, template);
         let (rendered, follow) = match (continue_final_message, add_generation_prompt) {
@@ -195,11 +204,39 @@ impl Renderer {
     /// module doc says where each turn starts and ends). A turn that cannot be located is an
     /// error that says so.
     pub fn assistant_spans(&self, conv: &Conversation, rendered: &Rendered) -> Result<Spans, TemplateError> {
+        if conv.shape != Shape::Chat {
+            return self.completion_span(conv, rendered).map(|s| vec![s]);
+        }
         let template = self.templates.select(conv.tools.is_some());
         if template.has_generation_tags() {
             return Ok(generation_spans(conv, rendered));
         }
         self.spans(template, conv, &TemplateInput::of(conv, template), rendered, Follow::Nothing)
+    }
+
+    /// The completion of a prompt/completion or text row in `rendered` (its render): a plain
+    /// row's text after its prompt; for a conversational row, what follows the render of its
+    /// prompt messages with a generation prompt, as far as the two renders agree (TRL's
+    /// completion mask, which starts where the tokenized prompt and prompt + completion first
+    /// differ). A chat has no completion: its span is empty.
+    pub fn completion_span(&self, conv: &Conversation, rendered: &Rendered) -> Result<AssistantSpan, TemplateError> {
+        let end = rendered.text.chars().count();
+        let start = match &conv.shape {
+            Shape::Chat => end,
+            Shape::Plain { prompt, .. } => prompt.chars().count(),
+            Shape::Completion { from } => {
+                let prompt = Conversation {
+                    source: conv.source.clone(),
+                    messages: conv.messages[..*from].to_vec(),
+                    tools: conv.tools.clone(),
+                    documents: conv.documents.clone(),
+                    shape: Shape::Chat,
+                };
+                let prompt = self.render(&prompt, true, false)?;
+                prompt.text.chars().zip(rendered.text.chars()).take_while(|(a, b)| a == b).count()
+            }
+        };
+        Ok(AssistantSpan { message: None, start, end })
     }
 
     /// [`assistant_spans`](Self::assistant_spans) with the template input at hand, for `rendered`
@@ -260,6 +297,7 @@ mod tests {
             messages: turns.iter().map(|(r, c)| Message::text(r, c)).collect(),
             tools: None,
             documents: None,
+            shape: Shape::Chat,
         }
     }
 

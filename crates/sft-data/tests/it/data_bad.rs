@@ -29,7 +29,7 @@ const CASES: &[(&str, Option<usize>, &str)] = &[
     ("openai_content_number.json", Some(2), "\"content\" is a number"),
     ("empty_conversation.jsonl", Some(3), "conversation has no messages"),
     ("null_messages.jsonl", Some(2), "missing key \"messages\""),
-    ("unknown_format.jsonl", Some(1), "cannot detect the data format from keys [text, id]"),
+    ("unknown_format.jsonl", Some(1), "cannot detect the data format from keys [body, id]"),
     ("pretty_object.json", Some(1), "invalid JSON"),
     ("empty.jsonl", None, "no rows"),
     ("truncated.parquet", None, "cannot read Parquet"),

@@ -60,7 +60,13 @@ impl Setup {
 }
 
 fn conv_at(row: usize, messages: Vec<Message>) -> Conversation {
-    Conversation { source: RowRef { file: "enc.jsonl".into(), row }, messages, tools: None, documents: None }
+    Conversation {
+        source: RowRef { file: "enc.jsonl".into(), row },
+        messages,
+        tools: None,
+        documents: None,
+        shape: sft_data::conversation::Shape::Chat,
+    }
 }
 
 fn conv(turns: &[(&str, &str)]) -> Conversation {

@@ -12,3 +12,4 @@ mod pack;
 mod render_masks;
 mod render_parity;
 mod tokens;
+mod trl_shapes;

@@ -32,6 +32,7 @@ fn conversation(c: &Value) -> Conversation {
         messages,
         tools: present("tools"),
         documents: present("documents"),
+        shape: sft_data::conversation::Shape::Chat,
     }
 }
 

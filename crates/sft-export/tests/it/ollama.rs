@@ -53,6 +53,7 @@ fn conversation(turns: &[(&str, String)]) -> Conversation {
         messages: turns.iter().map(|(r, c)| Message::text(r, c)).collect(),
         tools: None,
         documents: None,
+        shape: sft_data::conversation::Shape::Chat,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests for sft-train: one module per stage.
 
+mod adapter;
 mod collective;
 mod optim;
 mod schedule;

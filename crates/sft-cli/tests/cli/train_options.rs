@@ -1,0 +1,126 @@
+//! Issue 27's training keys through `sft train`: `adapter` (a new run from a trained PEFT
+//! adapter), dataset mixing (`weight`, `max_samples`, `shuffle`, with per-file counts in the
+//! summary and `data_summary.json`), the `text` and `prompt_completion` formats and `columns`.
+
+use std::path::{Path, PathBuf};
+
+use super::{json_file, logged_losses, root, sft, stderr, tiny_run};
+
+/// A training config in a fresh directory under target/cli-tests: `body` plus an output_dir.
+fn config(name: &str, body: &str) -> PathBuf {
+    let dir = root().join("target/cli-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("train.yaml");
+    std::fs::write(&path, format!("{body}output_dir: {}\n", dir.join("out").display())).unwrap();
+    path
+}
+
+fn train(config: &Path, sets: &[&str]) -> std::process::Output {
+    let mut args = vec!["train", config.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    sft(&args)
+}
+
+const EVAL_FIXTURE: &str = "model: tests/fixtures/model/eval/model\nadapter: tests/fixtures/model/eval/adapter\n\
+     datasets:\n  - path: tests/fixtures/model/eval/data.jsonl\nmax_steps: 2\nper_device_train_batch_size: 10\n\
+     logging_steps: 1\nlearning_rate: 0.01\n";
+
+#[test]
+fn a_run_continued_from_an_adapter_starts_at_its_peft_loss() {
+    let cfg = config("adapter-continue", EVAL_FIXTURE);
+    let out = train(&cfg, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("starting from the adapter tests/fixtures/model/eval/adapter"), "{}", stderr(&out));
+    let ckpt = cfg.parent().unwrap().join("out/checkpoint-2");
+    let losses = logged_losses(&ckpt);
+    let peft = json_file(&root().join("tests/fixtures/model/eval/expected.json"))["adapter"]["loss"].as_f64().unwrap();
+    assert!(((losses[0] - peft) / peft).abs() <= 1e-5, "first loss {} vs PEFT's {peft}", losses[0]);
+    assert!(losses[1] < losses[0], "it trains: {losses:?}");
+    let peft_config = json_file(&ckpt.join("adapter_config.json"));
+    assert_eq!((peft_config["r"].as_u64(), peft_config["lora_alpha"].as_f64()), (Some(4), Some(8.0)));
+    // A LoRA key that contradicts the adapter is refused, naming both, before anything is written.
+    for (set, expect) in [
+        ("lora_r=8", "lora_r: 8 conflicts with adapter: tests/fixtures/model/eval/adapter, whose adapter_config.json has r 4"),
+        ("finetuning=full", "adapter: continues a LoRA adapter: use finetuning: lora"),
+        ("adapter=tests/fixtures/model/eval", "adapter: tests/fixtures/model/eval: no adapter_config.json"),
+    ] {
+        let cfg = config("adapter-bad", EVAL_FIXTURE);
+        let out = train(&cfg, &[set]);
+        assert!(!out.status.success(), "{set}");
+        assert!(stderr(&out).contains(expect), "{set}: {}", stderr(&out));
+        assert!(!cfg.parent().unwrap().join("out").exists(), "{set}: nothing may be written");
+    }
+}
+
+#[test]
+fn weights_max_samples_and_shuffle_mix_the_datasets_and_the_counts_are_saved() {
+    let dir = tiny_run("mix", "lora_r: 4\n");
+    let model = dir.join("model");
+    let body = format!(
+        "model: {}\nfinetuning: lora\nlora_r: 4\nmax_steps: 1\nlogging_steps: 1\nseed: 5\ndatasets:\n\
+         \x20 - path: examples/quickstart/train_alpaca.jsonl\n    max_samples: 300\n    shuffle: true\n    weight: 1\n\
+         \x20 - path: examples/quickstart/train_sharegpt.jsonl\n    weight: 3\n",
+        model.display()
+    );
+    let cfg = config("mix-run", &body);
+    let out = train(&cfg, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // p = (1/4, 3/4) of 300 and 800 examples: N = min(300 × 4, 800 × 4/3) = 1066, 266.5 and 799.5,
+    // the spare example to the first file.
+    let err = stderr(&out);
+    assert!(err.contains("training 1066 records"), "{err}");
+    assert!(
+        err.contains("examples/quickstart/train_alpaca.jsonl (alpaca): 800 rows, 300 selected, 300 examples, 267 used (weight 1)"),
+        "{err}"
+    );
+    assert!(err.contains("examples/quickstart/train_sharegpt.jsonl (sharegpt): 800 rows, 800 examples, 799 used (weight 3)"), "{err}");
+    let summary = json_file(&cfg.parent().unwrap().join("out/data_summary.json"));
+    let used: Vec<u64> = summary["datasets"].as_array().unwrap().iter().map(|d| d["used"].as_u64().unwrap()).collect();
+    assert_eq!(used, [267, 799]);
+    assert_eq!(summary["datasets"][0]["selected"], 300);
+    let out = train(
+        &cfg,
+        &["datasets=[{path: examples/quickstart/train_alpaca.jsonl, weight: 2}, {path: examples/quickstart/train_sharegpt.jsonl}]"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("datasets[1].weight: missing: set weight on every dataset or on none"), "{}", stderr(&out));
+}
+
+#[test]
+fn text_and_prompt_completion_files_with_their_own_column_names_train() {
+    let dir = tiny_run("shapes", "lora_r: 4\n");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let text: String = (0..6).map(|i| format!("{{\"body\": \"The topic of sentence {i} is the weather, which is sunny.\"}}\n")).collect();
+    std::fs::write(data.join("text.jsonl"), text).unwrap();
+    let pc: String = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"dialog\": [{{\"speaker\": \"user\", \"says\": \"Topic of sentence {i}?\"}}], \"answer\": [{{\"speaker\": \"assistant\", \"says\": \"weather\"}}]}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(data.join("pc.jsonl"), pc).unwrap();
+    let body = format!(
+        "model: {}\nfinetuning: lora\nlora_r: 4\nmax_steps: 2\nlogging_steps: 1\ndatasets:\n\
+         \x20 - path: {text}\n    format: text\n    columns: {{text: body}}\n\
+         \x20 - path: {pc}\n    columns: {{prompt: dialog, completion: answer, role: speaker, content: says}}\n",
+        dir.join("model").display(),
+        text = data.join("text.jsonl").display(),
+        pc = data.join("pc.jsonl").display(),
+    );
+    let cfg = config("shapes-run", &body);
+    let out = train(&cfg, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = json_file(&cfg.parent().unwrap().join("out/data_summary.json"));
+    let formats: Vec<&str> = summary["datasets"].as_array().unwrap().iter().map(|d| d["format"].as_str().unwrap()).collect();
+    assert_eq!(formats, ["text", "prompt_completion"]);
+    assert!(summary["datasets"].as_array().unwrap().iter().all(|d| d["examples"] == 6), "{summary}");
+    // An unknown column name is refused with the key and a suggestion.
+    let out = train(&cfg, &["datasets=[{path: x.jsonl, columns: {txt: body}}]"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("datasets[0].columns.txt: unknown key; did you mean text?"), "{}", stderr(&out));
+}
