@@ -17,6 +17,7 @@ mod prepare;
 mod quickstart;
 mod ranks;
 mod render;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -55,6 +56,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Write a GGUF file (llama.cpp, Ollama) out as a Hugging Face model directory.
     Import(import::ImportArgs),
+    /// Serve a model (and named adapters on it) over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Create a model directory with random weights from a config.json (no download needed).
     InitModel(init_model::InitModelArgs),
 }
@@ -74,6 +77,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Merge(args) => merge::run(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::Serve(args) => serve::run(&args),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use sft_data::conversation::Conversation;
 use sft_data::tokens::{TextTokenizer, TokenError};
-use sft_model::model::{Cache, Model};
+use sft_model::model::{log_softmax, top_n, Cache, Model, TokenLogprobs};
 use sft_model::rng::SplitMix;
 use sft_model::ModelError;
 
@@ -52,6 +52,70 @@ pub struct Generation {
     pub finish: Finish,
 }
 
+/// One sequence being decoded: its ids so far (prompt and output), its KV cache and its
+/// sampler. [`decode_tokens`] runs one to the end; a server steps many in turn.
+pub struct Decoder {
+    ids: Vec<u32>,
+    /// The ids the cache has not seen yet (the prompt, then the last new id).
+    fresh: Vec<u32>,
+    cache: Cache,
+    rng: SplitMix,
+    sampling: Sampling,
+}
+
+/// A new token and, when asked for, its log-probability and the most likely tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The token.
+    pub id: u32,
+    /// Its log-probability under the model's distribution (before temperature, top-k and the
+    /// other processors) with the top tokens.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+impl Decoder {
+    /// A sequence starting from `prompt`, sampled as `sampling` says.
+    pub fn new(prompt: &[u32], sampling: &Sampling) -> Self {
+        Self {
+            ids: prompt.to_vec(),
+            fresh: prompt.to_vec(),
+            cache: Cache::default(),
+            rng: SplitMix(sampling.seed),
+            sampling: sampling.clone(),
+        }
+    }
+
+    /// Decodes the next token; `logprobs = Some(n)` also returns its log-probability with the
+    /// `n` most likely tokens.
+    pub fn step(&mut self, model: &Model, logprobs: Option<usize>) -> Result<Step, ModelError> {
+        let s = &self.sampling;
+        // On a worker of the thread pool, so the kernels' parallel loops start without a
+        // cross-thread hand-off each (one per token instead of hundreds).
+        let (next, lp) = if s.temperature <= 0.0 && s.repetition_penalty == 1.0 && logprobs.is_none() {
+            (rayon::scope(|_| model.next_greedy(&self.fresh, &mut self.cache))?, None)
+        } else {
+            let logits = rayon::scope(|_| model.forward_cached(&self.fresh, &mut self.cache))?;
+            let mut logits = logits.to_vec1::<f32>().map_err(|source| ModelError::Tensor { context: "reading logits".into(), source })?;
+            let lp = logprobs.map(|n| (log_softmax(&logits), n));
+            let next = choose(&mut logits, &self.ids, s, &mut self.rng);
+            (next, lp.map(|(lp, n)| TokenLogprobs { logprob: lp[next as usize], top: top_n(&lp, n) }))
+        };
+        self.fresh = vec![next];
+        self.ids.push(next);
+        Ok(Step { id: next, logprobs: lp })
+    }
+
+    /// How many ids the sequence holds (prompt and output).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether it holds no id.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
 /// Decodes up to `max_new_tokens` ids after `prompt`, ending after one of `stop_ids`;
 /// `on_token` sees each new id and returns whether to go on (`false`: [`Finish::StopString`]).
 pub fn decode_tokens(
@@ -62,23 +126,10 @@ pub fn decode_tokens(
     sampling: &Sampling,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, Finish), ModelError> {
-    let mut ids = prompt.to_vec();
+    let mut decoder = Decoder::new(prompt, sampling);
     let mut out = vec![];
-    let mut rng = SplitMix(sampling.seed);
-    let mut cache = Cache::default();
-    let mut fresh: Vec<u32> = prompt.to_vec();
     for _ in 0..max_new_tokens {
-        // On a worker of the thread pool, so the kernels' parallel loops start without a
-        // cross-thread hand-off each (one per token instead of hundreds).
-        let next = if sampling.temperature <= 0.0 && sampling.repetition_penalty == 1.0 {
-            rayon::scope(|_| model.next_greedy(&fresh, &mut cache))?
-        } else {
-            let logits = rayon::scope(|_| model.forward_cached(&fresh, &mut cache))?;
-            let mut logits = logits.to_vec1::<f32>().map_err(|source| ModelError::Tensor { context: "reading logits".into(), source })?;
-            choose(&mut logits, &ids, sampling, &mut rng)
-        };
-        fresh = vec![next];
-        ids.push(next);
+        let next = decoder.step(model, None)?.id;
         out.push(next);
         if !on_token(next) {
             return Ok((out, Finish::StopString));

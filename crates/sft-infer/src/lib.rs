@@ -31,7 +31,7 @@ pub mod sampling;
 pub mod score;
 
 pub use error::InferError;
-pub use generate::{Finish, GenerateParams, Generation};
+pub use generate::{Decoder, Finish, GenerateParams, Generation, Step};
 pub use load::{Inference, LoadOptions};
 pub use sampling::Sampling;
 pub use score::Score;

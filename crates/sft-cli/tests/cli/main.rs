@@ -17,6 +17,7 @@ mod merge;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod quickstart;
+mod serve;
 mod train_options;
 
 /// The crash-safety tests need the binary's fault hooks: without the feature they would not

@@ -200,6 +200,34 @@ impl Layer {
         Ok(Self { index, input_norm, post_attention_norm, mlp_norm, post_mlp_norm, attn: Attention { proj, o, q_norm, k_norm }, mlp })
     }
 
+    /// Every linear module of the layer with its HF name (for attaching adapters to a shared
+    /// base, see `adapters.rs`).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let p = format!("model.layers.{}", self.index);
+        let mut out: Vec<(String, &mut Linear)> = vec![];
+        match &mut self.attn.proj {
+            Projections::Separate { q, k, v } => {
+                out.push((format!("{p}.self_attn.q_proj"), q));
+                out.push((format!("{p}.self_attn.k_proj"), k));
+                out.push((format!("{p}.self_attn.v_proj"), v));
+            }
+            Projections::Fused(qkv) => out.push((format!("{p}.self_attn.qkv_proj"), qkv)),
+        }
+        out.push((format!("{p}.self_attn.o_proj"), &mut self.attn.o));
+        match &mut self.mlp {
+            Mlp::Separate { gate, up, down } => {
+                out.push((format!("{p}.mlp.gate_proj"), gate));
+                out.push((format!("{p}.mlp.up_proj"), up));
+                out.push((format!("{p}.mlp.down_proj"), down));
+            }
+            Mlp::Fused { gate_up, down } => {
+                out.push((format!("{p}.mlp.gate_up_proj"), gate_up));
+                out.push((format!("{p}.mlp.down_proj"), down));
+            }
+        }
+        out
+    }
+
     /// `h` is the residual stream `[batch·seq, hidden]`. With a `cache` (generation, batch 1)
     /// the layer's keys and values of earlier tokens are reused and the new ones appended.
     pub fn forward(&self, h: &Tensor, cfg: &ModelConfig, cx: &Context, cache: Option<&mut KvCache>) -> Result<Tensor> {

@@ -3,10 +3,12 @@
 //! labels other than -100 within the same packed row), summed; [`Loss::mean`] divides by their
 //! count, as transformers' causal-LM loss does.
 
+mod adapters;
 mod batch;
 mod greedy;
 mod kv_cache;
 mod layer;
+mod logprobs;
 mod params;
 mod recompute;
 
@@ -32,6 +34,7 @@ pub use greedy::argmax;
 use greedy::GreedyScreen;
 pub use kv_cache::KvCache;
 use layer::{Context, Layer};
+pub use logprobs::{log_softmax, top_n, TokenLogprobs};
 use params::{BaseSource, Builder};
 use recompute::{Pending, Recompute};
 
@@ -48,7 +51,7 @@ pub struct Model {
     head_bf16: Option<Arc<QuantWeight>>,
     /// Greedy decoding's bf16 screen of the f32 output layer, made on first use (`None` when
     /// the exact argmax cannot be screened this way).
-    greedy: OnceLock<Option<GreedyScreen>>,
+    greedy: Arc<OnceLock<Option<GreedyScreen>>>,
     params: Vec<(String, Var)>,
     lora: Option<LoraSettings>,
     /// Linear weights held in a compact format, and their bytes.
@@ -206,7 +209,7 @@ impl Model {
             norm,
             lm_head,
             head_bf16,
-            greedy: OnceLock::new(),
+            greedy: Arc::new(OnceLock::new()),
             params: b.params,
             lora,
             quantized: b.quantized,
