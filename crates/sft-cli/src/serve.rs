@@ -15,10 +15,12 @@ use crate::common::{Dtype, ModelArgs};
 /// `sft serve` flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Model: a directory, a training checkpoint, a hub id or a GGUF file; requests name it
-    /// as given here.
+    /// Model: a directory, a training checkpoint, a hub id or a GGUF file.
     #[arg(long)]
     pub model: String,
+    /// The name requests give the model in "model" (default: --model as given).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
     /// A named LoRA adapter on the base, picked by a request's "model": NAME=DIR (repeatable;
     /// the adapters share the base's weights in memory).
     #[arg(long = "adapter", value_name = "NAME=DIR")]
@@ -65,6 +67,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let model = ModelArgs { model: args.model.clone(), adapter: None, load_in_4bit: args.load_in_4bit, dtype: args.dtype };
     let mut opts = ServeOptions::new(model.load_options(&args.template));
+    opts.name = args.served_model_name.clone();
     opts.adapters = adapters(&args.adapters)?;
     opts.max_concurrency = args.max_concurrency;
     opts.queue = args.queue;

@@ -43,6 +43,8 @@ use engine::{EngineSettings, Load, Msg};
 pub struct ServeOptions {
     /// The base model (or checkpoint), its precision and template.
     pub load: LoadOptions,
+    /// The name requests give the base (`None`: the model as given in `load`).
+    pub name: Option<String>,
     /// Named adapters on the base: (name, directory or hub id).
     pub adapters: Vec<(String, String)>,
     /// Requests decoding at once.
@@ -56,7 +58,7 @@ pub struct ServeOptions {
 impl ServeOptions {
     /// `load` alone: 16 running, 64 queued, 600 s per request.
     pub fn new(load: LoadOptions) -> Self {
-        Self { load, adapters: vec![], max_concurrency: 16, queue: 64, timeout: Duration::from_secs(600) }
+        Self { load, name: None, adapters: vec![], max_concurrency: 16, queue: 64, timeout: Duration::from_secs(600) }
     }
 }
 
@@ -108,7 +110,7 @@ impl App {
             Inference::load(&opts.load).map_err(|source| ServeError::Load { name: opts.load.model.clone(), source: Box::new(source) })?;
         let stop_ids = base.stop_ids().to_vec();
         let Inference { model, tokenizer, renderer, source, .. } = base;
-        let mut names = vec![opts.load.model.clone()];
+        let mut names = vec![opts.name.clone().unwrap_or_else(|| opts.load.model.clone())];
         let mut models = vec![];
         for (name, dir) in &opts.adapters {
             if names.contains(name) {

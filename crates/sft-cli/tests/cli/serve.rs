@@ -155,7 +155,10 @@ fn greedy_chat_equals_sft_generate_and_the_stream_concatenates_to_it() {
 
 #[test]
 fn concurrent_requests_answer_as_sequential_ones() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--served-model-name", "base"]);
+    let names: Vec<Value> = server.get("/v1/models")["data"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+    assert_eq!(names, ["base", "tuned"]);
+    const MODEL: &str = "base";
     let requests: Vec<Value> = (0..16)
         .map(|i| {
             let model = if i % 2 == 0 { MODEL } else { "tuned" };
@@ -329,6 +332,8 @@ fn bad_adapters_stop_the_server_before_it_listens() {
     }
     let taken = format!("{MODEL}={ADAPTER}");
     let out = sft(&["serve", "--model", MODEL, "--adapter", &taken, "--port", "0"]);
+    assert!(!out.status.success() && stderr(&out).contains("is taken"), "{}", stderr(&out));
+    let out = sft(&["serve", "--model", MODEL, "--served-model-name", "tuned", "--adapter", &format!("tuned={ADAPTER}"), "--port", "0"]);
     assert!(!out.status.success() && stderr(&out).contains("is taken"), "{}", stderr(&out));
 }
 
