@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 
-PROMPT = "Count from one to one hundred in words: one, two, three, four,"
+MESSAGES = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread. Make it at least 500 words."}]
 
 
 def wait_ready(base, proc, seconds=300):
@@ -37,8 +37,8 @@ def wait_ready(base, proc, seconds=300):
 
 
 def complete(base, model, max_tokens, stream=False):
-    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": stream}
-    req = urllib.request.Request(f"{base}/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    body = {"model": model, "messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0, "stream": stream}
+    req = urllib.request.Request(f"{base}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     start = time.time()
     with urllib.request.urlopen(req, timeout=600) as r:
         if not stream:
@@ -47,7 +47,7 @@ def complete(base, model, max_tokens, stream=False):
         first, tokens = None, 0
         for line in r:
             line = line.decode().strip()
-            if line.startswith("data: ") and line != "data: [DONE]":
+            if line.startswith("data: ") and line != "data: [DONE]" and json.loads(line[6:])["choices"][0]["delta"].get("content"):
                 if first is None:
                     first = time.time() - start
                 tokens += 1
@@ -101,7 +101,7 @@ def main():
     ]
     ref = rows[0]
     for r in rows[1:]:
-        ratios = {k: round(r[k] / ref[k], 2) for k in r if k.endswith("tok_s")}
+        ratios = {k: round(r[k] / ref[k], 2) for k in r if "tok_s" in k}
         print(f"{r['server']} / llama.cpp: {ratios}")
 
 
