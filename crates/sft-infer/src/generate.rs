@@ -104,16 +104,6 @@ impl Decoder {
         self.ids.push(next);
         Ok(Step { id: next, logprobs: lp })
     }
-
-    /// How many ids the sequence holds (prompt and output).
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// Whether it holds no id.
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
 }
 
 /// Decodes up to `max_new_tokens` ids after `prompt`, ending after one of `stop_ids`;

@@ -163,6 +163,8 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// The BOS id, if any.
     pub bos_token_id: Option<u32>,
+    /// Most positions (prompt and answer) the model was trained for, when config.json says.
+    pub max_position_embeddings: Option<usize>,
 }
 
 impl ModelConfig {
@@ -273,6 +275,7 @@ impl HfConfig {
             },
             eos_token_ids: token_ids(&cx, self.eos_token_id.as_ref(), "eos_token_id")?,
             bos_token_id: token_ids(&cx, self.bos_token_id.as_ref(), "bos_token_id")?.first().copied(),
+            max_position_embeddings: self.max_position_embeddings,
         })
     }
 

@@ -92,16 +92,6 @@ pub struct App {
     engine: std::thread::JoinHandle<()>,
 }
 
-/// `max_position_embeddings` of a model directory's config.json (no limit when absent).
-fn context_length(dir: &std::path::Path) -> usize {
-    let read = || -> Option<usize> {
-        let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v.get("max_position_embeddings")?.as_u64().and_then(|n| usize::try_from(n).ok())
-    };
-    read().unwrap_or(usize::MAX)
-}
-
 impl App {
     /// Loads the base and every adapter (as views sharing the base's weights) and starts the
     /// engine thread.
@@ -109,7 +99,7 @@ impl App {
         let base =
             Inference::load(&opts.load).map_err(|source| ServeError::Load { name: opts.load.model.clone(), source: Box::new(source) })?;
         let stop_ids = base.stop_ids().to_vec();
-        let Inference { model, tokenizer, renderer, source, .. } = base;
+        let Inference { model, tokenizer, renderer, .. } = base;
         let mut names = vec![opts.name.clone().unwrap_or_else(|| opts.load.model.clone())];
         let mut models = vec![];
         for (name, dir) in &opts.adapters {
@@ -124,8 +114,8 @@ impl App {
             models.push(view);
         }
         models.insert(0, model);
-        let context = context_length(&source.base.dir);
-        let vocab = models[0].config().vocab_size;
+        let config = models[0].config();
+        let (context, vocab) = (config.max_position_embeddings.unwrap_or(usize::MAX), config.vocab_size);
         let load = Arc::new(Load::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let settings = EngineSettings { models, stop_ids, max_running: opts.max_concurrency.max(1), load: load.clone() };

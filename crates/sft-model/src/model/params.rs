@@ -42,7 +42,63 @@ pub enum Trainable {
 enum AdapterSource {
     None,
     Init { settings: LoraSettings, rng: SplitMix },
-    File { settings: LoraSettings, weights: Box<Weights>, train: bool },
+    File { file: Box<AdapterFile>, train: bool },
+}
+
+/// A PEFT adapter directory being attached to a model's linear modules, one module at a time:
+/// which modules take an A/B pair, and the check at the end that every tensor of the file found
+/// its module. Shared by loading (`Builder`) and by adapter views on a loaded base
+/// (`Model::with_adapter`).
+pub(crate) struct AdapterFile {
+    pub settings: LoraSettings,
+    weights: Weights,
+    used: BTreeSet<String>,
+}
+
+impl AdapterFile {
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        Ok(Self {
+            settings: LoraSettings::from_adapter_dir(dir)?,
+            weights: Weights::open(dir, crate::lora::ADAPTER_WEIGHTS)?,
+            used: BTreeSet::new(),
+        })
+    }
+
+    /// The A `[r, inp]` and B `[out, r]` of linear module `module` when it is a target or the
+    /// file holds its pair (PEFT names).
+    pub fn take(&mut self, module: &str, out: usize, inp: usize) -> Result<Option<(Tensor, Tensor)>, ModelError> {
+        let (a_name, b_name) = peft_names(module);
+        if !self.settings.targets.matches(module) && !self.weights.has(&a_name) {
+            return Ok(None);
+        }
+        let r = self.settings.r;
+        let pair = (self.weights.get(&a_name, &[r, inp])?, self.weights.get(&b_name, &[out, r])?);
+        self.used.insert(a_name);
+        self.used.insert(b_name);
+        Ok(Some(pair))
+    }
+
+    /// Fails when the file holds tensors no module took (it belongs to another model), or when
+    /// no module took any.
+    pub fn finish(&self) -> Result<(), ModelError> {
+        if let Some(extra) = self.weights.names().iter().find(|n| !self.used.contains(*n)) {
+            return Err(ModelError::BadTensor {
+                dir: self.weights.dir().into(),
+                name: extra.clone(),
+                message:
+                    "no module of the model takes it (an adapter for another model, or lm_head/embedding adapters, which are not supported)"
+                        .into(),
+            });
+        }
+        if self.used.is_empty() {
+            return Err(ModelError::Config {
+                path: self.weights.dir().join(crate::lora::ADAPTER_CONFIG),
+                key: "target_modules".into(),
+                message: "no module of the model is a target".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Where base weights come from.
@@ -93,7 +149,6 @@ pub(crate) struct Builder {
     adapter: AdapterSource,
     /// Trainable parameters in load order, under their HF / PEFT names.
     pub params: Vec<(String, Var)>,
-    used_adapter: BTreeSet<String>,
     lora_count: u64,
 }
 
@@ -106,11 +161,7 @@ impl Builder {
         let adapter = match trainable {
             Trainable::Frozen | Trainable::Full => AdapterSource::None,
             Trainable::NewLora { settings, seed } => AdapterSource::Init { settings: settings.clone(), rng: SplitMix(*seed) },
-            Trainable::Adapter { dir, train } => AdapterSource::File {
-                settings: LoraSettings::from_adapter_dir(dir)?,
-                weights: Box::new(Weights::open(dir, crate::lora::ADAPTER_WEIGHTS)?),
-                train: *train,
-            },
+            Trainable::Adapter { dir, train } => AdapterSource::File { file: Box::new(AdapterFile::open(dir)?), train: *train },
         };
         let full = matches!(trainable, Trainable::Full);
         if full && format != BaseFormat::F32 {
@@ -120,14 +171,15 @@ impl Builder {
                 message: format!("base weights as {format:?} are frozen: full fine-tuning needs f32 (use LoRA)"),
             });
         }
-        Ok(Self { base, full, format, quantized: (0, 0), adapter, params: vec![], used_adapter: BTreeSet::new(), lora_count: 0 })
+        Ok(Self { base, full, format, quantized: (0, 0), adapter, params: vec![], lora_count: 0 })
     }
 
     /// The LoRA settings in use, if any.
     pub fn lora_settings(&self) -> Option<&LoraSettings> {
         match &self.adapter {
             AdapterSource::None => None,
-            AdapterSource::Init { settings, .. } | AdapterSource::File { settings, .. } => Some(settings),
+            AdapterSource::Init { settings, .. } => Some(settings),
+            AdapterSource::File { file, .. } => Some(&file.settings),
         }
     }
 
@@ -179,18 +231,11 @@ impl Builder {
                 let wrap = |e: candle_core::Error| ModelError::Tensor { context: format!("initialising LoRA of {module}"), source: e };
                 (a.map_err(wrap)?, b.map_err(wrap)?, true, settings.scaling())
             }
-            AdapterSource::File { settings, weights, train } => {
-                if !settings.targets.matches(module) && !weights.has(&a_name) {
-                    return Ok(None);
-                }
-                let r = settings.r;
-                let a = weights.get(&a_name, &[r, inp])?;
-                let b = weights.get(&b_name, &[out, r])?;
-                (a, b, *train, settings.scaling())
-            }
+            AdapterSource::File { file, train } => match file.take(module, out, inp)? {
+                Some((a, b)) => (a, b, *train, file.settings.scaling()),
+                None => return Ok(None),
+            },
         };
-        self.used_adapter.insert(a_name.clone());
-        self.used_adapter.insert(b_name.clone());
         let (a, b) = if train {
             let dir = self.base.dir().to_path_buf();
             let (va, vb) = (var(a, &dir, &a_name)?, var(b, &dir, &b_name)?);
@@ -208,22 +253,9 @@ impl Builder {
 
     /// Fails when the adapter file holds tensors no module used (it belongs to another model).
     pub fn finish(&self) -> Result<(), ModelError> {
-        if let AdapterSource::File { weights, .. } = &self.adapter {
-            if let Some(extra) = weights.names().iter().find(|n| !self.used_adapter.contains(*n)) {
-                return Err(ModelError::BadTensor {
-                    dir: weights.dir().into(),
-                    name: extra.clone(),
-                    message: "no module of the model takes it (an adapter for another model, or lm_head/embedding adapters, which are not supported)".into(),
-                });
-            }
-            if self.used_adapter.is_empty() {
-                return Err(ModelError::Config {
-                    path: weights.dir().join(crate::lora::ADAPTER_CONFIG),
-                    key: "target_modules".into(),
-                    message: "no module of the model is a target".into(),
-                });
-            }
+        match &self.adapter {
+            AdapterSource::File { file, .. } => file.finish(),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }

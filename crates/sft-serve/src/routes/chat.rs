@@ -41,7 +41,7 @@ async fn answer(state: Arc<State>, body: Bytes) -> Result<Response, ApiError> {
     let prompt = {
         let state = state.clone();
         let conversation = request.conversation.clone();
-        tokio::task::spawn_blocking(move || prompt_ids(&state, &conversation))
+        tokio::task::spawn_blocking(move || state.encode(&state.chat_prompt(&conversation)?))
             .await
             .map_err(|e| ApiError::internal(format!("rendering the prompt: {e}")))??
     };
@@ -72,14 +72,6 @@ async fn answer(state: Arc<State>, body: Bytes) -> Result<Response, ApiError> {
         "usage": usage(prompt.len(), &out),
     }))
     .into_response())
-}
-
-fn prompt_ids(state: &State, conversation: &sft_data::conversation::Conversation) -> Result<Vec<u32>, ApiError> {
-    let rendered = state
-        .renderer
-        .render(conversation, true, false)
-        .map_err(|e| ApiError::invalid("messages", format!("rendering the messages with the chat template: {e}")))?;
-    Ok(state.tokenizer.encode(&rendered.text, &[]).map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))?.input_ids)
 }
 
 fn usage(prompt: usize, out: &Outcome) -> Value {

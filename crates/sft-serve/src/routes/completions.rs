@@ -53,14 +53,13 @@ impl Logprobs {
 /// The ids and text of a prompt: text is tokenized as `tokenizer(text)` does (the
 /// post-processor's leading special tokens, e.g. a BOS, then the text's own tokens).
 fn prompt_of(state: &State, p: &Prompt) -> Result<(Vec<u32>, String), ApiError> {
-    let internal = |e: sft_data::tokens::TokenError| ApiError::internal(format!("tokenizing the prompt: {e}"));
     match p {
         Prompt::Ids(ids) => {
             Ok((ids.clone(), state.tokenizer.decode(ids, false).map_err(|e| ApiError::invalid("prompt", format!("prompt: {e}")))?))
         }
         Prompt::Text(text) => {
-            let mut ids = state.tokenizer.leading_special_ids().map_err(internal)?;
-            ids.extend(state.tokenizer.encode(text, &[]).map_err(internal)?.input_ids);
+            let mut ids = state.tokenizer.leading_special_ids().map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))?;
+            ids.extend(state.encode(text)?);
             Ok((ids, text.clone()))
         }
     }

@@ -131,6 +131,20 @@ impl State {
         Ok(rx)
     }
 
+    /// The chat template's prompt for `conversation`, with the generation prompt.
+    fn chat_prompt(&self, conversation: &sft_data::conversation::Conversation) -> Result<String, ApiError> {
+        let rendered = self
+            .renderer
+            .render(conversation, true, false)
+            .map_err(|e| ApiError::invalid("messages", format!("rendering the messages with the chat template: {e}")))?;
+        Ok(rendered.text)
+    }
+
+    /// The ids of `text`, no special tokens added.
+    fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        Ok(self.tokenizer.encode(text, &[]).map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))?.input_ids)
+    }
+
     /// One token as log-probabilities name it: its text, or `token_id:N` when `as_id`.
     fn token_label(&self, id: u32, as_id: bool) -> String {
         if as_id {

@@ -20,17 +20,10 @@ pub(super) async fn tokenize(state: Shared, body: Bytes) -> Response {
         check_model(&state, &r.model)?;
         let text = match (&r.prompt, &r.messages) {
             (Some(p), None) => p.clone(),
-            (None, Some(m)) => {
-                let c = conversation(m, r.tools.as_ref())?;
-                state
-                    .renderer
-                    .render(&c, true, false)
-                    .map_err(|e| ApiError::invalid("messages", format!("rendering the messages: {e}")))?
-                    .text
-            }
+            (None, Some(m)) => state.chat_prompt(&conversation(m, r.tools.as_ref())?)?,
             _ => return Err(ApiError::invalid("prompt", "give prompt (a text) or messages, not both")),
         };
-        let ids = state.tokenizer.encode(&text, &[]).map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?.input_ids;
+        let ids = state.encode(&text)?;
         Ok(Json(json!({"count": ids.len(), "max_model_len": state.context, "tokens": ids})).into_response())
     };
     run().unwrap_or_else(IntoResponse::into_response)
