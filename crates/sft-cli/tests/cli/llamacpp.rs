@@ -118,7 +118,10 @@ fn check_family(name: &str) {
     let base_f32 = &variants.iter().find(|v| v["adapter"] == false).expect("base variant")["runs"][0];
     for variant in variants {
         let extra: Vec<&str> = if variant["adapter"] == true { vec!["--adapter", adapter.to_str().unwrap()] } else { vec![] };
-        let generated = run_ok(&[&["generate", "--model", m], &extra[..], &["--input", input.to_str().unwrap(), "--max-new-tokens", &new_tokens, "--json"]].concat());
+        let generated = run_ok(
+            &[&["generate", "--model", m], &extra[..], &["--input", input.to_str().unwrap(), "--max-new-tokens", &new_tokens, "--json"]]
+                .concat(),
+        );
         let ours: Vec<Vec<u64>> = lines(&generated).iter().map(|l| ids(&l["token_ids"])).collect();
         for run in variant["runs"].as_array().unwrap() {
             let kind = run["kind"].as_str().unwrap();
@@ -164,7 +167,10 @@ fn the_llama_cpp_record_covers_three_families_with_and_without_an_adapter() {
     let want: Vec<(String, bool, Vec<String>)> = ["llama", "qwen2", "qwen3"]
         .iter()
         .flat_map(|n| {
-            [(n.to_string(), false, vec!["f32".into(), "f16".into()]), (n.to_string(), true, vec!["f32".into(), "f16".into(), "lora".into()])]
+            [
+                (n.to_string(), false, vec!["f32".into(), "f16".into()]),
+                (n.to_string(), true, vec!["f32".into(), "f16".into(), "lora".into()]),
+            ]
         })
         .collect();
     assert_eq!(seen, want);
