@@ -11,6 +11,7 @@ mod crash;
 mod export;
 mod gguf;
 mod hub;
+mod llamacpp;
 mod lock;
 mod map_eos;
 mod merge;
