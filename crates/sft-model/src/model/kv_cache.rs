@@ -25,7 +25,13 @@ pub(crate) struct AttentionShape {
 /// new tokens, in order; with several, row `i` is the one new token of `caches[i]`'s sequence
 /// (sequences attend side by side on the thread pool). `q` is `[rows, heads, head_dim]`, `k`
 /// and `v` `[rows, kv_heads, head_dim]`; returns `[rows, heads · head_dim]`.
-pub(crate) fn attend_rows(caches: &mut [&mut KvCache], q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> candle_core::Result<Vec<f32>> {
+pub(crate) fn attend_rows(
+    caches: &mut [&mut KvCache],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: &AttentionShape,
+) -> candle_core::Result<Vec<f32>> {
     let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
     let rows = q.len() / qw.max(1);
     match caches {

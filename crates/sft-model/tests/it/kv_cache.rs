@@ -53,11 +53,19 @@ fn a_step_of_several_sequences_equals_each_decoded_alone() {
                 .enumerate()
                 .map(|(i, (c, &id))| {
                     let logits = model.forward_cached(&[id], c).expect("alone").to_vec1::<f32>().expect("logits");
-                    if greedy(i) { Next::Id(sft_model::model::argmax(&logits) as u32) } else { Next::Logits(logits) }
+                    if greedy(i) {
+                        Next::Id(sft_model::model::argmax(&logits) as u32)
+                    } else {
+                        Next::Logits(logits)
+                    }
                 })
                 .collect();
-            let mut rows: Vec<DecodeRow> =
-                together.iter_mut().zip(&next_together).enumerate().map(|(i, (cache, &id))| DecodeRow { id, cache, greedy: greedy(i) }).collect();
+            let mut rows: Vec<DecodeRow> = together
+                .iter_mut()
+                .zip(&next_together)
+                .enumerate()
+                .map(|(i, (cache, &id))| DecodeRow { id, cache, greedy: greedy(i) })
+                .collect();
             let got = model.decode_rows(&mut rows).expect("together");
             assert_eq!(got, want, "{case}: step {step}");
             let pick = |n: &Next| match n {
