@@ -88,20 +88,25 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--no-llamacpp", action="store_true", help="only sft (batched vs single stream)")
     args = ap.parse_args()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"CPU: {cpu}, {args.threads} threads; {args.gguf}; {args.max_tokens} tokens; {args.streams} streams", flush=True)
     env_threads = ["--n_threads", str(args.threads)]
-    rows = [
+    peer = [] if args.no_llamacpp else [
         measure("llama.cpp (llama_cpp.server, Q4_1)",
                 [args.python, "-m", "llama_cpp.server", "--model", args.gguf, "--port", "8021", "--n_ctx", "2048", *env_threads],
                 "http://127.0.0.1:8021", args),
+    ]
+    rows = peer + [
         measure("sft serve (f32)", [args.sft, "serve", "--model", args.gguf, "--port", "8022"], "http://127.0.0.1:8022", args),
         measure("sft serve (bf16)", [args.sft, "serve", "--model", args.gguf, "--dtype", "bf16", "--port", "8023"], "http://127.0.0.1:8023", args),
     ]
-    ref = rows[0]
-    for r in rows[1:]:
-        ratios = {k: round(r[k] / ref[k], 2) for k in r if "tok_s" in k}
+    agg = f"aggregate_tok_s_{args.streams}"
+    for r in rows:
+        print(f"{r['server']}: aggregate at {args.streams} streams / single stream = {r[agg] / r['single_tok_s']:.2f}")
+    for r in rows[len(peer):] if peer else []:
+        ratios = {k: round(r[k] / peer[0][k], 2) for k in r if "tok_s" in k}
         print(f"{r['server']} / llama.cpp: {ratios}")
 
 

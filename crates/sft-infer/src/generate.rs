@@ -6,7 +6,7 @@
 
 use sft_data::conversation::Conversation;
 use sft_data::tokens::{TextTokenizer, TokenError};
-use sft_model::model::{log_softmax, top_n, Cache, Model, TokenLogprobs};
+use sft_model::model::{log_softmax, top_n, Cache, DecodeRow, Model, Next, TokenLogprobs};
 use sft_model::rng::SplitMix;
 use sft_model::ModelError;
 
@@ -88,21 +88,64 @@ impl Decoder {
     /// Decodes the next token; `logprobs = Some(n)` also returns its log-probability with the
     /// `n` most likely tokens.
     pub fn step(&mut self, model: &Model, logprobs: Option<usize>) -> Result<Step, ModelError> {
-        let s = &self.sampling;
         // On a worker of the thread pool, so the kernels' parallel loops start without a
         // cross-thread hand-off each (one per token instead of hundreds).
-        let (next, lp) = if s.temperature <= 0.0 && s.repetition_penalty == 1.0 && logprobs.is_none() {
-            (rayon::scope(|_| model.next_greedy(&self.fresh, &mut self.cache))?, None)
+        let next = if self.greedy(logprobs) {
+            Next::Id(rayon::scope(|_| model.next_greedy(&self.fresh, &mut self.cache))?)
         } else {
             let logits = rayon::scope(|_| model.forward_cached(&self.fresh, &mut self.cache))?;
-            let mut logits = logits.to_vec1::<f32>().map_err(|source| ModelError::Tensor { context: "reading logits".into(), source })?;
-            let lp = logprobs.map(|n| (log_softmax(&logits), n));
-            let next = choose(&mut logits, &self.ids, s, &mut self.rng);
-            (next, lp.map(|(lp, n)| TokenLogprobs { logprob: lp[next as usize], top: top_n(&lp, n) }))
+            Next::Logits(logits.to_vec1::<f32>().map_err(|source| ModelError::Tensor { context: "reading logits".into(), source })?)
+        };
+        Ok(self.accept(next, logprobs))
+    }
+
+    /// One step of several sequences of the same model, each with its `logprobs` request: those
+    /// that have only their last token left to feed are decoded together (one pass through the
+    /// weights per group of rows, see [`Model::decode_rows`]), those still at their prompt one
+    /// by one. Each gets exactly the token a [`step`](Self::step) of it alone would give.
+    pub fn step_all(model: &Model, decoders: &mut [(&mut Decoder, Option<usize>)]) -> Result<Vec<Step>, ModelError> {
+        let mut steps: Vec<Option<Step>> = vec![None; decoders.len()];
+        let mut rows = vec![];
+        let mut batched = vec![];
+        for (i, (d, logprobs)) in decoders.iter_mut().enumerate() {
+            match d.fresh[..] {
+                [id] => {
+                    let greedy = d.greedy(*logprobs);
+                    rows.push(DecodeRow { id, cache: &mut d.cache, greedy });
+                    batched.push(i);
+                }
+                _ => steps[i] = Some(d.step(model, *logprobs)?),
+            }
+        }
+        let nexts = rayon::scope(|_| model.decode_rows(&mut rows))?;
+        drop(rows);
+        for (i, next) in batched.into_iter().zip(nexts) {
+            let (d, logprobs) = &mut decoders[i];
+            steps[i] = Some(d.accept(next, *logprobs));
+        }
+        Ok(steps.into_iter().flatten().collect())
+    }
+
+    /// Whether the next token is the plain greedy choice (no logits needed).
+    fn greedy(&self, logprobs: Option<usize>) -> bool {
+        let s = &self.sampling;
+        s.temperature <= 0.0 && s.repetition_penalty == 1.0 && logprobs.is_none()
+    }
+
+    /// Takes the model's output for the next token: the greedy id, or a token chosen from the
+    /// logits (with its log-probabilities when asked).
+    fn accept(&mut self, next: Next, logprobs: Option<usize>) -> Step {
+        let (next, lp) = match next {
+            Next::Id(id) => (id, None),
+            Next::Logits(mut logits) => {
+                let lp = logprobs.map(|n| (log_softmax(&logits), n));
+                let next = choose(&mut logits, &self.ids, &self.sampling, &mut self.rng);
+                (next, lp.map(|(lp, n)| TokenLogprobs { logprob: lp[next as usize], top: top_n(&lp, n) }))
+            }
         };
         self.fresh = vec![next];
         self.ids.push(next);
-        Ok(Step { id: next, logprobs: lp })
+        Step { id: next, logprobs: lp }
     }
 }
 

@@ -1,9 +1,10 @@
 //! The scheduler: one thread owns the models and decodes every running request one token per
-//! tick, in turn (continuous batching at the granularity of one step: a request joins at the
-//! next tick and leaves as soon as it ends, each with its own KV cache). The model cannot run
-//! several sequences in one forward pass yet, so a tick steps each sequence separately; the
-//! kernels inside each step use every core. HTTP handlers talk to it over channels and never
-//! run the model on the async runtime.
+//! tick (continuous batching: a request joins at the next tick and leaves as soon as it ends,
+//! each with its own KV cache). In a tick the requests of one model that are past their prompt
+//! go through the model together, several sequences per pass, so each weight is read once
+//! for all of them (see `sft_model::model::Model::decode_rows`); a new request's prompt is
+//! fed on its own. HTTP handlers talk to it over channels and never run the model on the
+//! async runtime.
 //!
 //! Admission is bounded: a request takes a permit (running + queued ≤ capacity) before it is
 //! sent here, or gets 429. A request whose receiver is gone (the client disconnected, or the
@@ -127,14 +128,48 @@ pub fn run(settings: EngineSettings, inbox: Receiver<Msg>) {
             running.push(Running { job, decoder, produced: 0 });
         }
         waiting.retain(|j| !j.events.is_closed());
-        running.retain_mut(|r| tick(&settings, r));
+        tick(&settings, &mut running);
         settings.load.running.store(running.len(), Ordering::Relaxed);
         settings.load.queued.store(waiting.len(), Ordering::Relaxed);
     }
 }
 
-/// One step of one request; `false` when it is done (and dropped, freeing its slot).
-fn tick(settings: &EngineSettings, r: &mut Running) -> bool {
+/// One decoding step of every running request: those that are still wanted and within their
+/// deadline step together, one [`Decoder::step_all`] per model (the base and each adapter view
+/// are separate models), then each gets its token; finished ones are dropped, freeing their
+/// slots.
+fn tick(settings: &EngineSettings, running: &mut Vec<Running>) {
+    running.retain_mut(|r| ready(settings, r));
+    let mut done = vec![false; running.len()];
+    for (m, model) in settings.models.iter().enumerate() {
+        let members: Vec<usize> = (0..running.len()).filter(|&i| running[i].job.model == m).collect();
+        if members.is_empty() {
+            continue;
+        }
+        let mut group: Vec<(&mut Decoder, Option<usize>)> =
+            running.iter_mut().filter(|r| r.job.model == m).map(|r| (&mut r.decoder, r.job.logprobs)).collect();
+        match Decoder::step_all(model, &mut group) {
+            Ok(steps) => {
+                for (&i, step) in members.iter().zip(steps) {
+                    done[i] = !deliver(settings, &mut running[i], step);
+                }
+            }
+            Err(e) => {
+                for &i in &members {
+                    let _ = running[i].job.events.send(Event::Failed(ApiError::internal(format!("decoding: {e}"))));
+                    done[i] = true;
+                }
+            }
+        }
+    }
+    let mut done = done.into_iter();
+    running.retain(|_| !done.next().unwrap_or(true));
+}
+
+/// Whether a request goes on to its next step: still wanted, within its deadline, its prompt
+/// scored when `echo` asked for it, and tokens left to produce. `false` when it is done (its
+/// last event sent).
+fn ready(settings: &EngineSettings, r: &mut Running) -> bool {
     let job = &r.job;
     if job.events.is_closed() {
         return false;
@@ -164,22 +199,19 @@ fn tick(settings: &EngineSettings, r: &mut Running) -> bool {
         send(Event::End { stopped: false });
         return false;
     }
-    match r.decoder.step(model, job.logprobs) {
-        Ok(step) => {
-            r.produced += 1;
-            let stopped = settings.stop_ids.contains(&step.id);
-            if !send(Event::Token(step)) {
-                return false;
-            }
-            if stopped || r.produced >= job.max_tokens {
-                send(Event::End { stopped });
-                return false;
-            }
-            true
-        }
-        Err(e) => {
-            send(Event::Failed(ApiError::internal(format!("decoding: {e}"))));
-            false
-        }
+    true
+}
+
+/// Hands a new token to its request; `false` when the request is done.
+fn deliver(settings: &EngineSettings, r: &mut Running, step: Step) -> bool {
+    r.produced += 1;
+    let stopped = settings.stop_ids.contains(&step.id);
+    if r.job.events.send(Event::Token(step)).is_err() {
+        return false;
     }
+    if stopped || r.produced >= r.job.max_tokens {
+        let _ = r.job.events.send(Event::End { stopped });
+        return false;
+    }
+    true
 }

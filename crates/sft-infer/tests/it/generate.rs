@@ -43,3 +43,54 @@ fn seeded_sampling_is_reproducible() {
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
 }
+
+/// Sequences stepped together ([`Decoder::step_all`]: greedy, sampled, with log-probabilities,
+/// with a repetition penalty, on the base and on an adapter model; prompts of different
+/// lengths, one joining late) produce exactly the tokens and log-probabilities each produces
+/// stepped alone.
+#[test]
+fn sequences_stepped_together_equal_each_stepped_alone() {
+    use sft_infer::Decoder;
+    let dir = model_fixture("qwen2");
+    for trainable in [Trainable::Frozen, Trainable::Adapter { dir: dir.join("adapter"), train: false }] {
+        let model = Model::load(&dir, &trainable).expect("load");
+        let sampled = Sampling { temperature: 0.8, top_k: 20, top_p: 0.9, seed: 5, ..Sampling::default() };
+        let penalty = Sampling { repetition_penalty: 1.3, ..Sampling::default() };
+        let jobs: Vec<(Vec<u32>, Sampling, Option<usize>)> = vec![
+            ((1..5).collect(), Sampling::default(), None),
+            ((10..22).collect(), sampled, None),
+            ((30..33).collect(), Sampling::default(), Some(3)),
+            ((40..47).collect(), penalty, None),
+            ((50..52).collect(), Sampling::default(), None),
+        ];
+        let alone: Vec<Vec<sft_infer::Step>> = jobs
+            .iter()
+            .map(|(p, s, lp)| {
+                let mut d = Decoder::new(p, s);
+                (0..6).map(|_| d.step(&model, *lp).expect("step")).collect()
+            })
+            .collect();
+        let mut decoders: Vec<Decoder> = jobs.iter().map(|(p, s, _)| Decoder::new(p, s)).collect();
+        let mut together: Vec<Vec<sft_infer::Step>> = vec![vec![]; jobs.len()];
+        // The last sequence joins two steps late (its prompt is fed while the others decode).
+        for tick in 0..8 {
+            let active: Vec<usize> = (0..jobs.len()).filter(|&i| together[i].len() < 6 && (i < 4 || tick >= 2)).collect();
+            let mut batch: Vec<(&mut Decoder, Option<usize>)> =
+                decoders.iter_mut().enumerate().filter(|(i, _)| active.contains(i)).map(|(i, d)| (d, jobs[i].2)).collect();
+            let steps = Decoder::step_all(&model, &mut batch).expect("step_all");
+            for (i, s) in active.into_iter().zip(steps) {
+                together[i].push(s);
+            }
+        }
+        for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+            assert_eq!(a.iter().map(|s| s.id).collect::<Vec<_>>(), t.iter().map(|s| s.id).collect::<Vec<_>>(), "sequence {i}: ids");
+            for (sa, st) in a.iter().zip(t) {
+                match (&sa.logprobs, &st.logprobs) {
+                    (Some(x), Some(y)) => assert!((x.logprob - y.logprob).abs() <= 1e-5, "sequence {i}: {} vs {}", x.logprob, y.logprob),
+                    (None, None) => {}
+                    _ => panic!("sequence {i}: log-probabilities asked for one way only"),
+                }
+            }
+        }
+    }
+}

@@ -53,13 +53,27 @@ impl GreedyScreen {
 
     /// The argmax of `w·x` as the full f32 output layer computes it (`w` the rows the screen was
     /// made from); `None` when `x` is not finite or does not fit.
+    #[cfg(test)]
     pub(crate) fn argmax(&self, w: &[f32], x: &[f32]) -> Option<usize> {
+        self.argmax_rows(w, x, 1).map(|ids| ids[0])
+    }
+
+    /// [`argmax`](Self::argmax) of each of the `n` rows of `x` (`[n, cols]`), the screen read
+    /// once for all of them; `None` when any row is not finite or `x` does not fit.
+    pub(crate) fn argmax_rows(&self, w: &[f32], x: &[f32], n: usize) -> Option<Vec<usize>> {
         let (rows, cols) = self.screen.dims();
-        if x.len() != cols || w.len() != rows * cols || !x.iter().all(|v| v.is_finite()) {
+        if n == 0 || x.len() != n * cols || w.len() != rows * cols || !x.iter().all(|v| v.is_finite()) {
             return None;
         }
+        let screened = matvec_rows(x, n, rows, |r, x| self.screen.dot_row(r, x));
+        x.chunks_exact(cols).zip(screened.chunks_exact(rows)).map(|(x, screened)| self.pick(w, x, screened)).collect()
+    }
+
+    /// The exact argmax of `w·x` among the rows whose screened logit `screened[r]` can still
+    /// be the largest.
+    fn pick(&self, w: &[f32], x: &[f32], screened: &[f32]) -> Option<usize> {
+        let cols = x.len();
         let x_norm = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32;
-        let screened = matvec_rows(x, 1, rows, |r, x| self.screen.dot_row(r, x));
         // The best lower bound; every row whose upper bound reaches it may be the maximum.
         let floor = screened.iter().zip(&self.slack).map(|(&z, &s)| z - x_norm * s).fold(f32::NEG_INFINITY, f32::max);
         if !floor.is_finite() {
@@ -124,5 +138,18 @@ mod tests {
             assert_eq!(screen.argmax(&w, &x), Some(full_argmax(&w, &x, cols)), "seed {seed}");
         }
         assert_eq!(screen.argmax(&w, &vec![f32::NAN; cols]), None);
+    }
+
+    #[test]
+    fn several_rows_at_once_equal_one_at_a_time() {
+        let (rows, cols, n) = (500, 40, 5);
+        let w = values(rows * cols, 3);
+        let x = values(n * cols, 4);
+        let screen = GreedyScreen::new(&w, cols).unwrap();
+        let one: Vec<usize> = x.chunks(cols).map(|x| full_argmax(&w, x, cols)).collect();
+        assert_eq!(screen.argmax_rows(&w, &x, n), Some(one));
+        let mut bad = x.clone();
+        bad[3 * cols] = f32::INFINITY;
+        assert_eq!(screen.argmax_rows(&w, &bad, n), None);
     }
 }

@@ -3,6 +3,8 @@
 //! to them directly (grouped-query heads share their key/value head; no repeated copies, no
 //! score matrix or mask tensors). Inference only: nothing here is part of a gradient graph.
 
+use rayon::prelude::*;
+
 use crate::kernels::dot;
 
 /// The attention shape and options of one layer.
@@ -17,6 +19,33 @@ pub(crate) struct AttentionShape {
     pub softcap: Option<f32>,
     /// Keys further back than this many positions are not seen (sliding window).
     pub window: Option<usize>,
+}
+
+/// Attention of new rows over their caches: with one cache every row is one of its sequence's
+/// new tokens, in order; with several, row `i` is the one new token of `caches[i]`'s sequence
+/// (sequences attend side by side on the thread pool). `q` is `[rows, heads, head_dim]`, `k`
+/// and `v` `[rows, kv_heads, head_dim]`; returns `[rows, heads · head_dim]`.
+pub(crate) fn attend_rows(
+    caches: &mut [&mut KvCache],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: &AttentionShape,
+) -> candle_core::Result<Vec<f32>> {
+    let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let rows = q.len() / qw.max(1);
+    match caches {
+        [one] => Ok(one.attend(q, k, v, s)),
+        many if rows == many.len() && k.len() == rows * kw && v.len() == rows * kw => {
+            let outs: Vec<Vec<f32>> = many
+                .par_iter_mut()
+                .enumerate()
+                .map(|(i, c)| c.attend(&q[i * qw..(i + 1) * qw], &k[i * kw..(i + 1) * kw], &v[i * kw..(i + 1) * kw], s))
+                .collect();
+            Ok(outs.concat())
+        }
+        many => candle_core::bail!("attention: {rows} new rows for {} caches", many.len()),
+    }
 }
 
 /// One layer's keys and values of the tokens seen so far.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 
-use super::kv_cache::{AttentionShape, KvCache};
+use super::kv_cache::{attend_rows, AttentionShape, KvCache};
 use super::params::Builder;
 use crate::config::ModelConfig;
 use crate::lora::{Dropout, Lora};
@@ -228,15 +228,17 @@ impl Layer {
         out
     }
 
-    /// `h` is the residual stream `[batch·seq, hidden]`. With a `cache` (generation, batch 1)
-    /// the layer's keys and values of earlier tokens are reused and the new ones appended.
-    pub fn forward(&self, h: &Tensor, cfg: &ModelConfig, cx: &Context, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// `h` is the residual stream `[batch·seq, hidden]`. With `caches` (generation) the layer's
+    /// keys and values of earlier tokens are reused and the new ones appended: one cache takes
+    /// every row of `h` (one sequence's new tokens), several take one row each (a decoding step
+    /// of several sequences).
+    pub fn forward(&self, h: &Tensor, cfg: &ModelConfig, cx: &Context, caches: Option<&mut [&mut KvCache]>) -> Result<Tensor> {
         let norm = |x: &Tensor, w: &Tensor| rms_norm(x, w, cfg.rms_norm_eps, cfg.norm_offset);
         // Without a sandwich norm the residual add happens inside the output projection.
         let x = norm(h, &self.input_norm)?;
         let h = match &self.post_attention_norm {
-            Some(w) => (h + norm(&self.attention(&x, cfg, cx, cache, None)?, w)?)?,
-            None => self.attention(&x, cfg, cx, cache, Some(h))?,
+            Some(w) => (h + norm(&self.attention(&x, cfg, cx, caches, None)?, w)?)?,
+            None => self.attention(&x, cfg, cx, caches, Some(h))?,
         };
         let x = norm(&h, &self.mlp_norm)?;
         match &self.post_mlp_norm {
@@ -250,7 +252,7 @@ impl Layer {
         x: &Tensor,
         cfg: &ModelConfig,
         cx: &Context,
-        cache: Option<&mut KvCache>,
+        caches: Option<&mut [&mut KvCache]>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, t, hd) = (cx.batch, cx.seq, cfg.head_dim);
@@ -271,7 +273,7 @@ impl Layer {
             }
         };
         let (q, k) = (heads(q, nh, &self.attn.q_norm)?, heads(k, nkv, &self.attn.k_norm)?);
-        if let Some(cache) = cache {
+        if let Some(caches) = caches {
             let shape = AttentionShape {
                 heads: nh,
                 kv_heads: nkv,
@@ -281,7 +283,7 @@ impl Layer {
                 window: cfg.layers[self.index].sliding_window,
             };
             let rotated = |x: &Tensor, n: usize| rope(&x.reshape((b, t, n, hd))?, table)?.flatten_all()?.to_vec1::<f32>();
-            let out = cache.attend(&rotated(&q, nh)?, &rotated(&k, nkv)?, &v.flatten_all()?.to_vec1::<f32>()?, &shape);
+            let out = attend_rows(caches, &rotated(&q, nh)?, &rotated(&k, nkv)?, &v.flatten_all()?.to_vec1::<f32>()?, &shape)?;
             return self.attn.o.forward_add(&Tensor::from_vec(out, (t, nh * hd), x.device())?, cx.dropout, residual);
         }
         let window = cfg.layers[self.index].sliding_window;

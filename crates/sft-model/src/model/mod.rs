@@ -5,6 +5,7 @@
 
 mod adapters;
 mod batch;
+mod decode;
 mod greedy;
 mod kv_cache;
 mod layer;
@@ -20,12 +21,13 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 pub use batch::{Batch, Sequence, IGNORE};
+pub use decode::{DecodeRow, Next};
 pub use params::Trainable;
 
 use crate::config::ModelConfig;
 use crate::error::TensorContext;
 use crate::lora::{Dropout, LoraSettings};
-use crate::ops::{linear_cross_entropy, qmatmul, rms_norm, CrossEntropy, RopeTable};
+use crate::ops::{linear_cross_entropy, rms_norm, CrossEntropy, RopeTable};
 use crate::quant::{BaseFormat, QuantWeight};
 use crate::rng::SplitMix;
 use crate::weights::Weights;
@@ -283,92 +285,12 @@ impl Model {
         rms_norm(&h, &self.norm, cfg.rms_norm_eps, cfg.norm_offset).during(|| "model.norm".into())
     }
 
-    /// Runs `ids` (the next tokens of one sequence) with the cache of the tokens before them and
-    /// returns the logits of the last one, `[vocab]`; the cache then covers `ids` too.
-    pub fn forward_cached(&self, ids: &[u32], cache: &mut Cache) -> Result<Tensor, ModelError> {
-        let last = self.cached_last(ids, cache)?;
-        self.head(&last).during(|| "output layer".into())
-    }
-
-    /// [`forward_cached`](Self::forward_cached) for greedy decoding: the id with the largest
-    /// logit (the first among equal ones), exactly as the full logits give it, but found
-    /// reading most of the output layer in bf16 (see `greedy.rs`) when the layer is frozen
-    /// f32 without a final soft-cap.
-    pub fn next_greedy(&self, ids: &[u32], cache: &mut Cache) -> Result<u32, ModelError> {
-        let last = self.cached_last(ids, cache)?;
-        let weight = self.output_weight();
-        let screenable = self.head_bf16.is_none() && self.config.final_softcap.is_none() && !weight.track_op() && !last.track_op();
-        if screenable {
-            let x = last.flatten_all().and_then(|t| t.to_vec1::<f32>()).during(|| "reading the last hidden state".into())?;
-            let w = weight.flatten_all().during(|| "output layer".into())?;
-            let (storage, layout) = w.storage_and_layout();
-            if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-                if let Ok(data) = cpu.as_slice::<f32>() {
-                    let w = &data[start..end];
-                    let screen = self.greedy.get_or_init(|| GreedyScreen::new(w, x.len()));
-                    if let Some(id) = screen.as_ref().and_then(|s| s.argmax(w, &x)) {
-                        return Ok(id as u32);
-                    }
-                }
-            }
-        }
-        let logits = self.head(&last).and_then(|z| z.to_vec1::<f32>()).during(|| "output layer".into())?;
-        Ok(argmax(&logits) as u32)
-    }
-
-    /// The last new token's hidden state after the final norm, `[1, hidden]`, with the cache
-    /// extended by `ids`.
-    fn cached_last(&self, ids: &[u32], cache: &mut Cache) -> Result<Tensor, ModelError> {
-        let cfg = &self.config;
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(ModelError::Batch(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab_size)));
-        }
-        if ids.is_empty() {
-            return Err(ModelError::Batch("no tokens".into()));
-        }
-        if cache.layers.len() != self.layers.len() {
-            cache.layers = vec![KvCache::default(); self.layers.len()];
-        }
-        let (past, n) = (cache.tokens, ids.len());
-        let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect();
-        let cx = self.cached_context(&positions);
-        let mut run = || -> candle_core::Result<Tensor> {
-            let idx = Tensor::from_slice(ids, n, &candle_core::Device::Cpu)?;
-            let mut h = self.embed.index_select(&idx, 0)?;
-            if let Some(s) = cfg.embed_scale {
-                h = (h * s as f64)?;
-            }
-            for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-                h = layer.forward(&h, cfg, &cx, Some(lc))?;
-            }
-            rms_norm(&h.narrow(0, n - 1, 1)?, &self.norm, cfg.rms_norm_eps, cfg.norm_offset)
-        };
-        let last = run().during(|| "cached forward".into())?;
-        cache.tokens += n;
-        Ok(last)
-    }
-
-    /// The logits `[vocab]` of a final hidden state `[1, hidden]`.
-    fn head(&self, last: &Tensor) -> candle_core::Result<Tensor> {
-        let z = match &self.head_bf16 {
-            Some(head) => qmatmul(last, head)?,
-            None => layer::project(last, self.output_weight())?,
-        };
-        self.final_softcap(z)?.flatten_all()
-    }
-
     /// Gemma 2's `final_logit_softcapping` (`cap · tanh(z / cap)`) on logits `z`, when set.
     pub(crate) fn final_softcap(&self, z: Tensor) -> candle_core::Result<Tensor> {
         match self.config.final_softcap {
             Some(cap) => (z / cap)?.tanh()? * cap,
             None => Ok(z),
         }
-    }
-
-    /// RoPE tables for new tokens at `positions` (the cache does the masking).
-    fn cached_context(&self, positions: &[u32]) -> Context {
-        let ropes = self.config.layers.iter().map(|l| Arc::new(RopeTable::new(positions, &l.rope.inv_freq))).collect();
-        Context { batch: 1, seq: positions.len(), starts: vec![], ropes, dropout: None }
     }
 
     fn context(&self, batch: &Batch) -> candle_core::Result<Context> {
