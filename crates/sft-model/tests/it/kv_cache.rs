@@ -46,7 +46,7 @@ fn a_step_of_several_sequences_equals_each_decoded_alone() {
         let (mut next_alone, mut next_together) = (start(&mut alone), start(&mut together));
         for step in 0..4 {
             // Step 1 asks every row for logits, step 3 mixes; the others are all greedy.
-            let greedy = |i: usize| !(step == 1 || (step == 3 && i % 2 == 0));
+            let greedy = |i: usize| !(step == 1 || (step == 3 && i.is_multiple_of(2)));
             let want: Vec<Next> = alone
                 .iter_mut()
                 .zip(&next_alone)
