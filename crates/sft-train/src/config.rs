@@ -118,6 +118,8 @@ pub struct RawTrainConfig {
     /// `all-linear` or a list of module names.
     pub target_modules: Option<Value>,
     pub use_rslora: Option<bool>,
+    /// DoRA (PEFT's `use_dora`): a trainable magnitude per output row of every adapted module.
+    pub use_dora: Option<bool>,
     /// Recompute each layer in the backward pass instead of keeping its activations.
     pub gradient_checkpointing: bool,
     /// Frozen base linear weights in bf16, multiplied in bf16 with f32 sums (on AMX tiles where
@@ -134,7 +136,7 @@ pub struct RawTrainConfig {
 /// The LoRA keys' defaults (PEFT's `LoraConfig`, with TRL's usual rank 16 and alpha 32), applied
 /// when resolving: the keys are optional in [`RawTrainConfig`] so that a config continuing an
 /// `adapter` can be checked for keys that contradict the adapter's own.
-pub const LORA_DEFAULTS: LoraDefaults = LoraDefaults { r: 16, alpha: 32.0, dropout: 0.0, use_rslora: false };
+pub const LORA_DEFAULTS: LoraDefaults = LoraDefaults { r: 16, alpha: 32.0, dropout: 0.0, use_rslora: false, use_dora: false };
 
 /// See [`LORA_DEFAULTS`] (`target_modules` defaults to `all-linear`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,6 +149,8 @@ pub struct LoraDefaults {
     pub dropout: f64,
     /// `use_rslora`.
     pub use_rslora: bool,
+    /// `use_dora`.
+    pub use_dora: bool,
 }
 
 /// Training's `max_seq_length` when the config sets none (the flattened encode keys take their
@@ -192,6 +196,7 @@ impl Default for RawTrainConfig {
             lora_dropout: None,
             target_modules: None,
             use_rslora: None,
+            use_dora: None,
             gradient_checkpointing: false,
             bf16: false,
             load_in_4bit: false,
@@ -406,6 +411,9 @@ impl RawTrainConfig {
         if self.adapter.is_some() && self.finetuning == Finetuning::Full {
             return Err(err("adapter", "continues a LoRA adapter: use finetuning: lora"));
         }
+        if self.use_dora == Some(true) && self.finetuning == Finetuning::Full {
+            return Err(err("use_dora", "DoRA is a LoRA variant: use finetuning: lora"));
+        }
         let method = match self.finetuning {
             Finetuning::Full => Method::Full,
             Finetuning::Lora => Method::Lora(self.lora(path)?),
@@ -562,7 +570,8 @@ impl RawTrainConfig {
             ),
             _ => return Err(err("target_modules", "expected \"all-linear\" or a list of module names like [q_proj, v_proj]")),
         };
-        Ok(LoraSettings { r, alpha, use_rslora: self.use_rslora.unwrap_or(d.use_rslora), dropout, targets })
+        let (use_rslora, use_dora) = (self.use_rslora.unwrap_or(d.use_rslora), self.use_dora.unwrap_or(d.use_dora));
+        Ok(LoraSettings { r, alpha, use_rslora, dropout, targets, use_dora })
     }
 
     /// `adapter: DIR`'s settings from its adapter_config.json; a LoRA key the config also sets
@@ -598,6 +607,7 @@ impl RawTrainConfig {
             ("lora_alpha", "lora_alpha", differs(self.lora_alpha, peft.lora_alpha)),
             ("lora_dropout", "lora_dropout", differs(self.lora_dropout, peft.lora_dropout)),
             ("use_rslora", "use_rslora", differs(self.use_rslora, peft.use_rslora)),
+            ("use_dora", "use_dora", differs(self.use_dora, peft.use_dora)),
             ("target_modules", "target_modules", targets),
         ];
         if let Some((key, name, Some((mine, value)))) = conflicts.into_iter().find(|c| c.2.is_some()) {
@@ -638,6 +648,10 @@ mod tests {
         assert_eq!(c.base_format, BaseFormat::F32);
         let c = load(&p, &["bf16=true".into()]).expect("valid");
         assert_eq!(c.base_format, BaseFormat::Bf16Matmul);
+        let Method::Lora(lora) = load(&p, &[]).expect("valid").method else { panic!("lora") };
+        assert!(!lora.use_dora, "DoRA is off by default");
+        let c = load(&p, &["use_dora=true".into(), "load_in_4bit=true".into()]).expect("QLoRA + DoRA");
+        assert!(matches!(c.method, Method::Lora(LoraSettings { use_dora: true, .. })));
     }
 
     #[test]
@@ -687,12 +701,20 @@ mod tests {
             ("lora_r: 16", "lora_r: 16 conflicts with adapter: "),
             ("lora_alpha: 16", "whose adapter_config.json has lora_alpha 8"),
             ("use_rslora: true", "use_rslora: true conflicts with adapter"),
+            ("use_dora: true", "use_dora: true conflicts with adapter: "),
             ("target_modules: [q_proj]", "target_modules: [\"q_proj\"] conflicts with adapter"),
             ("finetuning: full", "adapter: continues a LoRA adapter: use finetuning: lora"),
         ] {
             let e = load(&write("adapter-bad.yaml", &format!("{base}{extra}\n")), &[]).unwrap_err().to_string();
             assert!(e.contains(expect), "{extra}: {e}");
         }
+        // A DoRA adapter sets use_dora.
+        let dora = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/model/dora/llama/adapter");
+        let base = format!("{MIN}adapter: {}\n", dora.display());
+        let c = load(&write("adapter-dora.yaml", &base), &[]).expect("valid");
+        assert!(matches!(c.method, Method::Lora(LoraSettings { use_dora: true, .. })));
+        let e = load(&write("adapter-dora-bad.yaml", &format!("{base}use_dora: false\n")), &[]).unwrap_err().to_string();
+        assert!(e.contains("use_dora: false conflicts with adapter: ") && e.contains("has use_dora true"), "{e}");
         let e = load(&write("adapter-none.yaml", &format!("{MIN}adapter: /no/such/adapter\n")), &[]).unwrap_err().to_string();
         assert!(e.contains("adapter: /no/such/adapter: no adapter_config.json"), "{e}");
     }
@@ -737,6 +759,9 @@ mod tests {
             ("instruction_part: '<u>'", "instruction_part: applies only with masking markers"),
             ("bnb_4bit_quant_type: fp4", "bnb_4bit_quant_type: unknown variant `fp4`"),
             ("max_grad_norm: -1", "max_grad_norm: must be 0 (off) or positive"),
+            ("use_dora: maybe", "use_dora: invalid type"),
+            ("use_dora: 1", "use_dora: invalid type"),
+            ("finetuning: full\nuse_dora: true", "use_dora: DoRA is a LoRA variant: use finetuning: lora"),
         ] {
             let p = write("bad.yaml", &format!("{MIN}{extra}\n"));
             let e = load(&p, &[]).unwrap_err().to_string();

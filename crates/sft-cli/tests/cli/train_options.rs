@@ -1,10 +1,11 @@
 //! Issue 27's training keys through `sft train`: `adapter` (a new run from a trained PEFT
 //! adapter), dataset mixing (`weight`, `max_samples`, `shuffle`, with per-file counts in the
-//! summary and `data_summary.json`), the `text` and `prompt_completion` formats and `columns`.
+//! summary and `data_summary.json`), the `text` and `prompt_completion` formats and `columns`,
+//! and `use_dora` (DoRA adapters in PEFT's format).
 
 use std::path::{Path, PathBuf};
 
-use super::{json_file, logged_losses, root, sft, stderr, tiny_run};
+use super::{json_file, lines, logged_losses, root, sft, stderr, tiny_run};
 
 /// A training config in a fresh directory under target/cli-tests: `body` plus an output_dir.
 fn config(name: &str, body: &str) -> PathBuf {
@@ -123,4 +124,98 @@ fn text_and_prompt_completion_files_with_their_own_column_names_train() {
     let out = train(&cfg, &["datasets=[{path: x.jsonl, columns: {txt: body}}]"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("datasets[0].columns.txt: unknown key; did you mean text?"), "{}", stderr(&out));
+}
+
+/// The tensor names of a safetensors file.
+fn tensor_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect()
+}
+
+fn eval_loss(args: &[&str]) -> f64 {
+    let data = ["--data", "tests/fixtures/model/eval/data.jsonl", "--json"];
+    let out = sft(&[&["eval"], args, &data[..]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    lines(&out)[0]["loss"].as_f64().unwrap()
+}
+
+#[test]
+fn use_dora_trains_and_saves_a_peft_dora_adapter() {
+    let dir = tiny_run("dora", "lora_r: 4\nlora_alpha: 8\nlora_dropout: 0.1\nuse_dora: true\n");
+    let out = sft(&["train", dir.join("train.yaml").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ckpt = dir.join("out/checkpoint-8");
+    let losses = logged_losses(&ckpt);
+    assert!(losses.iter().all(|l| l.is_finite()) && losses[7] < losses[0], "{losses:?}");
+    let peft_config = json_file(&ckpt.join("adapter_config.json"));
+    assert_eq!((peft_config["use_dora"].as_bool(), peft_config["peft_type"].as_str()), (Some(true), Some("LORA")));
+    // PEFT's names: every adapted module has A, B and its magnitude vector (no `.weight`).
+    let names = tensor_names(&ckpt.join("adapter_model.safetensors"));
+    let modules: Vec<&str> = names.iter().filter_map(|n| n.strip_suffix(".lora_A.weight")).collect();
+    assert_eq!(modules.len(), 14, "{names:?}");
+    for m in &modules {
+        for suffix in [".lora_B.weight", ".lora_magnitude_vector"] {
+            assert!(names.contains(&format!("{m}{suffix}")), "{m}{suffix} missing from {names:?}");
+        }
+    }
+    assert_eq!(names.len(), 3 * modules.len());
+    let out = sft(&["eval", "--model", ckpt.to_str().unwrap(), "--data", "examples/quickstart/eval.jsonl", "--json"]);
+    assert!(out.status.success() && lines(&out)[0]["loss"].as_f64().unwrap().is_finite(), "{}", stderr(&out));
+    let out = sft(&["generate", "--model", ckpt.to_str().unwrap(), "--prompt", "Hello", "--max-new-tokens", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // QLoRA + DoRA trains too (the norms are those of the dequantized weights).
+    let dir = tiny_run("dora-4bit", "lora_r: 4\nuse_dora: true\nload_in_4bit: true\n");
+    let out = sft(&["train", dir.join("train.yaml").to_str().unwrap(), "--set", "max_steps=2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json_file(&dir.join("out/checkpoint-2/adapter_config.json"))["use_dora"].as_bool().unwrap());
+
+    // Bad values name the key; nothing is written.
+    for (set, expect) in
+        [("use_dora=maybe", "use_dora: invalid type"), ("finetuning=full", "use_dora: DoRA is a LoRA variant: use finetuning: lora")]
+    {
+        let cfg = config("dora-bad", "model: m\ndatasets:\n  - path: d.jsonl\nuse_dora: true\n");
+        let out = train(&cfg, &[set]);
+        assert!(!out.status.success(), "{set}");
+        assert!(stderr(&out).contains(expect), "{set}: {}", stderr(&out));
+        assert!(!cfg.parent().unwrap().join("out").exists(), "{set}: nothing may be written");
+    }
+}
+
+/// An adapter `sft train` saved with `use_dora: true` (tests/fixtures/train/dora_roundtrip, made
+/// by gen_peft_roundtrip.py): PEFT loads it and gets the loss `sft eval` gets; the merge folds it
+/// into the weights with the same loss; a run continued from it starts at that loss.
+#[test]
+fn a_dora_adapter_has_peft_s_loss_merged_and_continued() {
+    let fixture = root().join("tests/fixtures/train/dora_roundtrip");
+    let adapter = fixture.join("adapter");
+    let peft = json_file(&fixture.join("expected.json"))["loss"].as_f64().unwrap();
+    let base = "tests/fixtures/model/eval/model";
+    let got = eval_loss(&["--model", base, "--adapter", adapter.to_str().unwrap()]);
+    assert!(((got - peft) / peft).abs() <= 1e-4, "sft {got} vs PEFT {peft}");
+
+    let merged = root().join("target/cli-tests/dora-merged");
+    let _ = std::fs::remove_dir_all(&merged);
+    let out = sft(&["merge", "--model", base, "--adapter", adapter.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = eval_loss(&["--model", merged.to_str().unwrap()]);
+    assert!(((got - peft) / peft).abs() <= 1e-4, "merged: sft {got} vs PEFT {peft}");
+
+    let body = format!(
+        "model: {base}\nadapter: {}\ndatasets:\n  - path: tests/fixtures/model/eval/data.jsonl\nmax_steps: 2\n\
+         per_device_train_batch_size: 10\nlogging_steps: 1\nlearning_rate: 0.01\n",
+        adapter.display()
+    );
+    let cfg = config("dora-continue", &body);
+    let out = train(&cfg, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ckpt = cfg.parent().unwrap().join("out/checkpoint-2");
+    let losses = logged_losses(&ckpt);
+    assert!(((losses[0] - peft) / peft).abs() <= 1e-5, "first loss {} vs PEFT's {peft}", losses[0]);
+    assert!(losses[1] < losses[0], "it trains: {losses:?}");
+    assert_eq!(json_file(&ckpt.join("adapter_config.json"))["use_dora"], true);
+    let out = train(&cfg, &["use_dora=false"]);
+    assert!(!out.status.success() && stderr(&out).contains("use_dora: false conflicts with adapter: "), "{}", stderr(&out));
 }

@@ -26,6 +26,13 @@ pub fn export_adapter(model_dir: &Path, adapter_dir: &Path, outtype: OutType, ou
     }
     let (config, _) = read_config(model_dir)?;
     let settings = LoraSettings::from_adapter_dir(adapter_dir)?;
+    if settings.use_dora {
+        return Err(GgufError::File {
+            path: adapter_dir.join(sft_model::lora::ADAPTER_CONFIG),
+            message: "use_dora: llama.cpp's LoRA GGUF has no DoRA magnitudes; export the merged model instead (without --adapter-only)"
+                .into(),
+        });
+    }
     let path = adapter_dir.join(ADAPTER_WEIGHTS);
     let weights =
         candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| GgufError::File { path: path.clone(), message: e.to_string() })?;

@@ -276,6 +276,7 @@ fn adapter(dir: &Path, rslora: bool) -> PathBuf {
         use_rslora: rslora,
         dropout: 0.0,
         targets: Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+        use_dora: false,
     };
     std::fs::write(
         out.join(ADAPTER_CONFIG),
@@ -356,6 +357,12 @@ fn bad_inputs_are_refused_without_touching_files() {
 
     let e = gguf::export_adapter(&dir, &adapter(&dir, false), OutType::Q4KM, &fresh, false).expect_err("q4_k_m adapter");
     assert!(e.to_string().contains("f32, f16, bf16 or q8_0"), "{e}");
+    // A DoRA adapter has no llama.cpp LoRA form (its merge does).
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/model");
+    let dora = fixtures.join("dora/llama/adapter");
+    let e = gguf::export_adapter(&fixtures.join("llama"), &dora, OutType::F32, &fresh, false).expect_err("DoRA adapter");
+    assert!(e.to_string().contains("use_dora") && e.to_string().contains("merged"), "{e}");
+    assert!(!fresh.exists());
 
     std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt2", "vocab_size": 832}"#).expect("config");
     let e = export(&dir, None, OutType::F16, &fresh).expect_err("unsupported");

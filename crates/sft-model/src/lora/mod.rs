@@ -2,6 +2,10 @@
 //! `s = alpha / r` (or `alpha / √r` with rsLoRA), in PEFT's file format: `adapter_config.json`
 //! ([`PeftConfig`], read and written by [`peft`]) and `adapter_model.safetensors` with names
 //! like `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` ([`peft_names`]).
+//!
+//! DoRA (`use_dora`) adds a trainable magnitude per output row, saved as
+//! `base_model.model.<module>.lora_magnitude_vector` ([`peft_magnitude_name`]): the layer is
+//! `y = m/‖W + s·B·A‖ ∘ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ) + b` (see `ops::dora`).
 
 mod peft;
 
@@ -47,6 +51,8 @@ pub struct LoraSettings {
     pub dropout: f64,
     /// Which modules.
     pub targets: Targets,
+    /// DoRA: a trainable magnitude vector per adapted module.
+    pub use_dora: bool,
 }
 
 impl LoraSettings {
@@ -71,6 +77,19 @@ pub struct Lora {
     pub scaling: f64,
     /// The module's number in load order (it seeds the module's dropout mask).
     pub index: u64,
+    /// DoRA's magnitudes, when the adapter is a DoRA adapter.
+    pub dora: Option<Dora>,
+}
+
+/// A DoRA module's magnitude vector `m` `[out]` and, for an adapter that does not train, its
+/// factor `m/‖W + s·B·A‖` computed once (decoding would otherwise recompute the norms of the
+/// whole weight for every token).
+#[derive(Debug, Clone)]
+pub struct Dora {
+    /// `m`, one per output row.
+    pub magnitude: Tensor,
+    /// `m/‖W + s·B·A‖`, set when A, B and m are constants.
+    pub frozen_scale: Option<Tensor>,
 }
 
 /// Dropout on the adapters' input for one forward pass: probability `p`; the masks are a pure
@@ -94,6 +113,11 @@ impl Dropout {
 }
 
 impl Lora {
+    /// Whether any of the adapter's tensors is trainable.
+    pub fn trains(&self) -> bool {
+        self.a.track_op() || self.b.track_op() || self.dora.as_ref().is_some_and(|d| d.magnitude.track_op())
+    }
+
     /// The update `s · (drop(x)·Aᵀ)·Bᵀ` for `x` of shape `[n, in]` (PEFT's order).
     pub fn forward(&self, x: &Tensor, dropout: Option<Dropout>) -> candle_core::Result<Tensor> {
         let x = match dropout {
@@ -109,6 +133,11 @@ pub fn peft_names(module: &str) -> (String, String) {
     (format!("base_model.model.{module}.lora_A.weight"), format!("base_model.model.{module}.lora_B.weight"))
 }
 
+/// PEFT's saved name of a module's DoRA magnitude vector (no `.weight`, as PEFT 0.21 writes it).
+pub fn peft_magnitude_name(module: &str) -> String {
+    format!("base_model.model.{module}.lora_magnitude_vector")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +150,7 @@ mod tests {
             b: Tensor::eye(3, candle_core::DType::F32, &dev)?,
             scaling: 1.0,
             index: 4,
+            dora: None,
         };
         let x = Tensor::ones((50, 3), candle_core::DType::F32, &dev)?;
         let d = Some(Dropout { p: 0.5, seed: 9 });

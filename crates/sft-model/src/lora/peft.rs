@@ -88,7 +88,7 @@ impl PeftConfig {
             modules_to_save: None,
             rank_pattern: Map::new(),
             alpha_pattern: Map::new(),
-            use_dora: false,
+            use_dora: settings.use_dora,
             exclude_modules: None,
             layers_to_transform: None,
             target_parameters: None,
@@ -118,9 +118,6 @@ impl PeftConfig {
         }
         if self.r == 0 {
             return Err(err("r", "must be at least 1".into()));
-        }
-        if self.use_dora {
-            return Err(err("use_dora", "DoRA adapters are not supported".into()));
         }
         if self.fan_in_fan_out {
             return Err(err("fan_in_fan_out", "transposed (Conv1D) adapters are not supported".into()));
@@ -157,6 +154,7 @@ impl PeftConfig {
             use_rslora: self.use_rslora,
             dropout: self.lora_dropout,
             targets: self.targets(path)?,
+            use_dora: self.use_dora,
         })
     }
 
@@ -211,7 +209,7 @@ mod tests {
     #[test]
     fn unsupported_features_are_refused_by_key() {
         for (json, key) in [
-            (r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "use_dora": true}"#, "use_dora"),
+            (r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "fan_in_fan_out": true}"#, "fan_in_fan_out"),
             (r#"{"r": 0, "lora_alpha": 8, "target_modules": ["q_proj"]}"#, "r:"),
             (r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "bias": "all"}"#, "bias"),
             (r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "rank_pattern": {"q_proj": 2}}"#, "rank_pattern"),
@@ -225,8 +223,10 @@ mod tests {
     /// What sft writes reads back as the same settings, with PEFT's keys in PEFT's order.
     #[test]
     fn a_written_config_reads_back() {
-        let s = settings(r#"{"r": 4, "lora_alpha": 8, "use_rslora": true, "lora_dropout": 0.1, "target_modules": "all-linear"}"#)
-            .expect("valid");
+        let s = settings(
+            r#"{"r": 4, "lora_alpha": 8, "use_rslora": true, "lora_dropout": 0.1, "target_modules": "all-linear", "use_dora": true}"#,
+        )
+        .expect("valid");
         let written = PeftConfig::for_adapter(&s, vec!["q_proj".into(), "v_proj".into()], "/models/base".into(), None);
         let text = String::from_utf8(written.to_json()).expect("utf-8");
         let back: PeftConfig = serde_json::from_str(&text).expect("reads back");
@@ -234,7 +234,7 @@ mod tests {
         let keys: Vec<String> = serde_json::from_str::<Map<String, Value>>(&text).expect("object").keys().cloned().collect();
         assert_eq!(&keys[..4], ["peft_type", "task_type", "base_model_name_or_path", "r"]);
         let again = back.resolve(Path::new(ADAPTER_CONFIG)).expect("valid");
-        assert_eq!((again.r, again.alpha, again.use_rslora, again.dropout), (4, 8.0, true, 0.1));
+        assert_eq!((again.r, again.alpha, again.use_rslora, again.dropout, again.use_dora), (4, 8.0, true, 0.1, true));
         assert!(again.targets.matches("model.layers.0.self_attn.v_proj") && !again.targets.matches("model.layers.0.mlp.up_proj"));
     }
 }

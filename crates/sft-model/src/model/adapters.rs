@@ -2,14 +2,14 @@
 //! a loaded model whose linear layers carry another PEFT adapter. The base tensors are shared,
 //! not copied (candle tensors and the bf16/NF4 weights are reference-counted, and the greedy
 //! decoding screen of the output layer is shared too), so a view costs only its A and B
-//! matrices. Inference only: the view's adapters are constants.
+//! matrices (and a DoRA adapter's magnitudes and factors). Inference only: the view's adapters
+//! are constants.
 
 use std::path::Path;
 
 use super::params::AdapterFile;
 use super::Model;
-use crate::lora::Lora;
-use crate::ops::LinearWeight;
+use crate::lora::{Dora, Lora};
 use crate::ModelError;
 
 impl Model {
@@ -21,14 +21,14 @@ impl Model {
         let mut index = 0u64;
         for layer in &mut layers {
             for (module, linear) in layer.linears_mut() {
-                let (out, inp) = match &linear.weight {
-                    LinearWeight::Dense(w) => w.dims2().map_err(|source| ModelError::Tensor { context: module.clone(), source })?,
-                    LinearWeight::Quant(q) => q.dims(),
-                };
-                linear.lora = file.take(&module, out, inp)?.map(|(a, b)| {
+                let context = |source| ModelError::Tensor { context: module.clone(), source };
+                let (out, inp) = linear.weight.dims().map_err(context)?;
+                let lora = file.take(&module, out, inp)?.map(|t| {
                     index += 1;
-                    Lora { a, b, scaling: file.settings.scaling(), index: index - 1 }
+                    let dora = t.magnitude.map(|magnitude| Dora { magnitude, frozen_scale: None });
+                    Lora { a: t.a, b: t.b, scaling: file.settings.scaling(), index: index - 1, dora }
                 });
+                linear.attach(lora).map_err(context)?;
             }
         }
         file.finish()?;

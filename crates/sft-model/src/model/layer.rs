@@ -9,14 +9,15 @@ use candle_core::{Result, Tensor};
 use super::kv_cache::{attend_rows, AttentionShape, KvCache};
 use super::params::Builder;
 use crate::config::ModelConfig;
+use crate::error::TensorContext;
 use crate::lora::{Dropout, Lora};
 use crate::ops::{
-    attention, frozen_matmul, glu, linear, lora_linear, matvec, qmatmul, rms_norm, rope, AttentionSpec, LinearWeight, LoraLinear,
-    RopeTable, MATVEC_MAX_ROWS,
+    attention, dora_linear, dora_weight_norm, frozen_matmul, glu, linear, lora_linear, matvec, qmatmul, rms_norm, rope, AttentionSpec,
+    DoraWeights, LinearWeight, LoraLinear, RopeTable, MATVEC_MAX_ROWS,
 };
 use crate::ModelError;
 
-/// A linear layer `x·Wᵀ + b`, optionally with a LoRA adapter.
+/// A linear layer `x·Wᵀ + b`, optionally with a LoRA (or DoRA) adapter.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
     pub weight: LinearWeight,
@@ -28,8 +29,26 @@ impl Linear {
     pub fn load(b: &mut Builder, name: String, out: usize, inp: usize, bias: bool) -> std::result::Result<Self, ModelError> {
         let weight = b.linear_weight(&format!("{name}.weight"), out, inp)?;
         let bias = if bias { Some(b.weight(&format!("{name}.bias"), &[out])?) } else { None };
-        let lora = b.lora(&name, out, inp)?;
-        Ok(Self { weight, bias, lora })
+        let lora = b.lora(&name, &weight)?;
+        let mut linear = Self { weight, bias, lora: None };
+        linear.attach(lora).during(|| format!("attaching the adapter of {name}"))?;
+        Ok(linear)
+    }
+
+    /// Puts `lora` on the layer; a DoRA adapter that does not train gets its factor
+    /// `m/‖W + s·B·A‖` computed here, once.
+    pub fn attach(&mut self, lora: Option<Lora>) -> Result<()> {
+        self.lora = match lora {
+            Some(mut l) if !l.trains() => {
+                if let Some(d) = &mut l.dora {
+                    let norm = dora_weight_norm(&self.weight, &l.a, &l.b, l.scaling)?;
+                    d.frozen_scale = Some(d.magnitude.div(&norm)?);
+                }
+                Some(l)
+            }
+            other => other,
+        };
+        Ok(())
     }
 
     /// `x` is `[n, in]`; `dropout` applies to the adapter's input while training.
@@ -38,20 +57,39 @@ impl Linear {
             LinearWeight::Dense(w) => !w.track_op(),
             LinearWeight::Quant(_) => true,
         };
-        if let Some(l) = self.lora.as_ref().filter(|l| frozen && (l.a.track_op() || l.b.track_op())) {
-            // Training an adapter: one op that keeps only x, A and B for the backward pass.
+        let dropped = dropout.is_some_and(|d| d.p > 0.0);
+        let fused = |l: &Lora| frozen && (l.trains() || (dropped && l.dora.is_some()));
+        if let Some(l) = self.lora.as_ref().filter(|l| fused(l)) {
+            // Training an adapter: one op that keeps only x, A and B for the backward pass (and,
+            // for DoRA, the product the magnitude's gradient needs).
             let layer = LoraLinear {
                 weight: self.weight.clone(),
                 bias: self.bias.clone(),
                 scaling: l.scaling,
                 dropout: dropout.map(|d| (d, l.index)),
             };
-            return lora_linear(x, &l.a, &l.b, &layer);
+            return match &l.dora {
+                Some(d) => {
+                    let norm = dora_weight_norm(&self.weight, &l.a, &l.b, l.scaling)?;
+                    dora_linear(x, DoraWeights { a: &l.a, b: &l.b, magnitude: &d.magnitude, norm: &norm }, &layer)
+                }
+                None => lora_linear(x, &l.a, &l.b, &layer),
+            };
         }
         let mut y = match &self.weight {
             LinearWeight::Dense(w) => project(x, w)?,
             LinearWeight::Quant(q) => qmatmul(x, q)?,
         };
+        if let Some((l, Some(d))) = self.lora.as_ref().map(|l| (l, l.dora.as_ref())) {
+            // A frozen DoRA adapter without dropout: (x·Wᵀ + s·(x·Aᵀ)·Bᵀ) ∘ m/‖W + s·B·A‖ + b.
+            let scale =
+                d.frozen_scale.as_ref().ok_or_else(|| candle_core::Error::Msg("a DoRA adapter attached without its factor".into()))?;
+            y = (y + l.forward(x, None)?)?.broadcast_mul(scale)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

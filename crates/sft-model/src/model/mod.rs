@@ -370,7 +370,8 @@ impl Model {
 
 impl Model {
     /// The base model of `dir` with the PEFT adapter of `adapter` folded into its weights
-    /// (`W + s·B·A` for every adapted module): every weight is a parameter, ready for
+    /// (`W + s·B·A` for every adapted module; DoRA: `m/‖W + s·B·A‖ ∘ (W + s·B·A)`, row by row,
+    /// as PEFT's `merge_and_unload`): every weight is a parameter, ready for
     /// [`Model::save_weights`].
     pub fn merged(dir: &Path, adapter: &Path) -> Result<Self, ModelError> {
         let model = Self::load(dir, &Trainable::Full)?;
@@ -386,11 +387,26 @@ impl Model {
             let (out, inp) = var.dims2().during(|| format!("{name}: expected a matrix"))?;
             let a = weights.get(&a_name, &[settings.r, inp])?;
             let b = weights.get(&b_name, &[out, settings.r])?;
-            let merged = b
-                .matmul(&a)
-                .and_then(|d| d.affine(settings.scaling(), 0.0))
-                .and_then(|d| var.as_tensor() + d)
-                .during(|| format!("merging into {name}"))?;
+            let magnitude = match settings.use_dora {
+                true => {
+                    let m_name = crate::lora::peft_magnitude_name(module);
+                    let m = weights.get(&m_name, &[out])?;
+                    used.insert(m_name);
+                    Some(m)
+                }
+                false => None,
+            };
+            let fold = || -> candle_core::Result<Tensor> {
+                let adapted = (var.as_tensor() + b.matmul(&a)?.affine(settings.scaling(), 0.0)?)?;
+                match &magnitude {
+                    Some(m) => {
+                        let norm = adapted.sqr()?.sum_keepdim(1)?.sqrt()?;
+                        adapted.broadcast_mul(&m.reshape((out, 1))?.div(&norm)?)
+                    }
+                    None => Ok(adapted),
+                }
+            };
+            let merged = fold().during(|| format!("merging into {name}"))?;
             var.set(&merged).during(|| format!("merging into {name}"))?;
             used.insert(a_name);
             used.insert(b_name);

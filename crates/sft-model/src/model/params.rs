@@ -9,8 +9,8 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor, Var};
 
 use crate::error::TensorContext;
-use crate::lora::{peft_names, Lora, LoraSettings};
-use crate::ops::LinearWeight;
+use crate::lora::{peft_magnitude_name, peft_names, Dora, Lora, LoraSettings};
+use crate::ops::{dora_weight_norm, LinearWeight};
 use crate::quant::{BaseFormat, QuantWeight};
 use crate::rng::SplitMix;
 use crate::weights::Weights;
@@ -64,18 +64,27 @@ impl AdapterFile {
         })
     }
 
-    /// The A `[r, inp]` and B `[out, r]` of linear module `module` when it is a target or the
-    /// file holds its pair (PEFT names).
-    pub fn take(&mut self, module: &str, out: usize, inp: usize) -> Result<Option<(Tensor, Tensor)>, ModelError> {
+    /// The A `[r, inp]`, B `[out, r]` and, for DoRA, magnitude `[out]` of linear module `module`
+    /// when it is a target or the file holds its pair (PEFT names).
+    pub fn take(&mut self, module: &str, out: usize, inp: usize) -> Result<Option<AdapterTensors>, ModelError> {
         let (a_name, b_name) = peft_names(module);
         if !self.settings.targets.matches(module) && !self.weights.has(&a_name) {
             return Ok(None);
         }
         let r = self.settings.r;
-        let pair = (self.weights.get(&a_name, &[r, inp])?, self.weights.get(&b_name, &[out, r])?);
+        let (a, b) = (self.weights.get(&a_name, &[r, inp])?, self.weights.get(&b_name, &[out, r])?);
         self.used.insert(a_name);
         self.used.insert(b_name);
-        Ok(Some(pair))
+        let magnitude = match self.settings.use_dora {
+            true => {
+                let name = peft_magnitude_name(module);
+                let m = self.weights.get(&name, &[out])?;
+                self.used.insert(name);
+                Some(m)
+            }
+            false => None,
+        };
+        Ok(Some(AdapterTensors { a, b, magnitude }))
     }
 
     /// Fails when the file holds tensors no module took (it belongs to another model), or when
@@ -99,6 +108,14 @@ impl AdapterFile {
         }
         Ok(())
     }
+}
+
+/// One module's tensors from an adapter file.
+pub(crate) struct AdapterTensors {
+    pub a: Tensor,
+    pub b: Tensor,
+    /// DoRA's magnitude vector.
+    pub magnitude: Option<Tensor>,
 }
 
 /// Where base weights come from.
@@ -213,10 +230,12 @@ impl Builder {
         })
     }
 
-    /// The adapter of linear module `module` (`[out, inp]`), if it is a target.
-    pub fn lora(&mut self, module: &str, out: usize, inp: usize) -> Result<Option<Lora>, ModelError> {
-        let (a_name, b_name) = peft_names(module);
-        let (a, b, train, scaling) = match &mut self.adapter {
+    /// The adapter of linear module `module` with weight `weight`, if it is a target. A new
+    /// DoRA magnitude is `‖W + s·B·A‖` (PEFT's init; `‖W‖`, B being zero).
+    pub fn lora(&mut self, module: &str, weight: &LinearWeight) -> Result<Option<Lora>, ModelError> {
+        let wrap = |e: candle_core::Error| ModelError::Tensor { context: format!("initialising the adapter of {module}"), source: e };
+        let (out, inp) = weight.dims().map_err(wrap)?;
+        let (t, train, scaling) = match &mut self.adapter {
             AdapterSource::None => return Ok(None),
             AdapterSource::Init { settings, rng } => {
                 if !settings.targets.matches(module) {
@@ -226,29 +245,36 @@ impl Builder {
                 // PEFT: kaiming_uniform_(A, a=√5), i.e. U(−1/√in, 1/√in); B = 0.
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a: Vec<f32> = (0..r * inp).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
-                let a = Tensor::from_vec(a, (r, inp), &Device::Cpu);
-                let b = Tensor::zeros((out, r), candle_core::DType::F32, &Device::Cpu);
-                let wrap = |e: candle_core::Error| ModelError::Tensor { context: format!("initialising LoRA of {module}"), source: e };
-                (a.map_err(wrap)?, b.map_err(wrap)?, true, settings.scaling())
+                let a = Tensor::from_vec(a, (r, inp), &Device::Cpu).map_err(wrap)?;
+                let b = Tensor::zeros((out, r), candle_core::DType::F32, &Device::Cpu).map_err(wrap)?;
+                let magnitude = match settings.use_dora {
+                    true => Some(dora_weight_norm(weight, &a, &b, settings.scaling()).map_err(wrap)?),
+                    false => None,
+                };
+                (AdapterTensors { a, b, magnitude }, true, settings.scaling())
             }
             AdapterSource::File { file, train } => match file.take(module, out, inp)? {
-                Some((a, b)) => (a, b, *train, file.settings.scaling()),
+                Some(t) => (t, *train, file.settings.scaling()),
                 None => return Ok(None),
             },
         };
-        let (a, b) = if train {
-            let dir = self.base.dir().to_path_buf();
-            let (va, vb) = (var(a, &dir, &a_name)?, var(b, &dir, &b_name)?);
-            let pair = (va.as_tensor().clone(), vb.as_tensor().clone());
-            self.params.push((a_name, va));
-            self.params.push((b_name, vb));
-            pair
-        } else {
-            (a, b)
+        let (a_name, b_name) = peft_names(module);
+        let (dir, params) = (self.base.dir().to_path_buf(), &mut self.params);
+        let mut keep = |name: String, t: Tensor| -> Result<Tensor, ModelError> {
+            if !train {
+                return Ok(t);
+            }
+            let v = var(t, &dir, &name)?;
+            let t = v.as_tensor().clone();
+            params.push((name, v));
+            Ok(t)
         };
+        let (a, b) = (keep(a_name, t.a)?, keep(b_name, t.b)?);
+        let magnitude = t.magnitude.map(|m| keep(peft_magnitude_name(module), m)).transpose()?;
+        let dora = magnitude.map(|magnitude| Dora { magnitude, frozen_scale: None });
         let index = self.lora_count;
         self.lora_count += 1;
-        Ok(Some(Lora { a, b, scaling, index }))
+        Ok(Some(Lora { a, b, scaling, index, dora }))
     }
 
     /// Fails when the adapter file holds tensors no module used (it belongs to another model).

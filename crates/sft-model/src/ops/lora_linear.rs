@@ -26,6 +26,14 @@ pub enum LinearWeight {
 }
 
 impl LinearWeight {
+    /// `(out, in)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            LinearWeight::Dense(w) => w.dims2(),
+            LinearWeight::Quant(q) => Ok(q.dims()),
+        }
+    }
+
     /// `x·Wᵀ` for `x` `[n, in]` → `[n, out]`, the weight frozen.
     fn forward(&self, x: &[f32], n: usize, out: usize) -> Result<Vec<f32>> {
         match self {

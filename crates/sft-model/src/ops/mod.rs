@@ -6,6 +6,7 @@
 
 mod attention;
 mod cross_entropy;
+mod dora;
 mod frozen_matmul;
 mod glu;
 mod linear;
@@ -17,6 +18,7 @@ mod softmax;
 
 pub use attention::{attention, AttentionSpec};
 pub use cross_entropy::{linear_cross_entropy, CrossEntropy};
+pub use dora::{dora_linear, dora_weight_norm, DoraWeights};
 pub(crate) use frozen_matmul::Tiles;
 pub use frozen_matmul::{frozen_matmul, qmatmul};
 pub use glu::{glu, Activation};

@@ -1,6 +1,7 @@
 //! Gradient checkpointing changes memory, not results: every parameter's gradient equals the
-//! one computed without it, for full fine-tuning, a PEFT adapter, and new LoRA adapters with
-//! dropout (whose masks must repeat exactly when a layer runs again), on every architecture.
+//! one computed without it, for full fine-tuning, a PEFT adapter, and new LoRA and DoRA
+//! adapters with dropout (whose masks must repeat exactly when a layer runs again), on every
+//! architecture.
 
 use sft_model::lora::{LoraSettings, Targets};
 use sft_model::model::{Batch, Model, Trainable};
@@ -23,7 +24,7 @@ fn gradients(model: &Model, batch: &Batch) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn checkpointed_layers_give_the_same_gradients() {
-    let lora = LoraSettings { r: 4, alpha: 8.0, use_rslora: false, dropout: 0.2, targets: Targets::AllLinear };
+    let lora = LoraSettings { r: 4, alpha: 8.0, use_rslora: false, dropout: 0.2, targets: Targets::AllLinear, use_dora: false };
     let mut failures = vec![];
     for case in CASES {
         let dir = model_fixture(case);
@@ -32,6 +33,7 @@ fn checkpointed_layers_give_the_same_gradients() {
             ("full", Trainable::Full),
             ("adapter", Trainable::Adapter { dir: dir.join("adapter"), train: true }),
             ("new lora with dropout", Trainable::NewLora { settings: lora.clone(), seed: 3 }),
+            ("new dora with dropout", Trainable::NewLora { settings: LoraSettings { use_dora: true, ..lora.clone() }, seed: 3 }),
         ];
         for (what, trainable) in ways {
             let mut model = Model::load(&dir, &trainable).expect("load");

@@ -3,5 +3,6 @@
 mod backprop;
 mod checkpointing;
 mod common;
+mod dora;
 mod kv_cache;
 mod parity;

@@ -21,17 +21,17 @@ fn rows<T: TryFrom<i64>>(v: &Value) -> Vec<Vec<T>> {
     v.as_array().expect("array").iter().map(ints).collect()
 }
 
-struct Mismatches(Vec<String>);
+pub(crate) struct Mismatches(pub Vec<String>);
 
 impl Mismatches {
-    fn tensor(&mut self, what: &str, ours: &Tensor, theirs: &Tensor) {
+    pub fn tensor(&mut self, what: &str, ours: &Tensor, theirs: &Tensor) {
         let err = relative_error(ours, theirs);
         if err.is_nan() || err > TOL {
             self.0.push(format!("{what}: relative error {err:e}"));
         }
     }
 
-    fn scalar(&mut self, what: &str, ours: f32, theirs: f64) {
+    pub fn scalar(&mut self, what: &str, ours: f32, theirs: f64) {
         let err = ((ours as f64 - theirs) / theirs).abs();
         if err.is_nan() || err > TOL as f64 {
             self.0.push(format!("{what}: {ours} vs {theirs}"));
@@ -39,7 +39,7 @@ impl Mismatches {
     }
 
     /// Every expected gradient `prefix<name>` against the model's parameter of that name.
-    fn grads(
+    pub fn grads(
         &mut self,
         what: &str,
         model: &Model,
