@@ -25,9 +25,6 @@ pub struct DataArgs {
     /// Data format (detected from the first row with auto).
     #[arg(long, value_enum, default_value_t, ignore_case = true)]
     pub format: DataFormat,
-    /// Freeze strftime_now at this local time (YYYY-MM-DDTHH:MM:SS), for reproducible renders.
-    #[arg(long)]
-    pub now: Option<String>,
     /// What to do with a row that cannot be read: fail, or skip it (counted and listed).
     #[arg(long, value_enum, default_value_t)]
     pub on_bad_row: OnBadRow,
@@ -54,20 +51,13 @@ impl DataArgs {
 
     /// The read options and template choice the flags give.
     fn settings(&self) -> anyhow::Result<(ReadOptions, TemplateChoice)> {
-        let clock = match &self.now {
-            None => Clock::System,
-            Some(t) => Clock::Fixed(
-                chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S")
-                    .with_context(|| format!("--now {t:?}: expected YYYY-MM-DDTHH:MM:SS"))?,
-            ),
-        };
         let read = ReadOptions {
             format: self.format.format(),
             sharegpt: ShareGptOptions::default(),
             on_bad_row: self.on_bad_row,
             ..ReadOptions::default()
         };
-        Ok((read, self.template.choice(clock)))
+        Ok((read, self.template.choice()?))
     }
 
     /// The tokenizer's directory, when one is named.

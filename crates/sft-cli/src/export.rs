@@ -71,7 +71,7 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         gguf::check_target(&out, args.force)?;
         let settings = TemplateSettings::default();
         let kwargs = settings.kwargs_for(Some(&source.tokenizer_dir))?;
-        let renderer = Renderer::new(Some(&source.tokenizer_dir), &settings.choice(Clock::System), kwargs)?;
+        let renderer = Renderer::new(Some(&source.tokenizer_dir), &settings.choice()?, kwargs)?;
         let base = &source.base.name;
         let name = base.rsplit(['/', '\\']).find(|part| !part.is_empty()).unwrap_or(base).to_string();
         let src = ModelSource {

@@ -89,7 +89,7 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
     };
     let fingerprint = DataFingerprint::of(data.data())?;
     let (renderer, tokenizer, read) = data.load_tools()?;
-    let key = ManifestKey::new(&dir, &renderer, Settings::new(options, packing), data.now.as_deref(), fingerprint)?;
+    let key = ManifestKey::new(&dir, &renderer, Settings::new(options, packing), data.template.now.as_deref(), fingerprint)?;
     let inputs = BuildInputs {
         data: data.data(),
         read: &read,

@@ -65,7 +65,7 @@ impl Inference {
         let (model, source) = load_model(opts)?;
         let tokenizer = TextTokenizer::from_dir(&source.tokenizer_dir)?;
         let kwargs = opts.template.kwargs_for(Some(&source.tokenizer_dir))?;
-        let renderer = Renderer::new(Some(&source.tokenizer_dir), &opts.template.choice(Clock::System), kwargs)?;
+        let renderer = Renderer::new(Some(&source.tokenizer_dir), &opts.template.choice()?, kwargs)?;
         let mut stop_ids = model.config().eos_token_ids.clone();
         for dir in [&source.tokenizer_dir, &source.base.dir] {
             stop_ids.extend(generation_eos(&dir.join("generation_config.json"))?);

@@ -40,7 +40,7 @@ pub struct TrainData {
 /// Reads, renders, tokenizes and masks the training (and evaluation) data with the tokenizer and
 /// template of `tokenizer_dir`.
 pub fn prepare(cfg: &TrainConfig, tokenizer_dir: &Path) -> Result<TrainData, TrainError> {
-    let renderer = Renderer::new(Some(tokenizer_dir), &cfg.template.choice(Clock::System), cfg.template.kwargs_for(Some(tokenizer_dir))?)?;
+    let renderer = Renderer::new(Some(tokenizer_dir), &cfg.template.choice()?, cfg.template.kwargs_for(Some(tokenizer_dir))?)?;
     let tokenizer = TextTokenizer::from_dir(tokenizer_dir)?;
     let mut files: Vec<Vec<Example>> = vec![];
     let mut prepared: Vec<Record> = vec![];
@@ -193,7 +193,7 @@ fn prepared_records(
     }
     let dataset = PreparedDataset::open(dir)?;
     let source = DataFingerprint::of(&dataset.manifest().key.data.path)?;
-    let expected = ManifestKey::new(tokenizer_dir, renderer, Settings::new(&cfg.encode, cfg.packing), None, source)?;
+    let expected = ManifestKey::new(tokenizer_dir, renderer, Settings::new(&cfg.encode, cfg.packing), cfg.template.now.as_deref(), source)?;
     if let Some(reason) = dataset.is_stale(&expected) {
         return Err(TrainError::Config {
             path: cfg.source.clone(),

@@ -54,12 +54,26 @@ pub struct TemplateSettings {
     /// Extra template variables (a JSON object as a flag), e.g. '{"enable_thinking": false}'.
     #[cfg_attr(feature = "clap", arg(long, value_parser = json_object))]
     pub template_kwargs: Option<Map<String, Json>>,
+    /// Freeze strftime_now at this local time (YYYY-MM-DDTHH:MM:SS), for reproducible renders
+    /// (templates such as Llama 3.x print today's date).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub now: Option<String>,
 }
 
 impl TemplateSettings {
-    /// The choice these settings make, with `strftime_now` reading `clock`.
-    pub fn choice(&self, clock: Clock) -> TemplateChoice {
-        TemplateChoice { template: self.chat_template.clone(), map_eos_token: self.map_eos_token, clock }
+    /// The choice these settings make.
+    pub fn choice(&self) -> Result<TemplateChoice, TemplateError> {
+        Ok(TemplateChoice { template: self.chat_template.clone(), map_eos_token: self.map_eos_token, clock: self.clock()? })
+    }
+
+    /// What `strftime_now` reports: the machine's clock, or the time `now` freezes.
+    pub fn clock(&self) -> Result<Clock, TemplateError> {
+        match &self.now {
+            None => Ok(Clock::System),
+            Some(t) => chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S")
+                .map(Clock::Fixed)
+                .map_err(|_| TemplateError::Source(format!("now {t:?}: expected YYYY-MM-DDTHH:MM:SS"))),
+        }
     }
 
     /// The extra template variables (none when unset).

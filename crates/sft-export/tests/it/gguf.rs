@@ -52,7 +52,7 @@ fn tiny(name: &str, family: &str, extra: &str) -> PathBuf {
 }
 
 fn renderer(dir: &Path) -> Renderer {
-    Renderer::new(Some(dir), &TemplateSettings::default().choice(Clock::System), Default::default()).expect("renderer")
+    Renderer::new(Some(dir), &TemplateSettings::default().choice().expect("choice"), Default::default()).expect("renderer")
 }
 
 fn export(dir: &Path, adapter: Option<&Path>, outtype: OutType, out: &Path) -> Result<gguf::Exported, GgufError> {
