@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use sft_data::data::{read_dataset, DataFormat, Dataset, OnBadRow, ReadOptions, ShareGptOptions};
 use sft_data::encode::{EncodeOptions, EncodeSettings};
-use sft_data::template::{Clock, Renderer, TemplateChoice, TemplateSettings};
+use sft_data::template::{Renderer, TemplateChoice, TemplateSettings};
 use sft_data::tokens::TextTokenizer;
 use sft_hub::Resolved;
 use sft_infer::{Inference, LoadOptions};

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use sft_data::template::{Clock, Renderer, TemplateSettings};
+use sft_data::template::{Renderer, TemplateSettings};
 use sft_export::gguf::{self, ModelSource, OutType};
 use sft_export::ollama::Modelfile;
 

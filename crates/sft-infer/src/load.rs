@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use sft_data::conversation::Conversation;
-use sft_data::template::{Clock, Renderer, TemplateSettings};
+use sft_data::template::{Renderer, TemplateSettings};
 use sft_data::tokens::TextTokenizer;
 use sft_hub::Resolved;
 use sft_model::model::{Model, Trainable};

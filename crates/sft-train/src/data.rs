@@ -10,7 +10,7 @@ use sft_data::conversation::Conversation;
 use sft_data::data::{read_dataset, ReadOptions, ShareGptOptions};
 use sft_data::encode::{encode_all, Example};
 use sft_data::prepared::{DataFingerprint, ManifestKey, PreparedDataset, Settings, MANIFEST};
-use sft_data::template::{Clock, Renderer};
+use sft_data::template::Renderer;
 use sft_data::tokens::TextTokenizer;
 use sft_model::model::IGNORE;
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
-use sft_data::template::{Clock, Renderer, TemplateSettings};
+use sft_data::template::{Renderer, TemplateSettings};
 use sft_export::gguf::{self, GgufError, ModelSource, OutType};
 use sft_model::config::HfConfig;
 use sft_model::lora::{LoraSettings, PeftConfig, Targets, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
