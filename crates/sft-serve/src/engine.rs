@@ -42,8 +42,18 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
     /// When it must be done.
     pub deadline: Instant,
-    /// Its place in the bounded capacity, given back when the job is dropped.
-    pub permit: OwnedSemaphorePermit,
+    /// Its place in the bounded capacity, given back just before its last event is sent (or
+    /// when the job is dropped).
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Job {
+    /// Sends the job's last event, giving its slot back first: a client that has its answer
+    /// finds the slot free when it asks again at once.
+    fn finish(&mut self, event: Event) {
+        self.permit = None;
+        let _ = self.events.send(event);
+    }
 }
 
 /// What the engine reports about a job, in order: `Prompt` (when asked), `Token`s, then one
@@ -156,7 +166,7 @@ fn tick(settings: &EngineSettings, running: &mut Vec<Running>) {
             }
             Err(e) => {
                 for &i in &members {
-                    let _ = running[i].job.events.send(Event::Failed(ApiError::internal(format!("decoding: {e}"))));
+                    running[i].job.finish(Event::Failed(ApiError::internal(format!("decoding: {e}"))));
                     done[i] = true;
                 }
             }
@@ -170,13 +180,12 @@ fn tick(settings: &EngineSettings, running: &mut Vec<Running>) {
 /// scored when `echo` asked for it, and tokens left to produce. `false` when it is done (its
 /// last event sent).
 fn ready(settings: &EngineSettings, r: &mut Running) -> bool {
-    let job = &r.job;
+    let job = &mut r.job;
     if job.events.is_closed() {
         return false;
     }
-    let send = |e: Event| job.events.send(e).is_ok();
     if Instant::now() > job.deadline {
-        send(Event::TimedOut);
+        job.finish(Event::TimedOut);
         return false;
     }
     let model = &settings.models[job.model];
@@ -184,19 +193,19 @@ fn ready(settings: &EngineSettings, r: &mut Running) -> bool {
         if let Some(top) = job.prompt_logprobs {
             match rayon::scope(|_| model.token_logprobs(&job.prompt, top)) {
                 Ok(lp) => {
-                    if !send(Event::Prompt(lp)) {
+                    if job.events.send(Event::Prompt(lp)).is_err() {
                         return false;
                     }
                 }
                 Err(e) => {
-                    send(Event::Failed(ApiError::internal(format!("scoring the prompt: {e}"))));
+                    job.finish(Event::Failed(ApiError::internal(format!("scoring the prompt: {e}"))));
                     return false;
                 }
             }
         }
     }
     if r.produced >= job.max_tokens {
-        send(Event::End { stopped: false });
+        job.finish(Event::End { stopped: false });
         return false;
     }
     true
@@ -210,7 +219,7 @@ fn deliver(settings: &EngineSettings, r: &mut Running, step: Step) -> bool {
         return false;
     }
     if stopped || r.produced >= r.job.max_tokens {
-        let _ = r.job.events.send(Event::End { stopped });
+        r.job.finish(Event::End { stopped });
         return false;
     }
     true

@@ -124,7 +124,7 @@ impl State {
             prompt_logprobs: echo,
             events,
             deadline: Instant::now() + self.timeout,
-            permit,
+            permit: Some(permit),
         };
         let inbox = self.inbox.lock().map_err(|_| ApiError::unavailable("the engine stopped"))?;
         inbox.send(Msg::Job(Box::new(job))).map_err(|_| ApiError::unavailable("the server is shutting down"))?;
