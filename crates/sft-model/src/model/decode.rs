@@ -95,7 +95,7 @@ impl Model {
             [one] => (one.tokens..one.tokens + n).map(|p| p as u32).collect(),
             many => many.iter().map(|c| c.tokens as u32).collect(),
         };
-        let cx = self.cached_context(&positions);
+        let cx = self.cached_context(&positions, caches.len() > 1);
         let mut run = || -> candle_core::Result<Tensor> {
             let idx = Tensor::from_slice(ids, n, &candle_core::Device::Cpu)?;
             let mut h = self.embed.index_select(&idx, 0)?;
@@ -155,9 +155,11 @@ impl Model {
         self.final_softcap(z)
     }
 
-    /// RoPE tables for new tokens at `positions` (the caches do the masking).
-    fn cached_context(&self, positions: &[u32]) -> Context {
-        let ropes = self.config.layers.iter().map(|l| Arc::new(RopeTable::new(positions, &l.rope.inv_freq))).collect();
+    /// RoPE tables for new tokens at `positions` (the caches do the masking): of one sequence,
+    /// or, when `each_newest`, the newest token of a different sequence each.
+    fn cached_context(&self, positions: &[u32], each_newest: bool) -> Context {
+        let table = |rope| if each_newest { RopeTable::newest(positions, rope) } else { RopeTable::forward(positions, rope) };
+        let ropes = self.config.layers.iter().map(|l| Arc::new(table(&l.rope))).collect();
         Context { batch: 1, seq: positions.len(), starts: vec![], ropes, dropout: None }
     }
 }
