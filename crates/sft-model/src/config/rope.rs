@@ -5,8 +5,12 @@
 //!
 //! Lengths: transformers' `dynamic_rope_update` picks the frequencies of a forward pass from
 //! `max(position_ids) + 1`. [`Rope::inv_freq_at`] takes that length; the model passes the
-//! batch's longest sequence for a training forward, and the sequence's length so far for a
-//! cached decoding step (see `model/decode.rs`).
+//! batch's longest sequence (its largest position + 1; packed rows count per segment, padding
+//! not at all) for a training forward, and the sequence's length so far for a cached decoding
+//! step (see `model/decode.rs`). Each forward is computed from its own length, as a freshly
+//! loaded transformers model computes it: transformers' dynamic RoPE also keeps the
+//! frequencies of the longest length it has seen for later forwards between
+//! `max_position_embeddings` and that length, which is history, not configuration.
 
 use std::borrow::Cow;
 
@@ -121,13 +125,9 @@ impl Params<'_> {
         }
     }
 
-    /// `factor` as transformers reads it for yarn and longrope: required by yarn (present,
-    /// possibly null) and optional for longrope; null or absent means
-    /// `max_position_embeddings / original_max_position_embeddings`.
-    fn factor_or_ratio(&self, required: bool, original: usize) -> Result<f64, ModelError> {
-        if required && !self.src.params.contains_key("factor") {
-            return Err(self.err("factor", format!("missing (needed by rope_type {})", self.rope_type)));
-        }
+    /// `factor` as transformers reads it for yarn and longrope; null (or absent, for longrope)
+    /// means `max_position_embeddings / original_max_position_embeddings`.
+    fn factor_or_ratio(&self, original: usize) -> Result<f64, ModelError> {
         match self.num("factor")? {
             Some(f) => self.positive("factor", f),
             None => match self.src.max_position_embeddings {
@@ -275,8 +275,12 @@ fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
 /// over the original context are interpolated (divided by `factor`), those over `beta_fast`
 /// kept, a linear ramp between; cos and sin scaled by the attention factor.
 fn yarn(p: &Params<'_>, theta: f64, dim: usize, rope: &mut Rope) -> Result<(), ModelError> {
+    // transformers requires the key (`rope_parameters["factor"]`), null allowed.
+    if !p.src.params.contains_key("factor") {
+        return Err(p.err("factor", "missing (needed by rope_type yarn)"));
+    }
     let original = p.original_max()?;
-    let factor = p.factor_or_ratio(true, original)?;
+    let factor = p.factor_or_ratio(original)?;
     let attention = match p.num("attention_factor")? {
         Some(a) => p.positive("attention_factor", a)?,
         None => match (p.num("mscale")?, p.num("mscale_all_dim")?) {
@@ -329,19 +333,197 @@ fn yarn(p: &Params<'_>, theta: f64, dim: usize, rope: &mut Rope) -> Result<(), M
 /// factors up to `original_max_position_embeddings` tokens and the long ones past it; cos and
 /// sin scaled by the attention factor `√(1 + ln factor / ln original)`.
 fn longrope(p: &Params<'_>, theta: f64, dim: usize, rope: &mut Rope) -> Result<(), ModelError> {
+    let short = p.factors("short_factor", dim / 2)?;
+    let long = p.factors("long_factor", dim / 2)?;
     let original = p.original_max()?;
-    let factor = p.factor_or_ratio(false, original)?;
+    let factor = p.factor_or_ratio(original)?;
     let attention = match p.num("attention_factor")? {
         Some(a) => p.positive("attention_factor", a)?,
         None if factor <= 1.0 => 1.0,
         None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
     };
-    let short = p.factors("short_factor", dim / 2)?;
-    let long = p.factors("long_factor", dim / 2)?;
     let scaled =
         |ext: &[f32]| -> Vec<f32> { (0..dim / 2).map(|i| 1.0 / (ext[i] * (theta as f32).powf((2 * i) as f32 / dim as f32))).collect() };
     rope.inv_freq = scaled(&short);
     rope.length = LengthScaling::LongRope { original_max_position_embeddings: original, long_inv_freq: scaled(&long) };
     rope.attention_scaling = attention as f32;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{HfConfig, ModelConfig};
+
+    const BASE: &str = r#""vocab_size": 10, "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2"#;
+
+    fn resolve(model_type: &str, extra: &str) -> Result<ModelConfig, String> {
+        let json = format!(r#"{{"model_type": "{model_type}", {BASE}{extra}}}"#);
+        let raw: HfConfig = serde_json::from_str(&json).expect("test json");
+        raw.resolve(Path::new("config.json")).map_err(|e| e.to_string())
+    }
+
+    fn rope(model_type: &str, extra: &str) -> Rope {
+        resolve(model_type, extra).expect("valid").layers[0].rope.clone()
+    }
+
+    fn error(model_type: &str, extra: &str) -> String {
+        resolve(model_type, extra).expect_err("invalid")
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_short_and_divides_long_wavelengths() {
+        let mut f = vec![1.0f32, 0.1, 0.001];
+        llama3_scaling(&mut f, 8.0, 1.0, 4.0, 16.0);
+        // wavelengths 6.3, 62.8 and 6283 against 16/4 = 4 and 16/1 = 16: the first is between.
+        assert!(f[0] < 1.0 && f[0] > 1.0 / 8.0, "{f:?}");
+        assert_eq!(f[1], 0.1 / 8.0);
+        assert_eq!(f[2], 0.001 / 8.0);
+    }
+
+    /// YaRN with the ramp over the whole range: the first pair kept, the last divided by
+    /// factor; the attention factor 0.1·ln(factor) + 1.
+    #[test]
+    fn yarn_interpolates_low_frequencies_and_scales_attention() {
+        let plain = rope("llama", "");
+        let r = rope(
+            "llama",
+            r#", "max_position_embeddings": 4096, "rope_parameters": {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 1024}"#,
+        );
+        assert_eq!(r.length, LengthScaling::Fixed);
+        assert!((r.attention_scaling - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6, "{}", r.attention_scaling);
+        assert_eq!(r.inv_freq[0], plain.inv_freq[0]);
+        let last = r.inv_freq.len() - 1;
+        assert!((r.inv_freq[last] - plain.inv_freq[last] / 4.0).abs() < 1e-9, "{:?}", r.inv_freq);
+        // attention_factor given wins; mscale / mscale_all_dim give their ratio.
+        let given =
+            rope("llama", r#", "max_position_embeddings": 64, "rope_scaling": {"type": "yarn", "factor": 4, "attention_factor": 0.5}"#);
+        assert_eq!(given.attention_scaling, 0.5);
+        let ratio = rope(
+            "llama",
+            r#", "max_position_embeddings": 64, "rope_scaling": {"type": "yarn", "factor": 4, "mscale": 2, "mscale_all_dim": 1}"#,
+        );
+        let want = (0.2 * 4f64.ln() + 1.0) / (0.1 * 4f64.ln() + 1.0);
+        assert!((ratio.attention_scaling as f64 - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn yarn_factor_null_is_the_context_ratio_and_missing_is_an_error() {
+        let r = rope(
+            "qwen2",
+            r#", "max_position_embeddings": 64, "rope_scaling": {"type": "yarn", "factor": null, "original_max_position_embeddings": 16}"#,
+        );
+        assert!((r.attention_scaling - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+        let e = error("llama", r#", "rope_parameters": {"rope_type": "yarn", "original_max_position_embeddings": 16}"#);
+        assert!(e.contains("config.json: rope_parameters.factor: missing (needed by rope_type yarn)"), "{e}");
+        let e = error("llama", r#", "rope_scaling": {"type": "yarn", "factor": null, "original_max_position_embeddings": 16}"#);
+        assert!(e.contains("rope_scaling.factor: null, and max_position_embeddings is missing"), "{e}");
+        let e = error("llama", r#", "rope_scaling": {"type": "yarn", "factor": 2}"#);
+        assert!(
+            e.contains(
+                "rope_scaling.original_max_position_embeddings: missing (needed by rope_type yarn), and so is max_position_embeddings"
+            ),
+            "{e}"
+        );
+        let e = error("llama", r#", "max_position_embeddings": 64, "rope_scaling": {"type": "yarn", "factor": 2, "truncate": "no"}"#);
+        assert!(e.contains("rope_scaling.truncate: expected true or false"), "{e}");
+        let e = error("llama", r#", "max_position_embeddings": 64, "rope_scaling": {"type": "yarn", "factor": 2, "beta_fast": -3}"#);
+        assert!(e.contains("rope_scaling.beta_fast: must be positive"), "{e}");
+        let e = error(
+            "llama",
+            r#", "max_position_embeddings": 64, "rope_scaling": {"type": "yarn", "factor": 2, "original_max_position_embeddings": 10.5}"#,
+        );
+        assert!(e.contains("rope_scaling.original_max_position_embeddings: must be a positive integer"), "{e}");
+        let e = error("llama", r#", "max_position_embeddings": 64, "rope_scaling": {"type": "yarn", "factor": 0}"#);
+        assert!(e.contains("rope_scaling.factor: must be positive, got 0"), "{e}");
+    }
+
+    #[test]
+    fn dynamic_grows_the_base_only_past_max_position_embeddings() {
+        let plain = rope("llama", "");
+        let r = rope("llama", r#", "max_position_embeddings": 12, "rope_scaling": {"type": "dynamic", "factor": 2}"#);
+        assert_eq!(r.inv_freq, plain.inv_freq);
+        assert_eq!(r.inv_freq_at(12).as_ref(), plain.inv_freq.as_slice());
+        let grown = r.inv_freq_at(16);
+        // base · (2·16/12 − 1)^(8/6): every frequency but the first (always 1) is lower.
+        let base = 10_000f64 * (2.0 * 16.0 / 12.0 - 1.0f64).powf(8.0 / 6.0);
+        for (i, (g, p)) in grown.iter().zip(&plain.inv_freq).enumerate() {
+            let want = base.powf(-(2.0 * i as f64) / 8.0);
+            assert!((*g as f64 - want).abs() <= 1e-6 * want, "{i}: {g} vs {want}");
+            assert!(i == 0 || g < p);
+        }
+        let e = error("llama", r#", "rope_scaling": {"type": "dynamic"}"#);
+        assert!(e.contains("rope_scaling.factor: missing (needed by rope_type dynamic)"), "{e}");
+        let e = error("llama", r#", "rope_scaling": {"type": "dynamic", "factor": 2}"#);
+        assert!(e.contains("config.json: max_position_embeddings: missing (needed by rope_type dynamic)"), "{e}");
+    }
+
+    const FACTORS: &str = r#""short_factor": [1, 2, 3, 4], "long_factor": [2, 4, 8, 16]"#;
+
+    #[test]
+    fn longrope_switches_to_long_factors_past_the_original_length() {
+        let plain = rope("phi3", "");
+        let r = rope(
+            "phi3",
+            &format!(
+                r#", "max_position_embeddings": 64, "original_max_position_embeddings": 16, "rope_scaling": {{"type": "longrope", {FACTORS}}}"#
+            ),
+        );
+        let LengthScaling::LongRope { original_max_position_embeddings, .. } = r.length else { panic!("{:?}", r.length) };
+        assert_eq!(original_max_position_embeddings, 16);
+        // factor = 64 / 16: √(1 + ln 4 / ln 16) = √1.5.
+        assert!((r.attention_scaling - 1.5f32.sqrt()).abs() < 1e-6);
+        for (i, p) in plain.inv_freq.iter().enumerate() {
+            assert!((r.inv_freq_at(16)[i] - p / (i + 1) as f32).abs() < 1e-7);
+            assert!((r.inv_freq_at(17)[i] - p / (2u32 << i) as f32).abs() < 1e-7);
+        }
+        // Phi-3's early names, and its top-level length (4096 by default) over rope_parameters'.
+        for (ty, extra) in [("su", ""), ("yarn", r#", "original_max_position_embeddings": 99"#)] {
+            let r = rope("phi3", &format!(r#", "max_position_embeddings": 8192, "rope_scaling": {{"type": "{ty}", {FACTORS}{extra}}}"#));
+            assert!(matches!(r.length, LengthScaling::LongRope { original_max_position_embeddings: 4096, .. }), "{ty}: {:?}", r.length);
+        }
+        // Elsewhere the parameters' own length counts, and an explicit factor gives the scaling.
+        let r = rope(
+            "llama",
+            &format!(
+                r#", "rope_parameters": {{"rope_type": "longrope", "original_max_position_embeddings": 16, "factor": 16, {FACTORS}}}"#
+            ),
+        );
+        assert!(matches!(r.length, LengthScaling::LongRope { original_max_position_embeddings: 16, .. }));
+        assert!((r.attention_scaling - 2f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn longrope_factors_are_checked_against_the_rotary_dim() {
+        let e = error(
+            "phi3",
+            r#", "max_position_embeddings": 64, "rope_scaling": {"type": "longrope", "short_factor": [1, 2, 3], "long_factor": [2, 4, 8, 16]}"#,
+        );
+        assert!(e.contains("rope_scaling.short_factor: 3 entries; expected 4 (one per rotated pair: rotary dim 8 / 2)"), "{e}");
+        // partial_rotary_factor 0.5 rotates 4 features: 2 factors each.
+        let e = error("phi3", &format!(r#", "partial_rotary_factor": 0.5, "rope_scaling": {{"type": "longrope", {FACTORS}}}"#));
+        assert!(e.contains("rope_scaling.short_factor: 4 entries; expected 2"), "{e}");
+        let e = error("phi3", r#", "rope_scaling": {"type": "longrope", "short_factor": [1, 2, 0, 4], "long_factor": [2, 4, 8, 16]}"#);
+        assert!(e.contains("rope_scaling.short_factor: entry 2 (0) must be a positive number"), "{e}");
+        let e = error("phi3", r#", "rope_parameters": {"rope_type": "longrope", "short_factor": [1, 2, 3, 4]}"#);
+        assert!(e.contains("rope_parameters.long_factor: missing (needed by rope_type longrope)"), "{e}");
+        let e = error("phi3", r#", "rope_scaling": {"type": "longrope", "short_factor": "1 2 3 4", "long_factor": [2, 4, 8, 16]}"#);
+        assert!(e.contains("rope_scaling.short_factor: expected a list of numbers"), "{e}");
+        let e = error(
+            "phi3",
+            &format!(r#", "max_position_embeddings": 64, "rope_scaling": {{"type": "longrope", "attention_factor": -1, {FACTORS}}}"#),
+        );
+        assert!(e.contains("rope_scaling.attention_factor: must be positive, got -1"), "{e}");
+    }
+
+    #[test]
+    fn per_layer_kind_parameters_name_their_key() {
+        let e = error(
+            "gemma3_text",
+            r#", "sliding_window": 4, "layer_types": ["full_attention"], "rope_parameters": {"full_attention": {"rope_type": "yarn"}}"#,
+        );
+        assert!(e.contains("rope_parameters.full_attention.factor: missing (needed by rope_type yarn)"), "{e}");
+    }
 }
