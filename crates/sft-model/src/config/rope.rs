@@ -291,8 +291,7 @@ fn yarn(p: &Params<'_>, theta: f64, dim: usize, rope: &mut Rope) -> Result<(), M
     // transformers: `get("beta_fast") or 32`, so 0 means the default too.
     let beta = |name: &str, default: f64| -> Result<f64, ModelError> {
         match p.num(name)? {
-            None => Ok(default),
-            Some(b) if b == 0.0 => Ok(default),
+            None | Some(0.0) => Ok(default),
             Some(b) => p.positive(name, b),
         }
     };

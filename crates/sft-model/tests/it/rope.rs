@@ -10,7 +10,7 @@ use serde_json::Value;
 use sft_model::config::{LengthScaling, ModelConfig};
 use sft_model::model::{Batch, Cache, Model, Sequence, Trainable};
 
-use crate::common::{json, model_fixture, relative_error, tensors};
+use crate::common::{json, model_fixture, tensors};
 use crate::parity::Mismatches;
 
 const CASES: &[&str] = &["rope/llama_yarn", "rope/llama_dynamic", "rope/qwen2_yarn", "rope/phi3_longrope"];
