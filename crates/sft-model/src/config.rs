@@ -11,6 +11,10 @@ use serde_json::{Map, Value};
 use crate::ops::Activation;
 use crate::ModelError;
 
+mod rope;
+
+pub use rope::{LengthScaling, Rope};
+
 /// The keys of transformers' `config.json` this crate reads (others are ignored).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -28,6 +32,7 @@ pub struct HfConfig {
     pub rms_norm_eps: Option<f64>,
     pub initializer_range: Option<f64>,
     pub max_position_embeddings: Option<usize>,
+    pub original_max_position_embeddings: Option<usize>,
     pub rope_theta: Option<f64>,
     pub rope_scaling: Option<Value>,
     pub rope_parameters: Option<Value>,
@@ -92,13 +97,6 @@ impl Family {
     fn is_gemma(self) -> bool {
         matches!(self, Family::Gemma | Family::Gemma2 | Family::Gemma3)
     }
-}
-
-/// Rotary embedding of one kind of layer: the inverse frequencies of the rotated pairs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rope {
-    /// `inv_freq[i]` for `i < rotary_dim / 2`, after any scaling.
-    pub inv_freq: Vec<f32>,
 }
 
 /// One decoder layer's attention shape.
@@ -383,66 +381,19 @@ impl HfConfig {
             }
             Some(_) => return Err(cx.err("rope_parameters", "expected an object")),
         };
-        let num = |name: &str| -> Result<Option<f64>, ModelError> {
-            match params.get(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v.as_f64().map(Some).ok_or_else(|| cx.err(&format!("{key}.{name}"), "expected a number")),
-            }
-        };
-        let theta = num("rope_theta")?.or(self.rope_theta).unwrap_or(10_000.0);
-        if theta <= 0.0 {
-            return Err(cx.err(&format!("{key}.rope_theta"), "must be positive"));
-        }
-        let factor = num("partial_rotary_factor")?.or(self.partial_rotary_factor).unwrap_or(1.0);
-        if !(factor > 0.0 && factor <= 1.0) {
-            return Err(cx.err("partial_rotary_factor", "must be in (0, 1]"));
-        }
-        let rotary_dim = ((head_dim as f64 * factor) as usize) & !1;
-        // transformers: inv_freq = 1 / theta^(arange(0, dim, 2) / dim), in f32.
-        let mut inv_freq: Vec<f32> = (0..rotary_dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / rotary_dim as f32)).collect();
-        let kind_name = match params.get("rope_type").or_else(|| params.get("type")) {
-            None | Some(Value::Null) => "default".to_string(),
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(cx.err(&format!("{key}.rope_type"), "expected a string")),
-        };
-        let need =
-            |name: &str| num(name)?.ok_or_else(|| cx.err(&format!("{key}.{name}"), format!("missing (needed by rope_type {kind_name})")));
-        match kind_name.as_str() {
-            "default" => {}
-            "linear" => {
-                let f = need("factor")? as f32;
-                inv_freq.iter_mut().for_each(|v| *v /= f);
-            }
-            "llama3" => llama3_scaling(
-                &mut inv_freq,
-                need("factor")?,
-                need("low_freq_factor")?,
-                need("high_freq_factor")?,
-                need("original_max_position_embeddings")?,
-            ),
-            other => {
-                return Err(cx.err(&format!("{key}.rope_type"), format!("{other:?} is not supported (supported: default, linear, llama3)")))
-            }
-        }
-        Ok(Rope { inv_freq })
-    }
-}
-
-/// Llama 3.1's frequency-dependent RoPE scaling: long wavelengths divided by `factor`, short
-/// ones kept, those between interpolated.
-fn llama3_scaling(inv_freq: &mut [f32], factor: f64, low: f64, high: f64, original: f64) {
-    let low_wavelen = original / low;
-    let high_wavelen = original / high;
-    for f in inv_freq.iter_mut() {
-        let freq = *f as f64;
-        let wavelen = 2.0 * std::f64::consts::PI / freq;
-        let scaled = if wavelen > low_wavelen { freq / factor } else { freq };
-        *f = if wavelen < high_wavelen || wavelen > low_wavelen {
-            scaled as f32
-        } else {
-            let smooth = (original / wavelen - low) / (high - low);
-            ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
-        };
+        rope::resolve(
+            cx,
+            &rope::RopeSource {
+                key: &key,
+                params: &params,
+                family,
+                head_dim,
+                rope_theta: self.rope_theta,
+                partial_rotary_factor: self.partial_rotary_factor,
+                max_position_embeddings: self.max_position_embeddings,
+                original_max_position_embeddings: self.original_max_position_embeddings,
+            },
+        )
     }
 }
 
@@ -484,10 +435,15 @@ mod tests {
         assert!(e.contains("config.json: num_attention_heads: missing"), "{e}");
         let e = resolve(&format!(r#"{{"model_type": "llama", {BASE}, "num_key_value_heads": 3}}"#)).unwrap_err().to_string();
         assert!(e.contains("num_key_value_heads: 3 does not divide"), "{e}");
-        let e = resolve(&format!(r#"{{"model_type": "llama", {BASE}, "rope_scaling": {{"rope_type": "yarn", "factor": 2}}}}"#))
+        let e = resolve(&format!(r#"{{"model_type": "llama", {BASE}, "rope_scaling": {{"rope_type": "proportional", "factor": 2}}}}"#))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("rope_scaling.rope_type: \"yarn\" is not supported"), "{e}");
+        assert!(
+            e.contains(
+                "rope_scaling.rope_type: \"proportional\" is not supported (supported: default, linear, llama3, dynamic, yarn, longrope)"
+            ),
+            "{e}"
+        );
     }
 
     /// Issue 9: a hostile config.json fails before anything config-sized is allocated.
@@ -503,15 +459,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sliding_window_pattern: must be at least 1"), "{e}");
-    }
-
-    #[test]
-    fn llama3_scaling_keeps_short_and_divides_long_wavelengths() {
-        let mut f = vec![1.0f32, 0.1, 0.001];
-        llama3_scaling(&mut f, 8.0, 1.0, 4.0, 16.0);
-        // wavelengths 6.3 (< 4 = high? no: 16/4 = 4), 62.8 and 6283: the first is between 4 and 16.
-        assert!(f[0] < 1.0 && f[0] > 1.0 / 8.0, "{f:?}");
-        assert_eq!(f[1], 0.1 / 8.0);
-        assert_eq!(f[2], 0.001 / 8.0);
     }
 }

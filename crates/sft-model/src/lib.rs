@@ -4,8 +4,8 @@
 //! f32/bf16/f16 weights are computed in f32), keeps transformers' tensor names, and runs the
 //! whole sequence forward for training. The pieces:
 //! - [`config`]: `config.json` mirrored ([`config::HfConfig`]) and resolved once
-//!   ([`config::ModelConfig`]): Llama (with Llama 3 RoPE scaling), SmolLM2, Mistral, Qwen2,
-//!   Qwen3, Phi-3, Gemma, Gemma 2 and Gemma 3;
+//!   ([`config::ModelConfig`]): Llama, SmolLM2, Mistral, Qwen2, Qwen3, Phi-3, Gemma, Gemma 2
+//!   and Gemma 3, with linear, Llama 3, YaRN, dynamic NTK and LongRoPE scaling of RoPE;
 //! - [`ops`]: fused RMSNorm, RoPE, softmax, gated activations and the chunked cross-entropy, each
 //!   with a written-out backward and a finite-difference check;
 //! - [`lora`]: LoRA layers and PEFT adapter directories;

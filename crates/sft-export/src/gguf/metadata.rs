@@ -33,6 +33,19 @@ fn rope_type(params: &Map<String, Json>) -> String {
     params.get("rope_type").or_else(|| params.get("type")).and_then(Json::as_str).unwrap_or("default").to_lowercase()
 }
 
+/// The RoPE types whose scaling this exporter writes (`linear` as `rope.scaling.*`, `llama3`
+/// as `rope_freqs.weight`); the others (`yarn`, `dynamic`, `longrope`) would give a GGUF that
+/// rotates like the unscaled model, so [`unsupported_rope`] refuses them.
+const WRITTEN_ROPE_TYPES: &[&str] = &["default", "linear", "llama3"];
+
+/// The rope_type of a layer kind whose scaling the GGUF could not carry, if any.
+pub fn unsupported_rope(raw: &HfConfig) -> Option<String> {
+    ["full_attention", "sliding_attention"]
+        .into_iter()
+        .map(|kind| rope_type(&rope_params(raw, kind)))
+        .find(|t| !WRITTEN_ROPE_TYPES.contains(&t.as_str()))
+}
+
 /// `{arch}.*` and `general.*` keys for `config` (read from `raw`).
 pub fn model_keys(config: &ModelConfig, raw: &HfConfig, name: &str, file_type: u32) -> Vec<(String, Value)> {
     let a = arch(config.family);

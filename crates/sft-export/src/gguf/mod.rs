@@ -174,6 +174,10 @@ fn read_config(dir: &Path) -> Result<(ModelConfig, HfConfig), GgufError> {
     let text = std::fs::read_to_string(&path).map_err(|source| GgufError::Io { path: path.clone(), source })?;
     let raw: HfConfig = serde_json::from_str(&text).map_err(|e| GgufError::File { path: path.clone(), message: e.to_string() })?;
     let config = raw.resolve(&path)?;
+    if let Some(t) = metadata::unsupported_rope(&raw) {
+        let message = format!("rope_type {t:?}: the GGUF export writes only default, linear and llama3 RoPE scaling");
+        return Err(GgufError::File { path, message });
+    }
     Ok((config, raw))
 }
 

@@ -364,6 +364,12 @@ fn bad_inputs_are_refused_without_touching_files() {
     assert!(e.to_string().contains("use_dora") && e.to_string().contains("merged"), "{e}");
     assert!(!fresh.exists());
 
+    // A RoPE scaling llama.cpp's keys are not written for is refused, not exported as plain RoPE.
+    let yarn = tiny("bad-yarn", "llama", r#", "rope_scaling": {"type": "yarn", "factor": 4.0}"#);
+    let e = export(&yarn, None, OutType::F16, &fresh).expect_err("yarn");
+    assert!(e.to_string().contains("rope_type \"yarn\": the GGUF export writes only default, linear and llama3"), "{e}");
+    assert!(!fresh.exists());
+
     std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt2", "vocab_size": 832}"#).expect("config");
     let e = export(&dir, None, OutType::F16, &fresh).expect_err("unsupported");
     assert!(e.to_string().contains("\"gpt2\"") && e.to_string().contains("llama, mistral, qwen2, qwen3"), "{e}");

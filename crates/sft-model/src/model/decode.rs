@@ -5,6 +5,18 @@
 //! (decoding is memory-bound: this is what makes a server's aggregate throughput grow with the
 //! number of streams). Rows of different sequences meet only in the linear layers; attention
 //! reads each row's own cache.
+//!
+//! RoPE that changes with the length (dynamic NTK, LongRoPE) is applied as in transformers'
+//! cached generation: a call's new tokens are rotated with the frequencies of the sequence's
+//! length so far (its newest position + 1), and keys already in the cache keep the rotation
+//! they got when they were new. A sequence decoded past `max_position_embeddings` (dynamic) or
+//! `original_max_position_embeddings` (LongRoPE) therefore gives other logits than a full
+//! forward over it (which rotates every token for the whole length), exactly as transformers'
+//! cached and uncached forwards differ. Two differences from transformers: in a step of several
+//! sequences each row gets its own sequence's length (transformers' batched generate uses the
+//! longest row's), so a step equals each sequence decoded alone; and every call is computed
+//! from its own length, where transformers' dynamic RoPE keeps the frequencies of the longest
+//! length it has seen for later calls between `max_position_embeddings` and that length.
 
 use std::sync::Arc;
 
@@ -95,7 +107,7 @@ impl Model {
             [one] => (one.tokens..one.tokens + n).map(|p| p as u32).collect(),
             many => many.iter().map(|c| c.tokens as u32).collect(),
         };
-        let cx = self.cached_context(&positions);
+        let cx = self.cached_context(&positions, caches.len() > 1);
         let mut run = || -> candle_core::Result<Tensor> {
             let idx = Tensor::from_slice(ids, n, &candle_core::Device::Cpu)?;
             let mut h = self.embed.index_select(&idx, 0)?;
@@ -155,9 +167,11 @@ impl Model {
         self.final_softcap(z)
     }
 
-    /// RoPE tables for new tokens at `positions` (the caches do the masking).
-    fn cached_context(&self, positions: &[u32]) -> Context {
-        let ropes = self.config.layers.iter().map(|l| Arc::new(RopeTable::new(positions, &l.rope.inv_freq))).collect();
+    /// RoPE tables for new tokens at `positions` (the caches do the masking): of one sequence,
+    /// or, when `each_newest`, the newest token of a different sequence each.
+    fn cached_context(&self, positions: &[u32], each_newest: bool) -> Context {
+        let table = |rope| if each_newest { RopeTable::newest(positions, rope) } else { RopeTable::forward(positions, rope) };
+        let ropes = self.config.layers.iter().map(|l| Arc::new(table(&l.rope))).collect();
         Context { batch: 1, seq: positions.len(), starts: vec![], ropes, dropout: None }
     }
 }

@@ -13,7 +13,6 @@ mod logprobs;
 mod params;
 mod recompute;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -24,7 +23,7 @@ pub use batch::{Batch, Sequence, IGNORE};
 pub use decode::{DecodeRow, Next};
 pub use params::Trainable;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Rope};
 use crate::error::TensorContext;
 use crate::lora::{Dropout, LoraSettings};
 use crate::ops::{linear_cross_entropy, rms_norm, CrossEntropy, RopeTable};
@@ -295,15 +294,22 @@ impl Model {
 
     fn context(&self, batch: &Batch) -> candle_core::Result<Context> {
         let mut starts = vec![];
-        let mut tables: BTreeMap<Vec<u32>, Arc<RopeTable>> = BTreeMap::new();
+        // One table per distinct RoPE (Gemma 3's two kinds of layers have two).
+        let mut tables: Vec<(&Rope, Arc<RopeTable>)> = vec![];
         let mut ropes = vec![];
         for layer in &self.config.layers {
             if !starts.iter().any(|(w, _)| *w == layer.sliding_window) {
                 starts.push((layer.sliding_window, Arc::new(batch.attention_starts(layer.sliding_window))));
             }
-            let key: Vec<u32> = layer.rope.inv_freq.iter().map(|f| f.to_bits()).collect();
-            let table = tables.entry(key).or_insert_with(|| Arc::new(RopeTable::new(&batch.positions, &layer.rope.inv_freq)));
-            ropes.push(table.clone());
+            let table = match tables.iter().find(|(r, _)| **r == layer.rope) {
+                Some((_, t)) => t.clone(),
+                None => {
+                    let t = Arc::new(RopeTable::forward(&batch.positions, &layer.rope));
+                    tables.push((&layer.rope, t.clone()));
+                    t
+                }
+            };
+            ropes.push(table);
         }
         Ok(Context { batch: batch.batch, seq: batch.seq, starts, ropes, dropout: None })
     }

@@ -410,7 +410,8 @@ mod tests {
     }
 
     /// Two rows of `t` tokens: row 0 packs segments [0, 30) and [30, t), row 1 has a sliding
-    /// window of 20; `heads` are (query, key/value, dim); positions restart with each segment.
+    /// window of 20; `heads` are (query, key/value, dim); positions restart with each segment;
+    /// cos and sin of the RoPE scaled by 1.2.
     fn spec(softcap: Option<f32>, t: usize, (heads, kv_heads, head_dim): (usize, usize, usize), rope: bool) -> AttentionSpec {
         let mut first = vec![];
         for i in 0..t {
@@ -422,7 +423,9 @@ mod tests {
         let positions: Vec<u32> =
             first.iter().enumerate().map(|(n, &f)| if n < t { (n - f as usize) as u32 } else { (n - t) as u32 }).collect();
         let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| 0.5f32.powi(i as i32)).collect();
-        let rope = rope.then(|| Arc::new(RopeTable::new(&positions, &inv_freq)));
+        // Scaled like YaRN's cos and sin, which the backward's inverse rotation must carry too.
+        let scaled = crate::config::Rope { inv_freq, attention_scaling: 1.2, length: crate::config::LengthScaling::Fixed };
+        let rope = rope.then(|| Arc::new(RopeTable::forward(&positions, &scaled)));
         AttentionSpec { batch: 2, heads, kv_heads, head_dim, rope, scale: 0.3, softcap, first: Arc::new(first) }
     }
 

@@ -5,10 +5,12 @@ use sft_model::model::{Batch, Cache, Model, Sequence, Trainable, IGNORE};
 use crate::common::{model_fixture, relative_error};
 
 /// The KV-cached forward (a prompt chunk, then one token at a time, then a chunk) gives the
-/// logits of a full forward over the whole sequence, windows and soft-caps included.
+/// logits of a full forward over the whole sequence, windows, soft-caps and YaRN included
+/// (RoPE that changes with the length does not: see `rope.rs`).
 #[test]
 fn cached_forward_equals_the_full_forward() {
-    const CASES: &[&str] = &["llama", "llama3", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3"];
+    const CASES: &[&str] =
+        &["llama", "llama3", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3", "rope/llama_yarn", "rope/qwen2_yarn"];
     let ids: Vec<u32> = (0..14).map(|i| (i * 37 + 11) % 128).collect();
     for case in CASES {
         let model = Model::load(&model_fixture(case), &Trainable::Frozen).expect("load");
@@ -31,11 +33,12 @@ fn cached_forward_equals_the_full_forward() {
 
 /// A decoding step of several sequences at once (different prompt lengths, so different
 /// positions and cache sizes; greedy and logits rows mixed, and all greedy) gives each
-/// sequence exactly what a step of it alone gives, over several steps.
+/// sequence exactly what a step of it alone gives, over several steps; with dynamic and
+/// LongRoPE, some rows past the length where the frequencies change and some not.
 #[test]
 fn a_step_of_several_sequences_equals_each_decoded_alone() {
     use sft_model::model::{DecodeRow, Next};
-    const CASES: &[&str] = &["llama", "qwen3", "phi3", "gemma2", "gemma3"];
+    const CASES: &[&str] = &["llama", "qwen3", "phi3", "gemma2", "gemma3", "rope/llama_dynamic", "rope/phi3_longrope"];
     for case in CASES {
         let model = Model::load(&model_fixture(case), &Trainable::Frozen).expect("load");
         let prompts: Vec<Vec<u32>> = (0..5).map(|s| (0..3 + 2 * s).map(|i| ((i * 29 + s * 7 + 3) % 128) as u32).collect()).collect();

@@ -6,3 +6,4 @@ mod common;
 mod dora;
 mod kv_cache;
 mod parity;
+mod rope;
