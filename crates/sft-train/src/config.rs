@@ -46,13 +46,36 @@ pub struct RawDataset {
 }
 
 /// The file's names for one role: one name or a list.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum RoleNames {
     /// `assistant: bot`.
     One(String),
     /// `user: [human, prompter]`.
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for RoleNames {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = RoleNames;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a speaker name or a list of names, like bot or [human, prompter]")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RoleNames, E> {
+                Ok(RoleNames::One(v.into()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RoleNames, A::Error> {
+                let mut names = vec![];
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(RoleNames::Many(names))
+            }
+        }
+        d.deserialize_any(Names)
+    }
 }
 
 impl RawDataset {
@@ -757,7 +780,7 @@ mod tests {
         let e = load(&write("adapter-dora-bad.yaml", &format!("{base}use_dora: false\n")), &[]).unwrap_err().to_string();
         assert!(e.contains("use_dora: false conflicts with adapter: ") && e.contains("has use_dora true"), "{e}");
         let e = load(&write("adapter-none.yaml", &format!("{MIN}adapter: /no/such/adapter\n")), &[]).unwrap_err().to_string();
-        assert!(e.contains("adapter: /no/such/adapter: no adapter_config.json"), "{e}");
+        assert!(e.contains("adapter: /no/such/adapter: no such directory, and not a hub id"), "{e}");
     }
 
     #[test]
@@ -780,7 +803,7 @@ mod tests {
             ("", "    shuffle: maybe\n", "invalid type"),
             ("    wieght: 1\n", "", "datasets[0].wieght: unknown key; did you mean weight?"),
             ("    roles: {robot: bot}\n", "", "datasets[0].roles.robot: unknown key"),
-            ("    roles: {assistant: 3}\n", "", "invalid type"),
+            ("    roles: {assistant: 3}\n", "", "expected a speaker name or a list of names"),
             ("", "    format: alpaca\n    roles: {user: human}\n", "datasets[1].roles: names ShareGPT speakers"),
         ] {
             let e = load(&write("mix-bad.yaml", &two(a, b)), &[]).unwrap_err().to_string();
