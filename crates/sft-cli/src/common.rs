@@ -25,6 +25,10 @@ pub struct DataArgs {
     /// Data format (detected from the first row with auto).
     #[arg(long, value_enum, default_value_t, ignore_case = true)]
     pub format: DataFormat,
+    /// A ShareGPT speaker name and the role it plays, e.g. --role human=user --role bot=assistant
+    /// (beyond the usual human, gpt, system, …).
+    #[arg(long = "role", value_name = "NAME=ROLE", value_parser = role_pair)]
+    pub roles: Vec<(String, String)>,
     /// What to do with a row that cannot be read: fail, or skip it (counted and listed).
     #[arg(long, value_enum, default_value_t)]
     pub on_bad_row: OnBadRow,
@@ -43,6 +47,14 @@ pub struct Loaded {
     pub tokenizer: Option<TextTokenizer>,
 }
 
+/// One `--role NAME=ROLE`.
+fn role_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, role)) if !name.is_empty() && !role.is_empty() => Ok((name.to_string(), role.to_string())),
+        _ => Err("expected NAME=ROLE, e.g. --role human=user".into()),
+    }
+}
+
 impl DataArgs {
     /// The data file, given positionally or with --data.
     pub fn data(&self) -> &str {
@@ -53,7 +65,7 @@ impl DataArgs {
     fn settings(&self) -> anyhow::Result<(ReadOptions, TemplateChoice)> {
         let read = ReadOptions {
             format: self.format.format(),
-            sharegpt: ShareGptOptions::default(),
+            sharegpt: ShareGptOptions { roles: self.roles.clone(), ..ShareGptOptions::default() },
             on_bad_row: self.on_bad_row,
             ..ReadOptions::default()
         };

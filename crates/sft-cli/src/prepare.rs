@@ -23,10 +23,10 @@ const LISTED_EXCLUDED: usize = 20;
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
     /// A training config (YAML): its tokenizer, chat template, template kwargs, masking, EOS,
-    /// length and packing settings apply (and the format of DATA when it is one of its
-    /// datasets), so that `sft train` with that config reuses the result.
+    /// length and packing settings apply (and the format and ShareGPT roles of DATA when it is
+    /// one of its datasets), so that `sft train` with that config reuses the result.
     #[arg(long, conflicts_with_all = [
-        "tokenizer", "chat_template", "template_kwargs", "map_eos_token", "now", "masking", "instruction_part",
+        "tokenizer", "chat_template", "template_kwargs", "map_eos_token", "now", "roles", "masking", "instruction_part",
         "response_part", "append_eos", "max_seq_length", "truncation", "packing",
     ])]
     pub config: Option<PathBuf>,
@@ -70,6 +70,7 @@ impl PrepareArgs {
         data.template = cfg.template.clone();
         if let Some(listed) = listed {
             data.format = listed.format;
+            data.roles = listed.sharegpt().map_err(anyhow::Error::msg)?.roles;
         }
         Ok(Job { data, options: cfg.encode.clone(), packing: cfg.packing })
     }

@@ -129,11 +129,11 @@ pub enum Cached {
     Complete(Snapshot),
 }
 
-/// The first file a model needs that `dir` does not hold (a symlink whose blob is gone counts
-/// as missing), or `None` when it is complete.
+/// The first file a model (or an adapter, [`files::repo_files`]) needs that `dir` does not
+/// hold (a symlink whose blob is gone counts as missing), or `None` when it is complete.
 pub fn missing(dir: &Path) -> Result<Option<Missing>, HubError> {
     let has = |f: &str| dir.join(f).is_file();
-    if let Err(file) = files::model_files(has) {
+    if let Err(file) = files::repo_files(has) {
         let why = if file == files::WEIGHTS { format!(" (nor {WEIGHTS_INDEX})") } else { String::new() };
         return Ok(Some(Missing { file: file.into(), why }));
     }

@@ -2,7 +2,7 @@
 //!
 //! One listing (`GET {endpoint}/api/models/{id}/revision/{rev}?blobs=true`) gives the commit the
 //! revision points at, the repository's files and their sizes and LFS hashes. Only the files a
-//! model needs ([`crate::files`]) are fetched, each at that exact commit (a branch moving
+//! model (or a PEFT adapter) needs ([`crate::files`]) are fetched, each at that exact commit (a branch moving
 //! mid-download cannot mix two versions), by `hf-hub`: into `blobs/<etag>.part`, resumed from
 //! where it stopped with a `Range` request, renamed to `blobs/<etag>` once the transfer ends,
 //! then symlinked from `snapshots/<commit>/`; `refs/<rev>` is written last. That is
@@ -71,7 +71,8 @@ struct Target<'a> {
 /// The listing's name for error messages about it.
 const LISTING: &str = "the file list";
 
-/// Downloads what a model needs of `id` at `revision` into the cache; the snapshot it fills.
+/// Downloads what a model (or an adapter) needs of `id` at `revision` into the cache; the
+/// snapshot it fills.
 pub fn fetch(env: &HubEnv, id: &str, revision: &str) -> Result<Snapshot, HubError> {
     let target = Target { env, id, revision };
     let api = ApiBuilder::from_cache(Cache::new(env.cache.clone()))
@@ -91,8 +92,12 @@ pub fn fetch(env: &HubEnv, id: &str, revision: &str) -> Result<Snapshot, HubErro
         Some(sibling) => target.file(&repo, &cache, &dir, sibling),
         None => Err(target.not_in_repo(file, format!(" ({WEIGHTS_INDEX} names it)"))),
     };
-    let first = files::model_files(|f| listed.contains_key(f)).map_err(|file| {
-        let why = if file == files::WEIGHTS { format!(" (nor {WEIGHTS_INDEX}); sft reads safetensors weights") } else { String::new() };
+    let first = files::repo_files(|f| listed.contains_key(f)).map_err(|file| {
+        let why = match file {
+            files::WEIGHTS => format!(" (nor {WEIGHTS_INDEX}); sft reads safetensors weights"),
+            files::ADAPTER_WEIGHTS => " (sft reads safetensors adapters, not adapter_model.bin)".into(),
+            _ => String::new(),
+        };
         target.not_in_repo(file, why)
     })?;
     for file in &first {

@@ -1,11 +1,14 @@
 //! The files a model directory must hold for `sft` to load it, and the optional ones it uses
-//! when present. One list serves both the cache check (is this snapshot complete?) and the
-//! download (which files of the repository to fetch), so the two cannot disagree.
+//! when present; likewise for a PEFT adapter repository (one with `adapter_config.json`). One
+//! list serves both the cache check (is this snapshot complete?) and the download (which files
+//! of the repository to fetch), so the two cannot disagree.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Deserialize;
+
+use sft_model::lora::ADAPTER_CONFIG;
 
 use crate::HubError;
 
@@ -15,10 +18,46 @@ pub const CONFIG: &str = "config.json";
 pub const WEIGHTS: &str = "model.safetensors";
 /// The index of sharded weights: `weight_map` names the shard of every tensor.
 pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
+/// The tokenizer (HF `tokenizers`' file).
+pub const TOKENIZER: &str = "tokenizer.json";
 /// Files every model needs besides its config and weights.
-pub const REQUIRED: &[&str] = &["tokenizer.json", "tokenizer_config.json"];
+pub const REQUIRED: &[&str] = &[TOKENIZER, "tokenizer_config.json"];
 /// Files used when the model has them.
 pub const OPTIONAL: &[&str] = &["generation_config.json", "chat_template.jinja", "special_tokens_map.json"];
+
+/// A PEFT adapter's weights (sft reads safetensors, not `adapter_model.bin`).
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// Files of an adapter repository used when it has them: the tokenizer and chat template it
+/// was trained with (TRL saves them beside the adapter), its template keyword arguments.
+pub const ADAPTER_OPTIONAL: &[&str] = &[
+    TOKENIZER,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    sft_data::template::TEMPLATE_KWARGS_FILE,
+];
+
+/// The files to fetch of a repository that `has` shows: an adapter's ([`adapter_files`]) when
+/// it has `adapter_config.json`, as a local adapter directory is told apart, else a model's
+/// ([`model_files`]).
+pub fn repo_files(has: impl Fn(&str) -> bool) -> Result<Vec<&'static str>, &'static str> {
+    match has(ADAPTER_CONFIG) {
+        true => adapter_files(has),
+        false => model_files(has),
+    }
+}
+
+/// The files of a PEFT adapter that `has` shows: config, weights, then the optional ones.
+/// `Err` names the first required file it lacks.
+pub fn adapter_files(has: impl Fn(&str) -> bool) -> Result<Vec<&'static str>, &'static str> {
+    let mut files = vec![ADAPTER_CONFIG, ADAPTER_WEIGHTS];
+    if let Some(missing) = files.iter().find(|f| !has(f)) {
+        return Err(missing);
+    }
+    files.extend(ADAPTER_OPTIONAL.iter().filter(|f| has(f)));
+    Ok(files)
+}
 
 /// The files of a model that `has` (a lookup by name) shows, in the order to fetch them:
 /// config, weights (the index when sharded; its shards come from [`shards`]), tokenizer files,

@@ -3,10 +3,12 @@
 //!
 //! - a model directory (`config.json`, safetensors, tokenizer files), as transformers saves one;
 //! - a PEFT adapter directory, such as a LoRA training checkpoint: its `adapter_config.json`
-//!   names the base model, and it carries the tokenizer and chat template training used;
+//!   names the base model, and it carries the tokenizer and chat template training used (when
+//!   it has no tokenizer, the base's is used);
 //! - a Hugging Face hub id, `org/name` or `org/name@revision` (a branch, tag or commit), found
 //!   in the HF cache as huggingface_hub lays it out ([`cache`]), and downloaded into it when
-//!   missing unless `HF_HUB_OFFLINE` is set ([`download`]); the settings are [`HubEnv`];
+//!   missing unless `HF_HUB_OFFLINE` is set ([`download`]); the settings are [`HubEnv`]. A hub
+//!   repository holding `adapter_config.json` is an adapter, as an adapter directory is;
 //! - a GGUF file (`*.gguf`), converted once into a model directory.
 //!
 //! [`locate`] makes one name a model directory; [`resolve`] also follows an adapter to its base.
@@ -35,6 +37,7 @@ use sft_model::lora::{PeftConfig, ADAPTER_CONFIG};
 
 use cache::{CacheRepo, Cached, Missing, Snapshot, DEFAULT_REVISION};
 pub use env::{HubEnv, DEFAULT_ENDPOINT};
+use files::TOKENIZER;
 pub use spec::ModelSpec;
 
 /// Why a model name could not be resolved.
@@ -255,7 +258,10 @@ pub fn resolve_with(model: &str, adapter: Option<&str>, env: &HubEnv) -> Result<
             }
             _ => locate_with(&base_name, env)?,
         };
-        return Ok(Resolved { base, adapter: Some(dir.clone()), tokenizer_dir: dir });
+        // A hub adapter may come without a tokenizer (PEFT's save_pretrained writes none): the
+        // base's is the one it was trained with then.
+        let tokenizer_dir = if dir.join(TOKENIZER).is_file() { dir.clone() } else { base.dir.clone() };
+        return Ok(Resolved { base, adapter: Some(dir), tokenizer_dir });
     }
     Ok(Resolved { tokenizer_dir: located.dir.clone(), base: located, adapter: None })
 }
@@ -286,6 +292,9 @@ mod tests {
         let (ckpt, base) = (dir("ckpt"), dir("base"));
         let config = format!(r#"{{"r": 4, "lora_alpha": 8, "base_model_name_or_path": {:?}}}"#, name(&base));
         std::fs::write(ckpt.join(ADAPTER_CONFIG), config).unwrap();
+        let got = resolve(&name(&ckpt), None).unwrap();
+        assert_eq!(got, Resolved { base: local(&base), adapter: Some(ckpt.clone()), tokenizer_dir: base.clone() }, "no tokenizer");
+        std::fs::write(ckpt.join(TOKENIZER), "{}").unwrap();
         let got = resolve(&name(&ckpt), None).unwrap();
         assert_eq!(got, Resolved { base: local(&base), adapter: Some(ckpt.clone()), tokenizer_dir: ckpt.clone() });
         // An explicit adapter: the model is the base, and its own tokenizer is used.

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
-use sft_data::data::{columns, Columns, DataFormat, OnBadRow};
+use sft_data::data::{columns, sharegpt, Columns, DataFormat, OnBadRow, ShareGptOptions};
 use sft_data::encode::{EncodeOptions, EncodeSettings};
 use sft_data::template::TemplateSettings;
 use sft_model::lora::{LoraSettings, PeftConfig, Targets, ADAPTER_CONFIG};
@@ -40,12 +40,63 @@ pub struct RawDataset {
     /// The file's share of the mixed training set, relative to the other datasets' weights
     /// (set on every dataset or on none; see [`crate::mix`]).
     pub weight: Option<f64>,
+    /// ShareGPT speaker names beyond the usual ones, by the role they play, as Axolotl's
+    /// `roles`: `{user: [human, prompter], assistant: bot}`.
+    pub roles: BTreeMap<String, RoleNames>,
+}
+
+/// The file's names for one role: one name or a list.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RoleNames {
+    /// `assistant: bot`.
+    One(String),
+    /// `user: [human, prompter]`.
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for RoleNames {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = RoleNames;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a speaker name or a list of names, like bot or [human, prompter]")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RoleNames, E> {
+                Ok(RoleNames::One(v.into()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RoleNames, A::Error> {
+                let mut names = vec![];
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(RoleNames::Many(names))
+            }
+        }
+        d.deserialize_any(Names)
+    }
 }
 
 impl RawDataset {
     /// The column mapping, checked.
     pub fn read_columns(&self) -> Result<Columns, String> {
         Columns::new(self.columns.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// The ShareGPT reading options `roles` gives, checked (every role one sft knows).
+    pub fn sharegpt(&self) -> Result<ShareGptOptions, String> {
+        let mut roles = vec![];
+        for (role, names) in &self.roles {
+            let names = match names {
+                RoleNames::One(name) => std::slice::from_ref(name),
+                RoleNames::Many(names) => names.as_slice(),
+            };
+            roles.extend(names.iter().map(|name| (name.clone(), role.clone())));
+        }
+        let opts = ShareGptOptions { roles, ..ShareGptOptions::default() };
+        opts.validate()?;
+        Ok(opts)
     }
 }
 
@@ -107,9 +158,9 @@ pub struct RawTrainConfig {
     pub eval_steps: Option<usize>,
     pub save_steps: usize,
     pub save_total_limit: Option<usize>,
-    /// A PEFT adapter directory to continue training (a new run from its weights; its
-    /// adapter_config.json sets the LoRA keys).
-    pub adapter: Option<PathBuf>,
+    /// A PEFT adapter to continue training (a new run from its weights; its
+    /// adapter_config.json sets the LoRA keys): a directory or a hub id (`org/name[@revision]`).
+    pub adapter: Option<String>,
     /// LoRA rank (default [`LORA_DEFAULTS`]'s; unset so that `adapter` can tell a key the file
     /// sets from a default).
     pub lora_r: Option<usize>,
@@ -210,7 +261,12 @@ impl Default for RawTrainConfig {
 /// each list, so nested keys (`datasets[].format`) are there too.
 pub fn known_keys() -> Yaml {
     let names = columns::ROW_COLUMNS.iter().chain(columns::MESSAGE_KEYS);
-    let dataset = RawDataset { columns: names.map(|n| (n.to_string(), String::new())).collect(), ..RawDataset::default() };
+    let roles = sft_data::conversation::ROLES.iter().chain([&sharegpt::FUNCTION_CALL]);
+    let dataset = RawDataset {
+        columns: names.map(|n| (n.to_string(), String::new())).collect(),
+        roles: roles.map(|r| (r.to_string(), RoleNames::Many(vec![]))).collect(),
+        ..RawDataset::default()
+    };
     let example = RawTrainConfig { datasets: vec![dataset.clone()], eval_dataset: Some(dataset), ..RawTrainConfig::default() };
     serde_yaml::to_value(example).unwrap_or(Yaml::Null)
 }
@@ -256,7 +312,7 @@ pub struct TrainConfig {
     pub output_dir: PathBuf,
     /// Full or LoRA.
     pub method: Method,
-    /// The PEFT adapter a LoRA run starts from (its settings are in `method`).
+    /// The PEFT adapter directory a LoRA run starts from (its settings are in `method`).
     pub adapter: Option<PathBuf>,
     /// Encoding.
     pub encode: EncodeOptions,
@@ -414,9 +470,13 @@ impl RawTrainConfig {
         if self.use_dora == Some(true) && self.finetuning == Finetuning::Full {
             return Err(err("use_dora", "DoRA is a LoRA variant: use finetuning: lora"));
         }
+        let adapter = match &self.adapter {
+            Some(name) => Some(sft_hub::locate(name).map_err(|e| err("adapter", &e.to_string()))?.dir),
+            None => None,
+        };
         let method = match self.finetuning {
             Finetuning::Full => Method::Full,
-            Finetuning::Lora => Method::Lora(self.lora(path)?),
+            Finetuning::Lora => Method::Lora(self.lora(adapter.as_deref(), path)?),
         };
         let mut encode = self.encode.resolve().map_err(|e| err(e.key, &e.message))?;
         encode.max_seq_length = encode.max_seq_length.or(Some(MAX_SEQ_LENGTH));
@@ -430,7 +490,7 @@ impl RawTrainConfig {
             eval_split: self.eval_split,
             on_bad_row: self.on_bad_row,
             output_dir: self.output_dir.clone(),
-            adapter: self.adapter.clone(),
+            adapter,
             base_format: self.base_format(&method, path)?,
             method,
             encode,
@@ -508,6 +568,10 @@ impl RawTrainConfig {
                 return Err(err(format!("{key}.path"), "missing"));
             }
             ds.read_columns().map_err(|message| err(format!("{key}.columns"), &message))?;
+            ds.sharegpt().map_err(|message| err(format!("{key}.roles"), &message))?;
+            if !ds.roles.is_empty() && !matches!(ds.format, DataFormat::Auto | DataFormat::ShareGpt) {
+                return Err(err(format!("{key}.roles"), "names ShareGPT speakers: use it with format: sharegpt (or auto)"));
+            }
             if ds.max_samples == Some(0) {
                 return Err(err(format!("{key}.max_samples"), "must be at least 1"));
             }
@@ -544,9 +608,9 @@ impl RawTrainConfig {
 
     /// The LoRA settings: the config's keys, or with `adapter` the adapter's own (a key the
     /// config sets as well must agree with it).
-    fn lora(&self, path: &Path) -> Result<LoraSettings, TrainError> {
+    fn lora(&self, adapter: Option<&Path>, path: &Path) -> Result<LoraSettings, TrainError> {
         let err = |key: &str, message: &str| TrainError::Config { path: path.into(), key: key.into(), message: message.into() };
-        if let Some(dir) = &self.adapter {
+        if let Some(dir) = adapter {
             return self.adapter_lora(dir, path);
         }
         let d = LORA_DEFAULTS;
@@ -716,7 +780,7 @@ mod tests {
         let e = load(&write("adapter-dora-bad.yaml", &format!("{base}use_dora: false\n")), &[]).unwrap_err().to_string();
         assert!(e.contains("use_dora: false conflicts with adapter: ") && e.contains("has use_dora true"), "{e}");
         let e = load(&write("adapter-none.yaml", &format!("{MIN}adapter: /no/such/adapter\n")), &[]).unwrap_err().to_string();
-        assert!(e.contains("adapter: /no/such/adapter: no adapter_config.json"), "{e}");
+        assert!(e.contains("adapter: /no/such/adapter: no such directory, and not a hub id"), "{e}");
     }
 
     #[test]
@@ -725,6 +789,10 @@ mod tests {
         let c = load(&write("mix.yaml", &two("    weight: 3\n    shuffle: true\n", "    weight: 1\n    max_samples: 5\n")), &[])
             .expect("valid");
         assert_eq!((c.datasets[0].weight, c.datasets[0].shuffle, c.datasets[1].max_samples), (Some(3.0), true, Some(5)));
+        let roles = "    roles:\n      user: [human, prompter]\n      assistant: bot\n";
+        let c = load(&write("roles.yaml", &two(roles, "")), &[]).expect("valid");
+        let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        assert_eq!(c.datasets[0].sharegpt().expect("roles").roles, pairs(&[("bot", "assistant"), ("human", "user"), ("prompter", "user")]));
         for (a, b, expect) in [
             ("    weight: 1\n", "", "datasets[1].weight: missing: set weight on every dataset or on none"),
             ("    weight: 0\n", "    weight: 1\n", "datasets[0].weight: must be greater than 0"),
@@ -734,6 +802,9 @@ mod tests {
             ("    weight: lots\n", "", "invalid type"),
             ("", "    shuffle: maybe\n", "invalid type"),
             ("    wieght: 1\n", "", "datasets[0].wieght: unknown key; did you mean weight?"),
+            ("    roles: {robot: bot}\n", "", "datasets[0].roles.robot: unknown key"),
+            ("    roles: {assistant: 3}\n", "", "expected a speaker name or a list of names"),
+            ("", "    format: alpaca\n    roles: {user: human}\n", "datasets[1].roles: names ShareGPT speakers"),
         ] {
             let e = load(&write("mix-bad.yaml", &two(a, b)), &[]).unwrap_err().to_string();
             assert!(e.contains(expect), "{a}{b}: {e}");

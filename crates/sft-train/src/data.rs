@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use sft_data::conversation::Conversation;
-use sft_data::data::{read_dataset, ReadOptions, ShareGptOptions};
+use sft_data::data::{read_dataset, ReadOptions};
 use sft_data::encode::{encode_all, Example};
 use sft_data::prepared::{DataFingerprint, ManifestKey, PreparedDataset, Settings, MANIFEST};
 use sft_data::template::Renderer;
@@ -124,7 +124,8 @@ fn encode_file(
 ) -> Result<(Vec<Example>, DatasetCount), TrainError> {
     let name = ds.path.to_string_lossy();
     let columns = ds.read_columns().map_err(|message| TrainError::Config { path: cfg.source.clone(), key: "columns".into(), message })?;
-    let opts = ReadOptions { format: ds.format.format(), sharegpt: ShareGptOptions::default(), on_bad_row: cfg.on_bad_row, columns };
+    let sharegpt = ds.sharegpt().map_err(|message| TrainError::Config { path: cfg.source.clone(), key: "roles".into(), message })?;
+    let opts = ReadOptions { format: ds.format.format(), sharegpt, on_bad_row: cfg.on_bad_row, columns };
     let dataset = read_dataset(&name, &opts)?;
     if let Some(report) = dataset.skipped_report(&name) {
         eprintln!("{report}");

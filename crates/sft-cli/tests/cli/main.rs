@@ -93,6 +93,26 @@ fn render_prints_one_line_per_row_in_input_order() {
 }
 
 #[test]
+fn sharegpt_speakers_take_the_roles_role_flags_give() {
+    let data = scratch(
+        "speakers.jsonl",
+        "{\"conversations\": [{\"from\": \"prompter\", \"value\": \"hi\"}, {\"from\": \"bot\", \"value\": \"yo\"}]}\n",
+    );
+    let d = data.to_str().unwrap();
+    let out = sft(&["render", "--chat-template", "chatml", d]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("prompter"), "{}", stderr(&out));
+    let out = sft(&["render", "--chat-template", "chatml", "--role", "prompter=user", "--role", "bot=assistant", d]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = lines(&out)[0]["text"].as_str().unwrap().to_string();
+    assert_eq!(text, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n");
+    let out = sft(&["render", "--chat-template", "chatml", "--role", "bot=robot", d]);
+    assert!(stderr(&out).contains("\"bot\" to \"robot\""), "{}", stderr(&out));
+    let out = sft(&["render", "--chat-template", "chatml", "--role", "bot", d]);
+    assert!(stderr(&out).contains("expected NAME=ROLE"), "{}", stderr(&out));
+}
+
+#[test]
 fn render_tokenize_marks_assistant_tokens_with_a_real_tokenizer() {
     let out = sft(&["render", "--tokenizer", "assets/tokenizers/qwen2_5", "--tokenize", "examples/chat.jsonl"]);
     assert!(out.status.success(), "{}", stderr(&out));

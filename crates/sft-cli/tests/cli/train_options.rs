@@ -91,7 +91,7 @@ fn weights_max_samples_and_shuffle_mix_the_datasets_and_the_counts_are_saved() {
 }
 
 #[test]
-fn text_and_prompt_completion_files_with_their_own_column_names_train() {
+fn text_prompt_completion_and_sharegpt_files_with_their_own_names_train() {
     let dir = tiny_run("shapes", "lora_r: 4\n");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -105,20 +105,26 @@ fn text_and_prompt_completion_files_with_their_own_column_names_train() {
         })
         .collect();
     std::fs::write(data.join("pc.jsonl"), pc).unwrap();
+    let chats: String = (0..6)
+        .map(|i| format!("{{\"conversations\": [{{\"from\": \"prompter\", \"value\": \"Topic {i}?\"}}, {{\"from\": \"bot\", \"value\": \"weather\"}}]}}\n"))
+        .collect();
+    std::fs::write(data.join("speakers.jsonl"), chats).unwrap();
     let body = format!(
         "model: {}\nfinetuning: lora\nlora_r: 4\nmax_steps: 2\nlogging_steps: 1\ndatasets:\n\
          \x20 - path: {text}\n    format: text\n    columns: {{text: body}}\n\
-         \x20 - path: {pc}\n    columns: {{prompt: dialog, completion: answer, role: speaker, content: says}}\n",
+         \x20 - path: {pc}\n    columns: {{prompt: dialog, completion: answer, role: speaker, content: says}}\n\
+         \x20 - path: {chats}\n    roles: {{user: [prompter], assistant: bot}}\n",
         dir.join("model").display(),
         text = data.join("text.jsonl").display(),
         pc = data.join("pc.jsonl").display(),
+        chats = data.join("speakers.jsonl").display(),
     );
     let cfg = config("shapes-run", &body);
     let out = train(&cfg, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let summary = json_file(&cfg.parent().unwrap().join("out/data_summary.json"));
     let formats: Vec<&str> = summary["datasets"].as_array().unwrap().iter().map(|d| d["format"].as_str().unwrap()).collect();
-    assert_eq!(formats, ["text", "prompt_completion"]);
+    assert_eq!(formats, ["text", "prompt_completion", "sharegpt"]);
     assert!(summary["datasets"].as_array().unwrap().iter().all(|d| d["examples"] == 6), "{summary}");
     // An unknown column name is refused with the key and a suggestion.
     let out = train(&cfg, &["datasets=[{path: x.jsonl, columns: {txt: body}}]"]);

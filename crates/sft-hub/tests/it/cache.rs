@@ -56,6 +56,7 @@ fn a_checkpoint_naming_a_hub_base_finds_that_commit() {
     std::fs::create_dir_all(&ckpt).unwrap();
     let config = format!(r#"{{"r": 4, "lora_alpha": 8, "base_model_name_or_path": "org/name", "revision": "{old}"}}"#);
     std::fs::write(ckpt.join("adapter_config.json"), config).unwrap();
+    std::fs::write(ckpt.join("tokenizer.json"), "{}").unwrap();
     let got = resolve_with(&ckpt.display().to_string(), None, &env(&cache, None, true)).unwrap();
     assert_eq!(got.base, LocalModel { dir: old_dir, name: "org/name".into(), revision: Some(old) });
     assert_eq!((got.adapter.as_deref(), got.tokenizer_dir.as_path()), (Some(ckpt.as_path()), ckpt.as_path()));

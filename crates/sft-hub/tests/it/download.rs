@@ -203,3 +203,44 @@ fn a_part_file_as_long_as_the_file_is_fetched_anew() {
     let got = locate_with("org/name", &env(&cache, Some(&hub.url), false)).unwrap();
     assert_snapshot(&got.dir, &repo);
 }
+
+/// A PEFT adapter repository (adapter config and weights, no tokenizer, plus files sft does not
+/// read) downloads alone; named as the model it resolves to the base it names, whose tokenizer
+/// it uses; as `--adapter` beside that base, the same.
+#[test]
+fn an_adapter_repository_fetches_only_the_adapter_and_finds_its_base() {
+    let cache = scratch("download-adapter");
+    let config = br#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": "org/name"}"#.to_vec();
+    let adapter: BTreeMap<String, Vec<u8>> = [
+        ("adapter_config.json".to_string(), config),
+        ("adapter_model.safetensors".into(), vec![5; 2000]),
+        ("README.md".into(), b"# a LoRA".to_vec()),
+        ("training_args.bin".into(), vec![9; 50]),
+    ]
+    .into();
+    let lora = FakeRepo { commit: commit("lora"), files: adapter, ..FakeRepo::default() };
+    let (hub, base) = hub(0, |s| drop(s.repos.insert("org/lora".into(), lora.clone())));
+    let e = env(&cache, Some(&hub.url), false);
+    let got = sft_hub::resolve_with("org/lora", None, &e).unwrap();
+    let lora_dir = cache.join("models--org--lora/snapshots").join(&lora.commit);
+    assert_eq!(got.adapter.as_deref(), Some(lora_dir.as_path()));
+    assert_eq!(got.base.dir, cache.join("models--org--name/snapshots").join(&base.commit));
+    assert_eq!(got.tokenizer_dir, got.base.dir, "an adapter without a tokenizer uses its base's");
+    let mut names: Vec<String> = std::fs::read_dir(&lora_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["adapter_config.json", "adapter_model.safetensors"]);
+    assert!(!hub.log().iter().any(|l| l.contains("README") || l.contains("training_args")), "{:?}", hub.log());
+    let offline = sft_hub::HubEnv { offline: true, ..e.clone() };
+    assert_eq!(sft_hub::resolve_with("org/lora", None, &offline).unwrap(), got);
+    let explicit = sft_hub::resolve_with("org/name", Some("org/lora"), &offline).unwrap();
+    assert_eq!((explicit.base, explicit.adapter), (got.base.clone(), got.adapter.clone()));
+}
+
+#[test]
+fn an_adapter_repository_without_safetensors_weights_says_so() {
+    let files: BTreeMap<String, Vec<u8>> =
+        [("adapter_config.json".to_string(), br#"{"r": 4}"#.to_vec()), ("adapter_model.bin".into(), vec![1; 10])].into();
+    let (hub, _) = hub(0, |s| drop(s.repos.insert("org/binlora".into(), FakeRepo { commit: commit("b"), files, ..FakeRepo::default() })));
+    let text = locate_with("org/binlora", &env(&scratch("download-adapter-bin"), Some(&hub.url), false)).unwrap_err().to_string();
+    assert!(text.contains("org/binlora@main: the repository has no adapter_model.safetensors (sft reads safetensors adapters"), "{text}");
+}
