@@ -242,7 +242,10 @@ pub fn resolve_with(model: &str, adapter: Option<&str>, env: &HubEnv) -> Result<
     let located = locate_with(model, env)?;
     if let Some(adapter) = adapter {
         let adapter = locate_with(adapter, env)?.dir;
-        return Ok(Resolved { tokenizer_dir: located.dir.clone(), base: located, adapter: Some(adapter) });
+        // An adapter saved with its tokenizer (new tokens: TRL's `tokenizer.save_pretrained`
+        // beside the adapter) is read with it; otherwise the base's.
+        let tokenizer_dir = if adapter.join("tokenizer.json").is_file() { adapter.clone() } else { located.dir.clone() };
+        return Ok(Resolved { tokenizer_dir, base: located, adapter: Some(adapter) });
     }
     if located.dir.join(ADAPTER_CONFIG).is_file() {
         let dir = located.dir;

@@ -92,7 +92,12 @@ pub fn tokenizer(cfg: &TrainConfig, tokenizer: LocalModel, writer: bool) -> Resu
     let AddedTokens { ids, added, len } = add_special_tokens(&tokenizer.dir, &cfg.added_tokens, &out)?;
     if writer {
         let listed: Vec<String> = ids.iter().map(|(t, id)| format!("{t} {id}")).collect();
-        eprintln!("added_tokens: {added} new of {} ({}); the tokenizer has {len} tokens, in {}", ids.len(), listed.join(", "), out.display());
+        eprintln!(
+            "added_tokens: {added} new of {} ({}); the tokenizer has {len} tokens, in {}",
+            ids.len(),
+            listed.join(", "),
+            out.display()
+        );
     }
     Ok((LocalModel { dir: PathBuf::from(&out), ..tokenizer }, Some(len)))
 }

@@ -413,10 +413,8 @@ impl Model {
         let settings = LoraSettings::from_adapter_dir(adapter)?;
         let weights = Weights::open(adapter, crate::lora::ADAPTER_WEIGHTS)?;
         // The modules_to_save weights were taken whole by the load.
-        let mut used: std::collections::BTreeSet<String> = crate::lora::SavedModule::ALL
-            .iter()
-            .flat_map(|m| std::iter::once(m.peft_weight()).chain(m.peft_extra_copies()))
-            .collect();
+        let mut used: std::collections::BTreeSet<String> =
+            crate::lora::SavedModule::ALL.iter().flat_map(|m| std::iter::once(m.peft_weight()).chain(m.peft_extra_copies())).collect();
         for (name, var) in &model.params {
             let Some(module) = name.strip_suffix(".weight") else { continue };
             let (a_name, b_name) = crate::lora::peft_names(module);

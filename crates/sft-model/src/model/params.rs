@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
 
-use crate::error::TensorContext;
 use crate::config::ModelConfig;
+use crate::error::TensorContext;
 use crate::lora::{peft_magnitude_name, peft_names, resize_rows, Dora, Lora, LoraSettings, SavedModule};
 use crate::ops::{dora_weight_norm, LinearWeight};
 use crate::quant::{BaseFormat, QuantWeight};
@@ -291,7 +291,9 @@ impl Builder {
         let trains = |module: SavedModule| match &self.adapter {
             AdapterSource::None => false,
             AdapterSource::Init { settings, .. } => settings.modules_to_save.contains(&module),
-            AdapterSource::File { file, train } => *train && (file.settings.modules_to_save.contains(&module) || file.used.contains(&module.peft_weight())),
+            AdapterSource::File { file, train } => {
+                *train && (file.settings.modules_to_save.contains(&module) || file.used.contains(&module.peft_weight()))
+            }
         };
         let (embed_trains, head_trains) = (trains(SavedModule::EmbedTokens), trains(SavedModule::LmHead));
         let embed = self.vocab_param(embed, SavedModule::EmbedTokens, embed_trains)?;

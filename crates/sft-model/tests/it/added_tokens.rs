@@ -119,7 +119,8 @@ fn a_saved_module_of_another_shape_is_refused() {
     std::fs::copy(fixture.join("adapter/adapter_config.json"), dir.join("adapter_config.json")).expect("copy");
     let name = SavedModule::EmbedTokens.peft_weight();
     let t = Tensor::zeros((322, 7), candle_core::DType::F32, &candle_core::Device::Cpu).expect("zeros");
-    candle_core::safetensors::save(&std::collections::HashMap::from([(name.clone(), t)]), dir.join("adapter_model.safetensors")).expect("save");
+    candle_core::safetensors::save(&std::collections::HashMap::from([(name.clone(), t)]), dir.join("adapter_model.safetensors"))
+        .expect("save");
     let base: PathBuf = model_fixture("eval/model");
     let e = Model::load(&base, &Trainable::Adapter { dir: dir.clone(), train: false }).err().expect("refused").to_string();
     assert!(e.contains(&name) && e.contains("[322, 7]"), "{e}");
