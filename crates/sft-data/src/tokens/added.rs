@@ -150,7 +150,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sft-added-tokens-{}", std::process::id()));
         let (src, out) = (dir.join("src"), dir.join("out"));
         std::fs::create_dir_all(&src).expect("dir");
-        let tokenizer = r#"{"added_tokens": [{"id": 3, "content": "<s>", "special": true}], "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1, "c": 2, "<s>": 3}, "unk_token": "a"}}"#;
+        let tokenizer = r#"{"added_tokens": [{"id": 3, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}], "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1, "c": 2, "<s>": 3}, "unk_token": "a"}}"#;
         std::fs::write(src.join("tokenizer.json"), tokenizer).expect("write");
         std::fs::write(src.join("tokenizer_config.json"), r#"{"added_tokens_decoder": {}, "eos_token": "<s>"}"#).expect("write");
         let tokens: Vec<String> = ["<t>", "b", "<s>", "<u>", "<t>"].map(String::from).to_vec();
