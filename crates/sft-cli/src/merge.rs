@@ -58,7 +58,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<ExitCode> {
     require_new_dir(out)?;
     let model = Model::merged(base, adapter)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_config(&base.join("config.json"), &out.join("config.json"), args.dtype)?;
+    write_config(&base.join("config.json"), &out.join("config.json"), args.dtype, &model)?;
     let files = model.save_weights_as(out, &SaveOptions { dtype, max_shard_bytes })?;
     for dir in [base, tokenizer_dir] {
         copy_side_files(dir, out)?;
@@ -68,8 +68,8 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The base's config.json with the saved element type (`dtype`, transformers 5's key, and
-/// `torch_dtype` where the file has it).
-fn write_config(from: &std::path::Path, to: &std::path::Path, dtype: SavedDtype) -> anyhow::Result<()> {
+/// `torch_dtype` where the file has it) and the merged model's vocabulary keys.
+fn write_config(from: &std::path::Path, to: &std::path::Path, dtype: SavedDtype, model: &Model) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
     let mut config: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", from.display()))?;
@@ -79,6 +79,8 @@ fn write_config(from: &std::path::Path, to: &std::path::Path, dtype: SavedDtype)
         SavedDtype::F16 => "float16",
     };
     config.insert("dtype".into(), name.into());
+    // Added tokens (modules_to_save): the merged vocabulary, untied when trained apart.
+    model.update_hf_config(&mut config);
     if config.contains_key("torch_dtype") {
         config.insert("torch_dtype".into(), name.into());
     }

@@ -245,7 +245,7 @@ pub fn resolve_with(model: &str, adapter: Option<&str>, env: &HubEnv) -> Result<
     let located = locate_with(model, env)?;
     if let Some(adapter) = adapter {
         let adapter = locate_with(adapter, env)?.dir;
-        return Ok(Resolved { tokenizer_dir: located.dir.clone(), base: located, adapter: Some(adapter) });
+        return Ok(Resolved { tokenizer_dir: tokenizer_dir(&adapter, &located.dir), base: located, adapter: Some(adapter) });
     }
     if located.dir.join(ADAPTER_CONFIG).is_file() {
         let dir = located.dir;
@@ -258,12 +258,19 @@ pub fn resolve_with(model: &str, adapter: Option<&str>, env: &HubEnv) -> Result<
             }
             _ => locate_with(&base_name, env)?,
         };
-        // A hub adapter may come without a tokenizer (PEFT's save_pretrained writes none): the
-        // base's is the one it was trained with then.
-        let tokenizer_dir = if dir.join(TOKENIZER).is_file() { dir.clone() } else { base.dir.clone() };
-        return Ok(Resolved { base, adapter: Some(dir), tokenizer_dir });
+        return Ok(Resolved { tokenizer_dir: tokenizer_dir(&dir, &base.dir), base, adapter: Some(dir) });
     }
     Ok(Resolved { tokenizer_dir: located.dir.clone(), base: located, adapter: None })
+}
+
+/// Where an adapter's tokenizer is: beside it when it was saved with one (a checkpoint, or new
+/// tokens: TRL's `tokenizer.save_pretrained` beside the adapter), else its base's (PEFT's
+/// save_pretrained writes none, so a hub adapter often has none).
+fn tokenizer_dir(adapter: &Path, base: &Path) -> PathBuf {
+    match adapter.join(TOKENIZER).is_file() {
+        true => adapter.to_path_buf(),
+        false => base.to_path_buf(),
+    }
 }
 
 /// `dir`'s [`LocalModel`] when it is known to be a local directory (tests, checkpoints).
@@ -297,9 +304,12 @@ mod tests {
         std::fs::write(ckpt.join(TOKENIZER), "{}").unwrap();
         let got = resolve(&name(&ckpt), None).unwrap();
         assert_eq!(got, Resolved { base: local(&base), adapter: Some(ckpt.clone()), tokenizer_dir: ckpt.clone() });
-        // An explicit adapter: the model is the base, and its own tokenizer is used.
+        // An explicit adapter: the model is the base; the tokenizer beside the adapter is used.
         let got = resolve(&name(&base), Some(&name(&ckpt))).unwrap();
-        assert_eq!(got, Resolved { base: local(&base), adapter: Some(ckpt.clone()), tokenizer_dir: base.clone() });
+        assert_eq!(got, Resolved { base: local(&base), adapter: Some(ckpt.clone()), tokenizer_dir: ckpt.clone() });
+        std::fs::remove_file(ckpt.join(TOKENIZER)).unwrap();
+        let got = resolve(&name(&base), Some(&name(&ckpt))).unwrap();
+        assert_eq!(got.tokenizer_dir, base, "an adapter without a tokenizer: the base's");
         std::fs::write(ckpt.join(ADAPTER_CONFIG), r#"{"r": 4, "lora_alpha": 8}"#).unwrap();
         let e = resolve(&name(&ckpt), None).unwrap_err().to_string();
         assert!(e.contains("base_model_name_or_path is missing") && e.contains("--adapter"), "{e}");

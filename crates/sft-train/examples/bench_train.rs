@@ -27,7 +27,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (steps, seq, batch): (usize, usize, usize) = (steps.parse()?, seq.parse()?, batch.parse()?);
     let lora = Trainable::NewLora {
-        settings: LoraSettings { r: 16, alpha: 32.0, use_rslora: false, dropout: 0.0, targets: Targets::AllLinear, use_dora: false },
+        settings: LoraSettings {
+            r: 16,
+            alpha: 32.0,
+            use_rslora: false,
+            dropout: 0.0,
+            targets: Targets::AllLinear,
+            use_dora: false,
+            modules_to_save: vec![],
+        },
         seed: 0,
     };
     let (trainable, format) = match mode.as_str() {

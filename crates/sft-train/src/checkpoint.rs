@@ -243,6 +243,15 @@ fn write_weights(dir: &Path, c: &Contents<'_>) -> Result<(), TrainError> {
             save_tensors(&dir.join("model.safetensors"), &tensors)?;
             let src = c.base_model.dir.join("config.json");
             let bytes = std::fs::read(&src).map_err(io(&src))?;
+            let mut config: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint { path: src.clone(), message: e.to_string() })?;
+            let before = config.clone();
+            // Added tokens change vocab_size; the base's own file is kept byte for byte otherwise.
+            c.model.update_hf_config(&mut config);
+            let bytes = match config == before {
+                true => bytes,
+                false => serde_json::to_vec_pretty(&config).map_err(|e| TrainError::Io { path: dir.into(), source: e.into() })?,
+            };
             write_synced(&dir.join("config.json"), &bytes)
         }
     }

@@ -171,6 +171,12 @@ pub struct RawTrainConfig {
     pub use_rslora: Option<bool>,
     /// DoRA (PEFT's `use_dora`): a trainable magnitude per output row of every adapted module.
     pub use_dora: Option<bool>,
+    /// New special tokens for the tokenizer (the model's vocabulary grows to fit; see
+    /// [`crate::added`]).
+    pub added_tokens: Option<Value>,
+    /// Modules trained whole next to the adapters (PEFT's `modules_to_save`: `embed_tokens`,
+    /// `lm_head`).
+    pub modules_to_save: Option<Value>,
     /// Recompute each layer in the backward pass instead of keeping its activations.
     pub gradient_checkpointing: bool,
     /// Frozen base linear weights in bf16, multiplied in bf16 with f32 sums (on AMX tiles where
@@ -248,6 +254,8 @@ impl Default for RawTrainConfig {
             target_modules: None,
             use_rslora: None,
             use_dora: None,
+            added_tokens: None,
+            modules_to_save: None,
             gradient_checkpointing: false,
             bf16: false,
             load_in_4bit: false,
@@ -314,6 +322,8 @@ pub struct TrainConfig {
     pub method: Method,
     /// The PEFT adapter directory a LoRA run starts from (its settings are in `method`).
     pub adapter: Option<PathBuf>,
+    /// Special tokens added to the tokenizer, in order (none: the tokenizer as it is).
+    pub added_tokens: Vec<String>,
     /// Encoding.
     pub encode: EncodeOptions,
     /// Pack examples into max_seq_length sequences.
@@ -478,6 +488,7 @@ impl RawTrainConfig {
             Finetuning::Full => Method::Full,
             Finetuning::Lora => Method::Lora(self.lora(adapter.as_deref(), path)?),
         };
+        let added_tokens = crate::added::check_keys(self, &method, path)?;
         let mut encode = self.encode.resolve().map_err(|e| err(e.key, &e.message))?;
         encode.max_seq_length = encode.max_seq_length.or(Some(MAX_SEQ_LENGTH));
         Ok(TrainConfig {
@@ -491,6 +502,7 @@ impl RawTrainConfig {
             on_bad_row: self.on_bad_row,
             output_dir: self.output_dir.clone(),
             adapter,
+            added_tokens,
             base_format: self.base_format(&method, path)?,
             method,
             encode,
@@ -635,7 +647,8 @@ impl RawTrainConfig {
             _ => return Err(err("target_modules", "expected \"all-linear\" or a list of module names like [q_proj, v_proj]")),
         };
         let (use_rslora, use_dora) = (self.use_rslora.unwrap_or(d.use_rslora), self.use_dora.unwrap_or(d.use_dora));
-        Ok(LoraSettings { r, alpha, use_rslora, dropout, targets, use_dora })
+        let modules_to_save = crate::added::modules_to_save(self.modules_to_save.as_ref(), path)?;
+        Ok(LoraSettings { r, alpha, use_rslora, dropout, targets, use_dora, modules_to_save })
     }
 
     /// `adapter: DIR`'s settings from its adapter_config.json; a LoRA key the config also sets
@@ -673,6 +686,7 @@ impl RawTrainConfig {
             ("use_rslora", "use_rslora", differs(self.use_rslora, peft.use_rslora)),
             ("use_dora", "use_dora", differs(self.use_dora, peft.use_dora)),
             ("target_modules", "target_modules", targets),
+            ("modules_to_save", "modules_to_save", crate::added::saved_differs(self.modules_to_save.as_ref(), &settings, path)?),
         ];
         if let Some((key, name, Some((mine, value)))) = conflicts.into_iter().find(|c| c.2.is_some()) {
             return Err(err(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sft_hub::LocalModel;
-use sft_model::model::{Batch, Evaluation, Model, Trainable};
+use sft_model::model::{Batch, Evaluation, LoadOptions, Model, Trainable};
 
 use crate::batches::{Plan, Record};
 use crate::checkpoint::{self, Contents, TrainerState};
@@ -87,10 +87,12 @@ pub fn train(cfg: &TrainConfig, opts: &Options, comm: &dyn Collective) -> Result
     // Rank 0 writes the output directory, so it holds the lock (taken once the model is found,
     // so a run that cannot start writes nothing); the other ranks only read it.
     let _lock = comm.is_writer().then(|| RunLock::acquire(&cfg.output_dir)).transpose()?;
+    // With added_tokens, a copy of the tokenizer with them (the model grows to its length).
+    let (tokenizer, vocab_size) = crate::added::tokenizer(cfg, tokenizer, comm.is_writer())?;
     let data = data::prepare(cfg, &tokenizer.dir)?;
     let plan = Plan { records: data.train.len(), batch_size: cfg.batch_size * comm.size(), accumulation: cfg.accumulation, seed: cfg.seed };
     let schedule = schedule(cfg, &plan);
-    let mut run = Run::start(Setup { cfg, base, tokenizer, data: &data, comm }, opts, schedule.total_steps)?;
+    let mut run = Run::start(Setup { cfg, base, tokenizer, vocab_size, data: &data, comm }, opts, schedule.total_steps)?;
     for step in run.state.global_step..schedule.total_steps {
         if any_rank(comm, opts.stop.load(Ordering::SeqCst))? {
             return Ok(Outcome::Interrupted { step, saved: run.save()? });
@@ -146,6 +148,8 @@ struct Setup<'a> {
     cfg: &'a TrainConfig,
     base: LocalModel,
     tokenizer: LocalModel,
+    /// The tokenizer's length when tokens were added (the model's vocabulary grows to it).
+    vocab_size: Option<usize>,
     data: &'a TrainData,
     comm: &'a dyn Collective,
 }
@@ -174,7 +178,7 @@ impl<'a> Run<'a> {
     /// Loads the model and a new optimizer, or resumes both and the trainer state from the
     /// checkpoint `opts` names; prints what trains.
     fn start(setup: Setup<'a>, opts: &Options, total: usize) -> Result<Self, TrainError> {
-        let Setup { cfg, base, tokenizer, data, comm } = setup;
+        let Setup { cfg, base, tokenizer, vocab_size, data, comm } = setup;
         let writer = comm.is_writer();
         let resume_dir = match &opts.resume {
             None => None,
@@ -184,20 +188,19 @@ impl<'a> Run<'a> {
             })?),
             Some(Resume::Path(p)) => Some(p.clone()),
         };
+        let load = LoadOptions { format: cfg.base_format, vocab_size, saved_modules: None };
         let mut model = match (&cfg.method, &resume_dir) {
-            (Method::Full, None) => Model::load(&base.dir, &Trainable::Full)?,
-            (Method::Full, Some(dir)) => Model::load(dir, &Trainable::Full)?,
+            (Method::Full, None) => Model::load_with(&base.dir, &Trainable::Full, &load)?,
+            (Method::Full, Some(dir)) => Model::load_with(dir, &Trainable::Full, &load)?,
             (Method::Lora(settings), None) => {
                 let trainable = match &cfg.adapter {
                     // A new run from a trained adapter: its weights, a fresh optimizer and schedule.
                     Some(dir) => Trainable::Adapter { dir: dir.clone(), train: true },
                     None => Trainable::NewLora { settings: settings.clone(), seed: cfg.seed },
                 };
-                Model::load_as(&base.dir, &trainable, cfg.base_format)?
+                Model::load_with(&base.dir, &trainable, &load)?
             }
-            (Method::Lora(_), Some(dir)) => {
-                Model::load_as(&base.dir, &Trainable::Adapter { dir: dir.clone(), train: true }, cfg.base_format)?
-            }
+            (Method::Lora(_), Some(dir)) => Model::load_with(&base.dir, &Trainable::Adapter { dir: dir.clone(), train: true }, &load)?,
         };
         model.set_gradient_checkpointing(cfg.gradient_checkpointing);
         // Every rank loaded the same files; rank 0's values make sure they start equal.

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod added_tokens;
 mod bad_inputs;
 #[cfg(feature = "fault-injection")]
 mod crash;

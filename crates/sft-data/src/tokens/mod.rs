@@ -5,6 +5,7 @@
 //! fast path with the tokenizers crate's exact results; the others, and texts the fast path
 //! leaves out, through the tokenizers crate.
 
+pub mod added;
 mod bytelevel;
 
 use std::path::{Path, PathBuf};

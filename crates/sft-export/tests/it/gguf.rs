@@ -277,6 +277,7 @@ fn adapter(dir: &Path, rslora: bool) -> PathBuf {
         dropout: 0.0,
         targets: Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
         use_dora: false,
+        modules_to_save: vec![],
     };
     std::fs::write(
         out.join(ADAPTER_CONFIG),

@@ -6,6 +6,13 @@
 //! DoRA (`use_dora`) adds a trainable magnitude per output row, saved as
 //! `base_model.model.<module>.lora_magnitude_vector` ([`peft_magnitude_name`]): the layer is
 //! `y = m/‖W + s·B·A‖ ∘ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ) + b` (see `ops::dora`).
+//!
+//! `modules_to_save` ([`SavedModule`]) trains the embedding and/or the output layer whole next
+//! to the adapters, as PEFT's `ModulesToSaveWrapper` does: each listed module is a trainable copy
+//! (with tied embeddings the two copies are separate, PEFT's default), saved in the adapter file
+//! under PEFT's names (`base_model.model.model.embed_tokens.weight`,
+//! `base_model.model.lm_head.weight`), with as many rows as the vocabulary has after tokens were
+//! added ([`resize_rows`]).
 
 mod peft;
 
@@ -53,6 +60,84 @@ pub struct LoraSettings {
     pub targets: Targets,
     /// DoRA: a trainable magnitude vector per adapted module.
     pub use_dora: bool,
+    /// Modules trained whole and saved with the adapter (PEFT's `modules_to_save`).
+    pub modules_to_save: Vec<SavedModule>,
+}
+
+/// A module PEFT's `modules_to_save` may name that sft can train whole: the two vocabulary
+/// layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SavedModule {
+    /// `model.embed_tokens`.
+    EmbedTokens,
+    /// `lm_head`.
+    LmHead,
+}
+
+impl SavedModule {
+    /// Both, in load order.
+    pub const ALL: [SavedModule; 2] = [SavedModule::EmbedTokens, SavedModule::LmHead];
+
+    /// The module of a `modules_to_save` entry (PEFT matches the name's last part, or the full
+    /// name); `None` for any other module.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "embed_tokens" | "model.embed_tokens" => Some(SavedModule::EmbedTokens),
+            "lm_head" => Some(SavedModule::LmHead),
+            _ => None,
+        }
+    }
+
+    /// The name PEFT lists in `modules_to_save`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SavedModule::EmbedTokens => "embed_tokens",
+            SavedModule::LmHead => "lm_head",
+        }
+    }
+
+    /// The module's HF weight name.
+    pub fn hf_weight(self) -> &'static str {
+        match self {
+            SavedModule::EmbedTokens => "model.embed_tokens.weight",
+            SavedModule::LmHead => "lm_head.weight",
+        }
+    }
+
+    /// The name of its tensor in PEFT's adapter file.
+    pub fn peft_weight(self) -> String {
+        format!("base_model.model.{}", self.hf_weight())
+    }
+
+    /// The extra copies PEFT's `save_embedding_layers="auto"` also writes when the vocabulary
+    /// was resized (`<module>.modules_to_save.weight`, `<module>.original_module.weight`): read
+    /// past, never written.
+    pub fn peft_extra_copies(self) -> [String; 2] {
+        let module = self.hf_weight().trim_end_matches(".weight");
+        [format!("base_model.model.{module}.modules_to_save.weight"), format!("base_model.model.{module}.original_module.weight")]
+    }
+}
+
+/// `weight` `[rows, d]` grown to `rows_after` rows, the new ones the mean of the old rows:
+/// transformers' `resize_token_embeddings` (`mean_resizing=True`) without the noise it adds
+/// (it samples from a normal with that mean and 1e-9 times the rows' covariance, about 3e-5
+/// standard deviations from the mean; its fallback is the plain mean, which sft always takes,
+/// so a resize is deterministic). Fewer or equal rows: the weight as it is.
+pub fn resize_rows(weight: &Tensor, rows_after: usize) -> candle_core::Result<Tensor> {
+    let (rows, d) = weight.dims2()?;
+    if rows_after <= rows {
+        return Ok(weight.clone());
+    }
+    let data = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut mean = vec![0f64; d];
+    for row in data.chunks(d) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += f64::from(v);
+        }
+    }
+    let mean: Vec<f32> = mean.iter().map(|m| (m / rows.max(1) as f64) as f32).collect();
+    let added = Tensor::from_vec(mean.repeat(rows_after - rows), (rows_after - rows, d), weight.device())?;
+    Tensor::cat(&[&weight.to_dtype(candle_core::DType::F32)?, &added], 0)
 }
 
 impl LoraSettings {
@@ -141,6 +226,18 @@ pub fn peft_magnitude_name(module: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resized_rows_are_the_mean_of_the_old_ones() -> candle_core::Result<()> {
+        let w = Tensor::new(&[[1f32, 2.0], [3.0, -4.0]], &candle_core::Device::Cpu)?;
+        let r = resize_rows(&w, 4)?.to_vec2::<f32>()?;
+        assert_eq!(r, vec![vec![1.0, 2.0], vec![3.0, -4.0], vec![2.0, -1.0], vec![2.0, -1.0]]);
+        assert_eq!(resize_rows(&w, 2)?.dims(), &[2, 2]);
+        assert_eq!(SavedModule::parse("model.embed_tokens"), Some(SavedModule::EmbedTokens));
+        assert_eq!(SavedModule::LmHead.peft_weight(), "base_model.model.lm_head.weight");
+        assert_eq!(SavedModule::parse("q_proj"), None);
+        Ok(())
+    }
 
     #[test]
     fn dropout_masks_are_seeded_and_scaled() -> candle_core::Result<()> {

@@ -10,7 +10,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{LoraSettings, Targets};
+use super::{LoraSettings, SavedModule, Targets};
 use crate::ModelError;
 
 /// The adapter config's file name.
@@ -85,7 +85,8 @@ impl PeftConfig {
             fan_in_fan_out: false,
             inference_mode: true,
             init_lora_weights: Some(Value::Bool(true)),
-            modules_to_save: None,
+            modules_to_save: (!settings.modules_to_save.is_empty())
+                .then(|| Value::from(settings.modules_to_save.iter().map(|m| m.name()).collect::<Vec<_>>())),
             rank_pattern: Map::new(),
             alpha_pattern: Map::new(),
             use_dora: settings.use_dora,
@@ -135,7 +136,6 @@ impl PeftConfig {
             Some(_) => true,
         };
         let unsupported = [
-            ("modules_to_save", nonempty(&self.modules_to_save)),
             ("rank_pattern", !self.rank_pattern.is_empty()),
             ("alpha_pattern", !self.alpha_pattern.is_empty()),
             ("exclude_modules", nonempty(&self.exclude_modules)),
@@ -155,7 +155,29 @@ impl PeftConfig {
             dropout: self.lora_dropout,
             targets: self.targets(path)?,
             use_dora: self.use_dora,
+            modules_to_save: self.modules_to_save(path)?,
         })
+    }
+
+    /// `modules_to_save`: a list of `embed_tokens` and `lm_head` (the modules sft trains whole).
+    fn modules_to_save(&self, path: &Path) -> Result<Vec<SavedModule>, ModelError> {
+        let err = |message: String| ModelError::Config { path: path.into(), key: "modules_to_save".into(), message };
+        let items = match &self.modules_to_save {
+            None | Some(Value::Null) => return Ok(vec![]),
+            Some(Value::Array(items)) => items,
+            Some(other) => return Err(err(format!("expected a list of module names, got {other}"))),
+        };
+        let mut modules = items
+            .iter()
+            .map(|v| {
+                let name = v.as_str().ok_or_else(|| err(format!("expected module names, got {v}")))?;
+                SavedModule::parse(name)
+                    .ok_or_else(|| err(format!("{name:?} is not supported (only embed_tokens and lm_head are trained whole)")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        modules.sort();
+        modules.dedup();
+        Ok(modules)
     }
 
     /// `target_modules`: `"all-linear"`, a regular expression over full module names, or a list
@@ -214,6 +236,7 @@ mod tests {
             (r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "bias": "all"}"#, "bias"),
             (r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "rank_pattern": {"q_proj": 2}}"#, "rank_pattern"),
             (r#"{"r": 4, "lora_alpha": 8}"#, "target_modules"),
+            (r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "modules_to_save": ["score"]}"#, "modules_to_save"),
         ] {
             let e = settings(json).unwrap_err().to_string();
             assert!(e.contains(key), "{json}: {e}");
@@ -224,7 +247,7 @@ mod tests {
     #[test]
     fn a_written_config_reads_back() {
         let s = settings(
-            r#"{"r": 4, "lora_alpha": 8, "use_rslora": true, "lora_dropout": 0.1, "target_modules": "all-linear", "use_dora": true}"#,
+            r#"{"r": 4, "lora_alpha": 8, "use_rslora": true, "lora_dropout": 0.1, "target_modules": "all-linear", "use_dora": true, "modules_to_save": ["lm_head", "embed_tokens"]}"#,
         )
         .expect("valid");
         let written = PeftConfig::for_adapter(&s, vec!["q_proj".into(), "v_proj".into()], "/models/base".into(), None);
@@ -235,6 +258,8 @@ mod tests {
         assert_eq!(&keys[..4], ["peft_type", "task_type", "base_model_name_or_path", "r"]);
         let again = back.resolve(Path::new(ADAPTER_CONFIG)).expect("valid");
         assert_eq!((again.r, again.alpha, again.use_rslora, again.dropout, again.use_dora), (4, 8.0, true, 0.1, true));
+        assert_eq!(again.modules_to_save, SavedModule::ALL);
+        assert!(text.contains("\"modules_to_save\": [\n    \"embed_tokens\",\n    \"lm_head\"\n  ]"), "{text}");
         assert!(again.targets.matches("model.layers.0.self_attn.v_proj") && !again.targets.matches("model.layers.0.mlp.up_proj"));
     }
 }

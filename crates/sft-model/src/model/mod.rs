@@ -63,6 +63,19 @@ pub struct Model {
     layer_params: Vec<Vec<Tensor>>,
 }
 
+/// How a model is loaded besides what trains.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// How the frozen linear weights are held.
+    pub format: BaseFormat,
+    /// Grow the vocabulary to at least this many rows (tokens were added): new embedding and
+    /// output rows are the mean of the old ones, as transformers' `resize_token_embeddings`.
+    pub vocab_size: Option<usize>,
+    /// Take the embedding and output layer from this PEFT adapter's `modules_to_save` weights
+    /// (full models: `Model::merged`).
+    pub saved_modules: Option<std::path::PathBuf>,
+}
+
 /// A summed loss and how many target tokens it covers.
 pub struct Loss {
     /// Σ cross-entropy over the targets (a scalar tensor, differentiable).
@@ -144,9 +157,19 @@ impl Model {
     /// [`Model::load`] with the frozen linear weights held in `format` (bf16 or 4-bit NF4;
     /// embeddings, norms and the output layer stay f32).
     pub fn load_as(dir: &Path, trainable: &Trainable, format: BaseFormat) -> Result<Self, ModelError> {
+        Self::load_with(dir, trainable, &LoadOptions { format, ..LoadOptions::default() })
+    }
+
+    /// [`Model::load_as`] with the vocabulary grown or taken from an adapter as `opts` says (an
+    /// adapter with `modules_to_save` weights sets the vocabulary by itself).
+    pub fn load_with(dir: &Path, trainable: &Trainable, opts: &LoadOptions) -> Result<Self, ModelError> {
         let config = ModelConfig::from_dir(dir)?;
         let base = BaseSource::Files(Weights::open(dir, "model.safetensors")?);
-        Self::build(config, base, trainable, format)
+        let mut b = Builder::new(base, trainable, opts.format)?;
+        if let Some(adapter) = &opts.saved_modules {
+            b = b.with_saved_modules(adapter)?;
+        }
+        Self::build(config, b, opts.vocab_size)
     }
 
     /// A new model with random weights as transformers initialises one (N(0,
@@ -156,7 +179,7 @@ impl Model {
         let norm_value = 1.0 - config.norm_offset;
         let std = config.initializer_range;
         let base = BaseSource::Random { rng: SplitMix(seed), std, norm_value, dir: dir.to_path_buf() };
-        Self::build(config, base, &Trainable::Full, BaseFormat::F32)
+        Self::build(config, Builder::new(base, &Trainable::Full, BaseFormat::F32)?, None)
     }
 
     /// Writes every parameter as `dir/model.safetensors` (f32; requires full training, so that
@@ -173,18 +196,15 @@ impl Model {
         crate::weights::write::save(dir, &tensors, opts)
     }
 
-    fn build(config: ModelConfig, base: BaseSource, trainable: &Trainable, format: BaseFormat) -> Result<Self, ModelError> {
-        let mut b = Builder::new(base, trainable, format)?;
-        let (v, d) = (config.vocab_size, config.hidden_size);
-        let embed = b.weight("model.embed_tokens.weight", &[v, d])?;
+    fn build(mut config: ModelConfig, mut b: Builder, vocab_size: Option<usize>) -> Result<Self, ModelError> {
+        let format = b.format();
+        let (embed, head, v) = b.embedding(&config, vocab_size)?;
+        config.vocab_size = v;
+        let d = config.hidden_size;
         let layers = (0..config.layers.len()).map(|i| Layer::load(&mut b, &config, i)).collect::<Result<Vec<_>, _>>()?;
         let norm = b.weight("model.norm.weight", &[d])?;
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            let weight = b.weight("lm_head.weight", &[v, d])?;
-            Some(weight)
-        };
+        let lm_head = b.output_layer(head)?;
+        config.tie_word_embeddings = lm_head.is_none();
         b.finish()?;
         // bf16 decoding also reads the output layer in bf16, and so does the loss under bf16:
         // true (a copy; the f32 one stays for the embedding and everything else).
@@ -237,6 +257,20 @@ impl Model {
     /// How many linear weights are held in bf16 or NF4, and their bytes ((0, 0) when all are f32).
     pub fn quantized(&self) -> (usize, usize) {
         self.quantized
+    }
+
+    /// Sets the keys of a `config.json` (the base's, copied) that describe this model's
+    /// vocabulary layers where they differ: `vocab_size` (tokens were added) and
+    /// `tie_word_embeddings: false` (a tied base whose output layer `modules_to_save` trained
+    /// apart from the embedding).
+    pub fn update_hf_config(&self, config: &mut serde_json::Map<String, serde_json::Value>) {
+        let v = self.config.vocab_size;
+        if config.get("vocab_size").and_then(serde_json::Value::as_u64) != Some(v as u64) {
+            config.insert("vocab_size".into(), v.into());
+        }
+        if self.lm_head.is_some() && config.get("tie_word_embeddings").and_then(serde_json::Value::as_bool) != Some(false) {
+            config.insert("tie_word_embeddings".into(), false.into());
+        }
     }
 
     /// The LoRA settings when adapters are attached.
@@ -380,10 +414,13 @@ impl Model {
     /// as PEFT's `merge_and_unload`): every weight is a parameter, ready for
     /// [`Model::save_weights`].
     pub fn merged(dir: &Path, adapter: &Path) -> Result<Self, ModelError> {
-        let model = Self::load(dir, &Trainable::Full)?;
+        let opts = LoadOptions { saved_modules: Some(adapter.into()), ..LoadOptions::default() };
+        let model = Self::load_with(dir, &Trainable::Full, &opts)?;
         let settings = LoraSettings::from_adapter_dir(adapter)?;
         let weights = Weights::open(adapter, crate::lora::ADAPTER_WEIGHTS)?;
-        let mut used = std::collections::BTreeSet::new();
+        // The modules_to_save weights were taken whole by the load.
+        let mut used: std::collections::BTreeSet<String> =
+            crate::lora::SavedModule::ALL.iter().flat_map(|m| std::iter::once(m.peft_weight()).chain(m.peft_extra_copies())).collect();
         for (name, var) in &model.params {
             let Some(module) = name.strip_suffix(".weight") else { continue };
             let (a_name, b_name) = crate::lora::peft_names(module);

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
 
+use crate::config::ModelConfig;
 use crate::error::TensorContext;
-use crate::lora::{peft_magnitude_name, peft_names, Dora, Lora, LoraSettings};
+use crate::lora::{peft_magnitude_name, peft_names, resize_rows, Dora, Lora, LoraSettings, SavedModule};
 use crate::ops::{dora_weight_norm, LinearWeight};
 use crate::quant::{BaseFormat, QuantWeight};
 use crate::rng::SplitMix;
@@ -87,6 +88,34 @@ impl AdapterFile {
         Ok(Some(AdapterTensors { a, b, magnitude }))
     }
 
+    /// The whole weight `[rows, d]` of `module` when the file holds it (a `modules_to_save`
+    /// entry; its rows are the vocabulary the adapter was trained with). PEFT's extra copies of
+    /// it are read past. A module the config lists that the file lacks is an error.
+    pub fn take_saved(&mut self, module: SavedModule, d: usize) -> Result<Option<Tensor>, ModelError> {
+        for extra in module.peft_extra_copies() {
+            if self.weights.has(&extra) {
+                self.used.insert(extra);
+            }
+        }
+        let name = module.peft_weight();
+        let Some(shape) = self.weights.shape(&name) else {
+            if self.settings.modules_to_save.contains(&module) {
+                return Err(ModelError::MissingTensor { dir: self.weights.dir().into(), name });
+            }
+            return Ok(None);
+        };
+        let rows = match shape.as_slice() {
+            [rows, cols] if *cols == d => *rows,
+            _ => {
+                let message = format!("shape {shape:?}, expected [vocabulary, {d}] (a modules_to_save weight of another model?)");
+                return Err(ModelError::BadTensor { dir: self.weights.dir().into(), name, message });
+            }
+        };
+        let t = self.weights.get(&name, &[rows, d])?;
+        self.used.insert(name);
+        Ok(Some(t))
+    }
+
     /// Fails when the file holds tensors no module took (it belongs to another model), or when
     /// no module took any.
     pub fn finish(&self) -> Result<(), ModelError> {
@@ -95,7 +124,7 @@ impl AdapterFile {
                 dir: self.weights.dir().into(),
                 name: extra.clone(),
                 message:
-                    "no module of the model takes it (an adapter for another model, or lm_head/embedding adapters, which are not supported)"
+                    "no module of the model takes it (an adapter for another model, or LoRA on lm_head/embed_tokens, which is not supported; modules_to_save is)"
                         .into(),
             });
         }
@@ -167,6 +196,15 @@ pub(crate) struct Builder {
     /// Trainable parameters in load order, under their HF / PEFT names.
     pub params: Vec<(String, Var)>,
     lora_count: u64,
+    /// Whole vocabulary layers to take instead of the base's (`Model::merged`: the adapter's
+    /// `modules_to_save` weights, folded into a full model).
+    saved_from: Option<AdapterFile>,
+}
+
+/// The output layer decided with the embedding ([`Builder::embedding`]), made a parameter (or
+/// not) in its place in load order by [`Builder::output_layer`].
+pub(crate) struct PendingHead {
+    head: Option<(Tensor, bool)>,
 }
 
 fn var(t: Tensor, dir: &Path, name: &str) -> Result<Var, ModelError> {
@@ -188,7 +226,98 @@ impl Builder {
                 message: format!("base weights as {format:?} are frozen: full fine-tuning needs f32 (use LoRA)"),
             });
         }
-        Ok(Self { base, full, format, quantized: (0, 0), adapter, params: vec![], lora_count: 0 })
+        Ok(Self { base, full, format, quantized: (0, 0), adapter, params: vec![], lora_count: 0, saved_from: None })
+    }
+
+    /// How frozen linear weights are held.
+    pub fn format(&self) -> BaseFormat {
+        self.format
+    }
+
+    /// Takes the vocabulary layers an adapter saved whole from `dir` (for a full model).
+    pub fn with_saved_modules(mut self, dir: &Path) -> Result<Self, ModelError> {
+        self.saved_from = Some(AdapterFile::open(dir)?);
+        Ok(self)
+    }
+
+    /// The adapter file whole vocabulary layers come from, if any.
+    fn saved_source(&mut self) -> Option<&mut AdapterFile> {
+        match (&mut self.saved_from, &mut self.adapter) {
+            (Some(file), _) => Some(file),
+            (None, AdapterSource::File { file, .. }) => Some(file),
+            _ => None,
+        }
+    }
+
+    /// The embedding `[rows, d]`, and the output layer to come: the base's, grown to `rows`
+    /// (at least; more when the adapter saved more) with new rows at the old rows' mean
+    /// ([`resize_rows`]), or the adapter's `modules_to_save` weights. With tied embeddings the
+    /// output layer stays the embedding unless a module of `modules_to_save` is involved: then
+    /// each is a tensor of its own (PEFT trains separate copies). Returns the final row count.
+    pub fn embedding(&mut self, config: &ModelConfig, rows: Option<usize>) -> Result<(Tensor, PendingHead, usize), ModelError> {
+        let (v, d) = (config.vocab_size, config.hidden_size);
+        let listed = self.lora_settings().map(|s| s.modules_to_save.clone()).unwrap_or_default();
+        let (saved_embed, saved_head) = match self.saved_source() {
+            Some(file) => (file.take_saved(SavedModule::EmbedTokens, d)?, file.take_saved(SavedModule::LmHead, d)?),
+            None => (None, None),
+        };
+        let rows = [Some(v), rows, saved_embed.as_ref().map(|t| t.dims()[0]), saved_head.as_ref().map(|t| t.dims()[0])]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(v);
+        let dir = self.base.dir().to_path_buf();
+        let resize = |t: Tensor, name: &str| {
+            resize_rows(&t, rows).map_err(|e| ModelError::BadTensor { dir: dir.clone(), name: name.into(), message: e.to_string() })
+        };
+        let base_embed = self.base.get(SavedModule::EmbedTokens.hf_weight(), &[v, d])?;
+        let separate = !config.tie_word_embeddings || !listed.is_empty() || saved_embed.is_some() || saved_head.is_some();
+        let head = match (separate, saved_head) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            (true, None) if config.tie_word_embeddings => Some(resize(base_embed.clone(), SavedModule::LmHead.hf_weight())?),
+            (true, None) => Some(resize(self.base.get(SavedModule::LmHead.hf_weight(), &[v, d])?, SavedModule::LmHead.hf_weight())?),
+        };
+        let embed = match saved_embed {
+            Some(t) => t,
+            None => resize(base_embed, SavedModule::EmbedTokens.hf_weight())?,
+        };
+        for (t, module) in [(Some(&embed), SavedModule::EmbedTokens), (head.as_ref(), SavedModule::LmHead)] {
+            if let Some(t) = t.filter(|t| t.dims()[0] != rows) {
+                let message = format!("{} rows, but the vocabulary has {rows}", t.dims()[0]);
+                return Err(ModelError::BadTensor { dir: self.base.dir().into(), name: module.peft_weight(), message });
+            }
+        }
+        let trains = |module: SavedModule| match &self.adapter {
+            AdapterSource::None => false,
+            AdapterSource::Init { settings, .. } => settings.modules_to_save.contains(&module),
+            AdapterSource::File { file, train } => {
+                *train && (file.settings.modules_to_save.contains(&module) || file.used.contains(&module.peft_weight()))
+            }
+        };
+        let (embed_trains, head_trains) = (trains(SavedModule::EmbedTokens), trains(SavedModule::LmHead));
+        let embed = self.vocab_param(embed, SavedModule::EmbedTokens, embed_trains)?;
+        Ok((embed, PendingHead { head: head.map(|t| (t, head_trains)) }, rows))
+    }
+
+    /// The output layer of [`Builder::embedding`], a parameter where it trains; `None` when it is
+    /// the embedding.
+    pub fn output_layer(&mut self, pending: PendingHead) -> Result<Option<Tensor>, ModelError> {
+        pending.head.map(|(t, trains)| self.vocab_param(t, SavedModule::LmHead, trains)).transpose()
+    }
+
+    /// A vocabulary layer: a variable under its HF name (full fine-tuning) or PEFT name (a
+    /// trained `modules_to_save` entry), else a constant.
+    fn vocab_param(&mut self, t: Tensor, module: SavedModule, trains: bool) -> Result<Tensor, ModelError> {
+        let name = match (self.full, trains) {
+            (true, _) => module.hf_weight().to_string(),
+            (false, true) => module.peft_weight(),
+            (false, false) => return Ok(t),
+        };
+        let v = var(t, self.base.dir(), &name)?;
+        let t = v.as_tensor().clone();
+        self.params.push((name, v));
+        Ok(t)
     }
 
     /// The LoRA settings in use, if any.

@@ -63,6 +63,11 @@ impl Weights {
         self.names.contains(name)
     }
 
+    /// The shape of tensor `name`, when present.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.has(name).then(|| self.files.get(name).ok().map(|v| v.shape().to_vec())).flatten()
+    }
+
     /// Tensor `name` as f32 with the given shape.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         if !self.has(name) {

@@ -24,7 +24,15 @@ fn gradients(model: &Model, batch: &Batch) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn checkpointed_layers_give_the_same_gradients() {
-    let lora = LoraSettings { r: 4, alpha: 8.0, use_rslora: false, dropout: 0.2, targets: Targets::AllLinear, use_dora: false };
+    let lora = LoraSettings {
+        r: 4,
+        alpha: 8.0,
+        use_rslora: false,
+        dropout: 0.2,
+        targets: Targets::AllLinear,
+        use_dora: false,
+        modules_to_save: vec![],
+    };
     let mut failures = vec![];
     for case in CASES {
         let dir = model_fixture(case);

@@ -1,5 +1,6 @@
 //! Integration tests of sft-model, one module per stage.
 
+mod added_tokens;
 mod backprop;
 mod checkpointing;
 mod common;

@@ -37,7 +37,15 @@ fn two_passes_side_by_side_equal_one_pass() {
     let two_threads = ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
     let side_by_side = two_threads.install(|| ThreadGroups::new(2).map_err(|e| e.to_string())).expect("groups");
     assert_eq!(side_by_side.passes(), 2);
-    let lora = LoraSettings { r: 4, alpha: 8.0, use_rslora: false, dropout: 0.0, targets: Targets::AllLinear, use_dora: false };
+    let lora = LoraSettings {
+        r: 4,
+        alpha: 8.0,
+        use_rslora: false,
+        dropout: 0.0,
+        targets: Targets::AllLinear,
+        use_dora: false,
+        modules_to_save: vec![],
+    };
     let mut failures = vec![];
     for (what, trainable) in [("lora", Trainable::NewLora { settings: lora, seed: 1 }), ("full", Trainable::Full)] {
         let mut model = Model::load(&llama(), &trainable).expect("load");
