@@ -263,7 +263,11 @@ fn every_optim_trains_and_reports_its_state_bytes() {
     assert!(state("adafactor") < state("adamw_torch") / 8, "{bytes:?}");
     let bad = sft(&["train", yaml.to_str().unwrap(), "--set", "optim=adam"]);
     assert!(!bad.status.success());
-    assert!(stderr(&bad).contains("optim: unknown variant `adam`, expected one of `adamw_torch`, `adamw_8bit`, `sgd`, `adafactor`"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("optim: unknown variant `adam`, expected one of `adamw_torch`, `adamw_8bit`, `sgd`, `adafactor`"),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 #[test]

@@ -272,8 +272,6 @@ mod tests {
         assert_eq!(b.as_tensor().to_vec1::<f32>().unwrap(), [1.0; 2]);
     }
 
-
-
     #[test]
     fn bad_config_is_rejected() {
         let config = AdamWConfig { beta2: 1.0, ..AdamWConfig::default() };

@@ -14,7 +14,9 @@
 //! (`m ← β1·m + (1 − β1)·g`, `v ← β2·v + (1 − β2)·g²`), update the parameter from the f32
 //! moments (`p ← p·(1 − lr·wd)`, then `p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)`),
 //! then re-quantize: the block's new absmax, and each value divided by it to its nearest code
-//! (a tie to the lower). The f32 moments of small tensors update as bitsandbytes' 32-bit
+//! (a tie to the lower). That is the documented algorithm and the CUDA kernel's rounding;
+//! bitsandbytes' CPU kernel finds the code with an approximate range search, so a value near
+//! the midpoint of two codes may take the other one there. The f32 moments of small tensors update as bitsandbytes' 32-bit
 //! kernel: `p ← p·(1 − lr·wd) − lr·√(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε·√(1 − β2ᵗ))`.
 
 use std::collections::HashMap;

@@ -444,8 +444,7 @@ fn update_param(name: &str, var: &Var, grad: &Tensor, mut update: impl FnMut(&mu
         let op = InPlace { update: Mutex::new(update) };
         return var.as_tensor().inplace_op2(&grad, &op).map_err(on(name));
     }
-    let mut p =
-        var.as_tensor().to_dtype(DType::F32).and_then(|p| p.flatten_all()).and_then(|p| p.to_vec1::<f32>()).map_err(on(name))?;
+    let mut p = var.as_tensor().to_dtype(DType::F32).and_then(|p| p.flatten_all()).and_then(|p| p.to_vec1::<f32>()).map_err(on(name))?;
     let (storage, layout) = grad.storage_and_layout();
     match (&*storage, layout.contiguous_offsets()) {
         (candle_core::Storage::Cpu(cpu), Some((start, end))) => update(&mut p, &cpu.as_slice::<f32>().map_err(on(name))?[start..end]),
