@@ -157,12 +157,13 @@ impl Coefficients {
     fn block(&self, maps: &Maps, p: &mut [f32], g: &[f32], (qm, am): (&mut [u8], &mut f32), (qv, av): (&mut [u8], &mut f32)) {
         let n = p.len();
         let (mut m, mut v) = ([0f32; BLOCK_SIZE], [0f32; BLOCK_SIZE]);
-        for i in 0..n {
-            m[i] = maps.signed[usize::from(qm[i])] * *am;
-            v[i] = maps.unsigned[usize::from(qv[i])] * *av;
-            self.moments(g[i], &mut m[i], &mut v[i]);
-            let denom = v[i].sqrt() / self.correction2 + self.eps;
-            p[i] = (p[i] * self.decay) + self.step * (m[i] / denom);
+        let moments = m[..n].iter_mut().zip(qm.iter()).zip(v[..n].iter_mut().zip(qv.iter()));
+        for ((p, &g), ((m, &cm), (v, &cv))) in p.iter_mut().zip(g).zip(moments) {
+            *m = maps.signed[usize::from(cm)] * *am;
+            *v = maps.unsigned[usize::from(cv)] * *av;
+            self.moments(g, m, v);
+            let denom = v.sqrt() / self.correction2 + self.eps;
+            *p = (*p * self.decay) + self.step * (*m / denom);
         }
         *am = quantize(&maps.signed, &m[..n], qm);
         *av = quantize(&maps.unsigned, &v[..n], qv);
