@@ -229,12 +229,12 @@ fn number_after(text: &str, prefix: &str) -> usize {
 
 #[test]
 fn every_optim_trains_and_reports_its_state_bytes() {
-    let dir = tiny_run("optim", "max_steps: 2\n");
+    let dir = tiny_run("optim", "");
     let yaml = dir.join("train.yaml");
     let (mut bytes, mut params) = (std::collections::HashMap::new(), 0);
     for optim in ["adamw_torch", "adamw_8bit", "sgd", "adafactor"] {
         let _ = std::fs::remove_dir_all(dir.join("out"));
-        let out = sft(&["train", yaml.to_str().unwrap(), "--set", &format!("optim={optim}")]);
+        let out = sft(&["train", yaml.to_str().unwrap(), "--set", "max_steps=2", "--set", &format!("optim={optim}")]);
         let err = stderr(&out);
         assert!(out.status.success(), "{optim}: {err}");
         let at_start = number_after(&err, &format!("\noptimizer {optim}: "));
