@@ -41,7 +41,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     match outcome {
         Ok(Outcome::Finished(summary)) => {
             if writer {
-                eprintln!("done: {} steps; final checkpoint {}", summary.steps, summary.checkpoint.display());
+                eprintln!(
+                    "done: {} steps; final checkpoint {}; optimizer {}: {}",
+                    summary.steps,
+                    summary.checkpoint.display(),
+                    summary.optimizer,
+                    sft_train::trainer::state_memory(summary.optimizer_state_bytes)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -19,6 +19,7 @@ use sft_data::template::TemplateSettings;
 use sft_model::lora::{LoraSettings, PeftConfig, Targets, ADAPTER_CONFIG};
 use sft_model::quant::BaseFormat;
 
+use crate::optim::OptimKind;
 use crate::schedule::SchedulerKind;
 use crate::TrainError;
 
@@ -142,6 +143,8 @@ pub struct RawTrainConfig {
     pub packing: bool,
     pub learning_rate: f64,
     pub lr_scheduler_type: SchedulerKind,
+    /// The optimizer: adamw_torch (default), adamw_8bit, sgd or adafactor.
+    pub optim: OptimKind,
     pub warmup_steps: Option<usize>,
     pub warmup_ratio: Option<f64>,
     pub num_train_epochs: f64,
@@ -231,6 +234,7 @@ impl Default for RawTrainConfig {
             packing: false,
             learning_rate: 2e-4,
             lr_scheduler_type: SchedulerKind::Linear,
+            optim: OptimKind::AdamWTorch,
             warmup_steps: None,
             warmup_ratio: None,
             num_train_epochs: 1.0,
@@ -332,6 +336,8 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Schedule shape.
     pub scheduler: SchedulerKind,
+    /// The optimizer.
+    pub optim: OptimKind,
     /// Warmup: steps, or a ratio of the total.
     pub warmup_steps: Option<usize>,
     /// Warmup ratio.
@@ -342,7 +348,7 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub accumulation: usize,
-    /// AdamW decoupled weight decay.
+    /// Weight decay (decoupled for the AdamWs and Adafactor, L2 for SGD), rank >= 2 tensors.
     pub weight_decay: f64,
     /// Global gradient-norm clip (0 = off).
     pub max_grad_norm: f64,
@@ -509,6 +515,7 @@ impl RawTrainConfig {
             packing: self.packing,
             learning_rate: self.learning_rate,
             scheduler: self.lr_scheduler_type,
+            optim: self.optim,
             warmup_steps: self.warmup_steps,
             warmup_ratio: self.warmup_ratio.unwrap_or(0.0),
             length,
@@ -728,6 +735,10 @@ mod tests {
         assert_eq!(c.base_format, BaseFormat::Bf16Matmul);
         let Method::Lora(lora) = load(&p, &[]).expect("valid").method else { panic!("lora") };
         assert!(!lora.use_dora, "DoRA is off by default");
+        assert_eq!(load(&p, &[]).expect("valid").optim, OptimKind::AdamWTorch);
+        for kind in [OptimKind::AdamWTorch, OptimKind::AdamW8bit, OptimKind::Sgd, OptimKind::Adafactor] {
+            assert_eq!(load(&p, &[format!("optim={}", kind.name())]).expect("valid").optim, kind);
+        }
         let c = load(&p, &["use_dora=true".into(), "load_in_4bit=true".into()]).expect("QLoRA + DoRA");
         assert!(matches!(c.method, Method::Lora(LoraSettings { use_dora: true, .. })));
     }
@@ -833,6 +844,7 @@ mod tests {
             ("learning_rate: 0", "learning_rate: must be greater than 0"),
             ("per_device_train_batch_size: 0", "per_device_train_batch_size: must be at least 1"),
             ("lr_scheduler_type: step", "lr_scheduler_type"),
+            ("optim: adam", "optim: unknown variant `adam`, expected one of `adamw_torch`, `adamw_8bit`, `sgd`, `adafactor`"),
             ("learning_rate: fast", "invalid type"),
             ("finetuning: qlora", "finetuning"),
             ("finetuning: full\nbf16: true", "bf16: bf16 base weights are frozen: use finetuning: lora"),

@@ -1,6 +1,6 @@
 //! Training for sft, stage by stage: the YAML config ([`config`]), new tokens ([`added`]), the data read and encoded
 //! ([`data`]) and mixed ([`mix`]), its order ([`batches`]), passes side by side on the cores ([`threads`]),
-//! learning-rate schedules as pure functions of the step ([`schedule`]), AdamW ([`optim`]),
+//! learning-rate schedules as pure functions of the step ([`schedule`]), the optimizers ([`optim`]),
 //! checkpoints ([`checkpoint`]), metrics ([`metrics`]) and their plot ([`plot`]) and the training loop, one
 //! straight-line function ([`trainer::train`]).
 #![deny(missing_docs)]

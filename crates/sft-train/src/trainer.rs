@@ -1,7 +1,7 @@
 //! The training loop, top to bottom: the data ([`data::prepare`]) and its order ([`Plan`]), the
 //! learning-rate schedule, the model and optimizer, new or resumed from a checkpoint
 //! ([`Run::start`]); then for every step: stop if asked → learning rate → micro-batches with the
-//! loss token-weighted over the whole step → clip → AdamW ([`Run::step`]) → log → evaluate →
+//! loss token-weighted over the whole step → clip → the optimizer step ([`Run::step`]) → log → evaluate →
 //! checkpoint.
 //!
 //! Data-parallel over ranks (a [`Collective`]): the data order is the global batch's
@@ -27,7 +27,7 @@ use crate::config::{Length, Method, TrainConfig};
 use crate::data::{self, TrainData};
 use crate::lock::RunLock;
 use crate::metrics::{LogEntry, Metrics, Progress, Timing};
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::optim::{clip_grad_norm, AdamWConfig, Optimizer};
 use crate::schedule::{warmup_from_ratio, Schedule};
 use crate::threads::{Gradients, ThreadGroups};
 use crate::{during, TrainError};
@@ -63,6 +63,15 @@ pub struct Summary {
     pub eval_loss: Option<f64>,
     /// The final checkpoint.
     pub checkpoint: PathBuf,
+    /// The optimizer's name (the `optim` value).
+    pub optimizer: &'static str,
+    /// Bytes of optimizer state (moment estimates) on each rank.
+    pub optimizer_state_bytes: usize,
+}
+
+/// Optimizer-state bytes in words: `"1234 bytes of state (0.0 MiB)"`.
+pub fn state_memory(bytes: usize) -> String {
+    format!("{bytes} bytes of state ({:.1} MiB)", bytes as f64 / (1 << 20) as f64)
 }
 
 /// How a run ended.
@@ -162,7 +171,7 @@ struct Run<'a> {
     data: &'a TrainData,
     comm: &'a dyn Collective,
     model: Model,
-    optimizer: AdamW,
+    optimizer: Optimizer,
     state: TrainerState,
     /// Rank 0's; none on the other ranks.
     metrics: Option<Metrics>,
@@ -206,7 +215,7 @@ impl<'a> Run<'a> {
         // Every rank loaded the same files; rank 0's values make sure they start equal.
         broadcast_params(comm, model.params())?;
         let adam = AdamWConfig { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.adam_epsilon, weight_decay: cfg.weight_decay };
-        let mut optimizer = AdamW::new(model.params().to_vec(), adam)?;
+        let mut optimizer = Optimizer::new(cfg.optim, model.params().to_vec(), adam)?;
         let mut state = TrainerState::new(cfg, total, comm.size());
         if let (Some(dir), None, true) = (&cfg.adapter, &resume_dir, writer) {
             eprintln!("starting from the adapter {}: its weights, a fresh optimizer and schedule", dir.display());
@@ -248,7 +257,7 @@ impl<'a> Run<'a> {
 
     /// One optimizer step: every micro-batch's gradients of the loss token-weighted over the
     /// whole step (each micro-batch as passes side by side), summed over micro-batches and
-    /// ranks; clipped; AdamW. A loss or norm that is not finite saves the last good step and
+    /// ranks; clipped; the optimizer's step. A loss or norm that is not finite saves the last good step and
     /// stops.
     fn step(&mut self, plan: &Plan, groups: &ThreadGroups, step: usize, lr: f64) -> Result<Update, TrainError> {
         let (rank, ranks) = (self.comm.rank(), self.comm.size());
@@ -378,13 +387,20 @@ impl<'a> Run<'a> {
             LogEntry::Train { loss, .. } => Some(*loss),
             LogEntry::Eval { .. } => None,
         });
-        Ok(Summary { steps: self.state.global_step, last_loss, eval_loss: self.eval_loss, checkpoint })
+        Ok(Summary {
+            steps: self.state.global_step,
+            last_loss,
+            eval_loss: self.eval_loss,
+            checkpoint,
+            optimizer: self.optimizer.kind().name(),
+            optimizer_state_bytes: self.optimizer.state_bytes(),
+        })
     }
 }
 
 /// Prints what trains: records, tokens, steps, parameters with and without weight decay, and
 /// the memory of compact base weights.
-fn describe(cfg: &TrainConfig, data: &TrainData, model: &Model, optimizer: &AdamW, total: usize, ranks: usize) {
+fn describe(cfg: &TrainConfig, data: &TrainData, model: &Model, optimizer: &Optimizer, total: usize, ranks: usize) {
     let (decayed, plain) = optimizer.decay_counts();
     let n_params: usize = model.params().iter().map(|(_, v)| v.elem_count()).sum();
     eprintln!(
@@ -396,6 +412,7 @@ fn describe(cfg: &TrainConfig, data: &TrainData, model: &Model, optimizer: &Adam
     for count in &data.datasets {
         eprintln!("  {count}");
     }
+    eprintln!("optimizer {}: {}", optimizer.kind().name(), state_memory(optimizer.state_bytes()));
     if ranks > 1 {
         eprintln!(
             "data-parallel over {ranks} ranks: global batch {} = per_device_train_batch_size {} × gradient_accumulation_steps {} × {ranks} ranks",

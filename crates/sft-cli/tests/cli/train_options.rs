@@ -1,11 +1,12 @@
 //! Issue 27's training keys through `sft train`: `adapter` (a new run from a trained PEFT
 //! adapter), dataset mixing (`weight`, `max_samples`, `shuffle`, with per-file counts in the
 //! summary and `data_summary.json`), the `text` and `prompt_completion` formats and `columns`,
-//! and `use_dora` (DoRA adapters in PEFT's format).
+//! `use_dora` (DoRA adapters in PEFT's format), and `optim` (each optimizer trains, reports its
+//! state bytes and resumes exactly).
 
 use std::path::{Path, PathBuf};
 
-use super::{json_file, lines, logged_losses, root, sft, stderr, tiny_run};
+use super::{assert_resume_is_exact, json_file, lines, logged_losses, root, sft, stderr, tiny_run};
 
 /// A training config in a fresh directory under target/cli-tests: `body` plus an output_dir.
 fn config(name: &str, body: &str) -> PathBuf {
@@ -224,4 +225,59 @@ fn a_dora_adapter_has_peft_s_loss_merged_and_continued() {
     assert_eq!(json_file(&ckpt.join("adapter_config.json"))["use_dora"], true);
     let out = train(&cfg, &["use_dora=false"]);
     assert!(!out.status.success() && stderr(&out).contains("use_dora: false conflicts with adapter: "), "{}", stderr(&out));
+}
+
+/// The number in `text` right after `prefix` (`"optimizer sgd: "` → its byte count).
+fn number_after(text: &str, prefix: &str) -> usize {
+    let rest = text.split(prefix).nth(1).unwrap_or_else(|| panic!("no {prefix:?} in {text}"));
+    rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn every_optim_trains_and_reports_its_state_bytes() {
+    let dir = tiny_run("optim", "");
+    let yaml = dir.join("train.yaml");
+    let (mut bytes, mut params) = (std::collections::HashMap::new(), 0);
+    for optim in ["adamw_torch", "adamw_8bit", "sgd", "adafactor"] {
+        let _ = std::fs::remove_dir_all(dir.join("out"));
+        let out = sft(&["train", yaml.to_str().unwrap(), "--set", "max_steps=2", "--set", &format!("optim={optim}")]);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{optim}: {err}");
+        let at_start = number_after(&err, &format!("\noptimizer {optim}: "));
+        let at_end = number_after(&err, &format!("; optimizer {optim}: "));
+        assert_eq!(at_start, at_end, "{optim}: {err}");
+        let losses = logged_losses(&dir.join("out/checkpoint-2"));
+        assert!(losses.len() == 2 && losses.iter().all(|l| l.is_finite()), "{optim}: {losses:?}");
+        let state = dir.join("out/checkpoint-2/optimizer.safetensors");
+        let keys = tensor_names(&state);
+        let expect = match optim {
+            "adamw_torch" => "model.embed_tokens.weight.exp_avg_sq",
+            "adamw_8bit" => "model.embed_tokens.weight.absmax2",
+            "adafactor" => "model.embed_tokens.weight.exp_avg_sq_col",
+            _ => "step",
+        };
+        assert!(keys.iter().any(|k| k == expect), "{optim}: {keys:?}");
+        bytes.insert(optim, at_start);
+        params = number_after(&err, "for 2 steps; ");
+    }
+    let state = |o: &str| bytes[o];
+    assert_eq!(state("adamw_torch"), 8 * params, "two f32 moments per parameter");
+    assert_eq!(state("sgd"), 0);
+    // The embedding (829 × 32) is 8-bit: 2 bytes per element and 8 per 256-block; the smaller
+    // tensors keep f32 moments.
+    assert_eq!(state("adamw_8bit"), 8 * params - 6 * 829 * 32 + 8 * (829 * 32_usize).div_ceil(256));
+    assert!(state("adafactor") < state("adamw_torch") / 8, "{bytes:?}");
+    let bad = sft(&["train", yaml.to_str().unwrap(), "--set", "optim=adam"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("optim: unknown variant `adam`, expected one of `adamw_torch`, `adamw_8bit`, `sgd`, `adafactor`"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn adamw_8bit_and_adafactor_runs_resume_exactly() {
+    assert_resume_is_exact("resume-adamw-8bit", "optim: adamw_8bit\nweight_decay: 0.1\n", "model.safetensors");
+    assert_resume_is_exact("resume-adafactor", "optim: adafactor\nweight_decay: 0.1\n", "model.safetensors");
 }

@@ -3,6 +3,7 @@
 mod adapter;
 mod collective;
 mod optim;
+mod optimizers;
 mod schedule;
 mod threads;
 
