@@ -201,10 +201,19 @@ pub(crate) struct Builder {
     saved_from: Option<AdapterFile>,
 }
 
-/// The output layer decided with the embedding ([`Builder::embedding`]), made a parameter (or
-/// not) in its place in load order by [`Builder::output_layer`].
+/// The output layer decided with the embedding ([`Builder::embedding`]), read (the base's own)
+/// and made a parameter (or not) in its place in load order by [`Builder::output_layer`], so a
+/// random model draws its weights in the same order whatever the vocabulary layers are.
 pub(crate) struct PendingHead {
-    head: Option<(Tensor, bool)>,
+    head: Option<(Head, bool)>,
+}
+
+/// Where the output layer comes from.
+enum Head {
+    /// A tensor already at hand (the adapter's, or the tied embedding's copy).
+    Ready(Tensor),
+    /// The base's `lm_head.weight` `[vocab, d]`, grown to `rows`.
+    Base { vocab: usize, d: usize, rows: usize },
 }
 
 fn var(t: Tensor, dir: &Path, name: &str) -> Result<Var, ModelError> {
@@ -274,15 +283,19 @@ impl Builder {
         let separate = !config.tie_word_embeddings || !listed.is_empty() || saved_embed.is_some() || saved_head.is_some();
         let head = match (separate, saved_head) {
             (false, _) => None,
-            (true, Some(t)) => Some(t),
-            (true, None) if config.tie_word_embeddings => Some(resize(base_embed.clone(), SavedModule::LmHead.hf_weight())?),
-            (true, None) => Some(resize(self.base.get(SavedModule::LmHead.hf_weight(), &[v, d])?, SavedModule::LmHead.hf_weight())?),
+            (true, Some(t)) => Some(Head::Ready(t)),
+            (true, None) if config.tie_word_embeddings => Some(Head::Ready(resize(base_embed.clone(), SavedModule::LmHead.hf_weight())?)),
+            (true, None) => Some(Head::Base { vocab: v, d, rows }),
         };
         let embed = match saved_embed {
             Some(t) => t,
             None => resize(base_embed, SavedModule::EmbedTokens.hf_weight())?,
         };
-        for (t, module) in [(Some(&embed), SavedModule::EmbedTokens), (head.as_ref(), SavedModule::LmHead)] {
+        let ready = match &head {
+            Some(Head::Ready(t)) => Some(t),
+            _ => None,
+        };
+        for (t, module) in [(Some(&embed), SavedModule::EmbedTokens), (ready, SavedModule::LmHead)] {
             if let Some(t) = t.filter(|t| t.dims()[0] != rows) {
                 let message = format!("{} rows, but the vocabulary has {rows}", t.dims()[0]);
                 return Err(ModelError::BadTensor { dir: self.base.dir().into(), name: module.peft_weight(), message });
@@ -303,7 +316,20 @@ impl Builder {
     /// The output layer of [`Builder::embedding`], a parameter where it trains; `None` when it is
     /// the embedding.
     pub fn output_layer(&mut self, pending: PendingHead) -> Result<Option<Tensor>, ModelError> {
-        pending.head.map(|(t, trains)| self.vocab_param(t, SavedModule::LmHead, trains)).transpose()
+        let Some((head, trains)) = pending.head else { return Ok(None) };
+        let name = SavedModule::LmHead.hf_weight();
+        let t = match head {
+            Head::Ready(t) => t,
+            Head::Base { vocab, d, rows } => {
+                let base = self.base.get(name, &[vocab, d])?;
+                resize_rows(&base, rows).map_err(|e| ModelError::BadTensor {
+                    dir: self.base.dir().into(),
+                    name: name.into(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        self.vocab_param(t, SavedModule::LmHead, trains).map(Some)
     }
 
     /// A vocabulary layer: a variable under its HF name (full fine-tuning) or PEFT name (a
