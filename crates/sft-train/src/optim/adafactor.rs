@@ -155,7 +155,7 @@ impl Coefficients {
 /// Adafactor over a fixed, named list of parameters.
 #[derive(Debug)]
 pub struct Adafactor {
-    params: Params,
+    pub(super) params: Params,
     moments: Vec<Moment>,
     config: AdafactorConfig,
 }
@@ -167,21 +167,6 @@ impl Adafactor {
         let params = Params::new(params)?;
         let moments = params.list.iter().map(|(_, v)| Moment::zeros(v.shape())).collect();
         Ok(Self { params, moments, config })
-    }
-
-    /// The parameters, in the order gradients must be given.
-    pub fn params(&self) -> &[(String, Var)] {
-        &self.params.list
-    }
-
-    /// Counts of (decayed, not decayed) tensors, to print.
-    pub fn decay_counts(&self) -> (usize, usize) {
-        self.params.decay_counts()
-    }
-
-    /// Number of steps taken so far.
-    pub fn steps_taken(&self) -> u64 {
-        self.params.step
     }
 
     /// Bytes of the (factored) second moments, f32.

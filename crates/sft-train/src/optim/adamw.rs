@@ -123,7 +123,7 @@ impl AdamWConfig {
 /// AdamW over a fixed, named list of parameters.
 #[derive(Debug)]
 pub struct AdamW {
-    params: Params,
+    pub(super) params: Params,
     /// The moments, f32, updated in place.
     exp_avg: Vec<Vec<f32>>,
     exp_avg_sq: Vec<Vec<f32>>,

@@ -180,7 +180,7 @@ struct Maps {
 /// 8-bit AdamW over a fixed, named list of parameters.
 #[derive(Debug)]
 pub struct AdamW8bit {
-    params: Params,
+    pub(super) params: Params,
     moments: Vec<Moments>,
     maps: Box<Maps>,
     config: AdamWConfig,
@@ -195,21 +195,6 @@ impl AdamW8bit {
         let moments = params.list.iter().map(|(_, v)| Moments::zeros(v.elem_count())).collect();
         let maps = Box::new(Maps { signed: dynamic_map(true), unsigned: dynamic_map(false) });
         Ok(Self { params, moments, maps, config })
-    }
-
-    /// The parameters, in the order gradients must be given.
-    pub fn params(&self) -> &[(String, Var)] {
-        &self.params.list
-    }
-
-    /// Counts of (decayed, not decayed) tensors, to print.
-    pub fn decay_counts(&self) -> (usize, usize) {
-        self.params.decay_counts()
-    }
-
-    /// Number of steps taken so far.
-    pub fn steps_taken(&self) -> u64 {
-        self.params.step
     }
 
     /// Bytes of the moments: codes and absmaxes of the 8-bit tensors, f32 of the others.

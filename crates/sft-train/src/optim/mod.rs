@@ -223,19 +223,24 @@ impl Optimizer {
         }
     }
 
+    /// The parameters and step count every optimizer keeps alike.
+    fn common(&self) -> &Params {
+        each!(self, o => &o.params)
+    }
+
     /// The parameters, in the order gradients must be given.
     pub fn params(&self) -> &[(String, Var)] {
-        each!(self, o => o.params())
+        &self.common().list
     }
 
     /// Counts of (decayed, not decayed) tensors, to print.
     pub fn decay_counts(&self) -> (usize, usize) {
-        each!(self, o => o.decay_counts())
+        self.common().decay_counts()
     }
 
     /// Number of steps taken so far.
     pub fn steps_taken(&self) -> u64 {
-        each!(self, o => o.steps_taken())
+        self.common().step
     }
 
     /// Bytes of optimizer state (the moment estimates; the step count is not counted).

@@ -18,7 +18,7 @@ const CHUNK: usize = 1 << 14;
 /// SGD over a fixed, named list of parameters.
 #[derive(Debug)]
 pub struct Sgd {
-    params: Params,
+    pub(super) params: Params,
     weight_decay: f64,
 }
 
@@ -29,21 +29,6 @@ impl Sgd {
             return Err(OptimError::Invalid { what: "weight_decay", value: weight_decay, expected: "a finite value >= 0" });
         }
         Ok(Self { params: Params::new(params)?, weight_decay })
-    }
-
-    /// The parameters, in the order gradients must be given.
-    pub fn params(&self) -> &[(String, Var)] {
-        &self.params.list
-    }
-
-    /// Counts of (decayed, not decayed) tensors, to print.
-    pub fn decay_counts(&self) -> (usize, usize) {
-        self.params.decay_counts()
-    }
-
-    /// Number of steps taken so far.
-    pub fn steps_taken(&self) -> u64 {
-        self.params.step
     }
 
     /// SGD without momentum keeps no per-parameter state.
