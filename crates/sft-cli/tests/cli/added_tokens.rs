@@ -5,23 +5,14 @@
 //! names and the extended tokenizer; eval, merge, `--resume` and `adapter:` load it; eval loads
 //! the adapter PEFT saved with PEFT's loss; bad values are refused naming the key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{json_file, lines, logged_losses, root, sft, stderr};
+use super::{config, json_file, lines, logged_losses, root, sft, stderr};
 
 const FIXTURE: &str = "tests/fixtures/model/added_tokens";
 const BODY: &str = "model: tests/fixtures/model/eval/model\ndatasets:\n  - path: tests/fixtures/model/added_tokens/data.jsonl\n\
      added_tokens: [\"<|tool|>\", \"<|think|>\", \"<|im_end|>\"]\nmodules_to_save: [embed_tokens, lm_head]\n\
      lora_r: 4\nlora_alpha: 8\nmax_steps: 3\nper_device_train_batch_size: 4\nlogging_steps: 1\nlearning_rate: 0.01\nsave_steps: 3\n";
-
-fn config(name: &str, body: &str) -> PathBuf {
-    let dir = root().join("target/cli-tests").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("train.yaml");
-    std::fs::write(&path, format!("{body}output_dir: {}\n", dir.join("out").display())).unwrap();
-    path
-}
 
 fn eval(args: &[&str]) -> f64 {
     let out = sft(&[&["eval"], args, &["--data", &format!("{FIXTURE}/data.jsonl"), "--json"][..]].concat());

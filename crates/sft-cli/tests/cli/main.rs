@@ -74,6 +74,16 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A training config in a fresh directory under target/cli-tests: `body` plus an output_dir.
+pub(crate) fn config(name: &str, body: &str) -> PathBuf {
+    let dir = root().join("target/cli-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("train.yaml");
+    std::fs::write(&path, format!("{body}output_dir: {}\n", dir.join("out").display())).unwrap();
+    path
+}
+
 fn scratch(name: &str, content: &str) -> PathBuf {
     let dir = root().join("target/cli-tests");
     std::fs::create_dir_all(&dir).unwrap();

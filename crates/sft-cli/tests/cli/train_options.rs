@@ -4,19 +4,9 @@
 //! `use_dora` (DoRA adapters in PEFT's format), and `optim` (each optimizer trains, reports its
 //! state bytes and resumes exactly).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{assert_resume_is_exact, json_file, lines, logged_losses, root, sft, stderr, tiny_run};
-
-/// A training config in a fresh directory under target/cli-tests: `body` plus an output_dir.
-fn config(name: &str, body: &str) -> PathBuf {
-    let dir = root().join("target/cli-tests").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("train.yaml");
-    std::fs::write(&path, format!("{body}output_dir: {}\n", dir.join("out").display())).unwrap();
-    path
-}
+use super::{assert_resume_is_exact, config, json_file, lines, logged_losses, root, sft, stderr, tiny_run};
 
 fn train(config: &Path, sets: &[&str]) -> std::process::Output {
     let mut args = vec!["train", config.to_str().unwrap()];
